@@ -1,0 +1,83 @@
+"""MAML (second order, or first order with algo.first_order=true) and Meta-SGD's learned inner rates."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metarec.engine import Engine, Params, masked_task_loss
+from metarec.tasks import TaskBatch
+
+
+class MAML:
+    """theta'_i = theta - alpha * grad L_S(theta) (x inner_steps); meta-loss = mean_i L_Q(theta'_i)."""
+
+    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
+        self.cfg, self.model, self.kind = cfg, model, kind
+        self.engine = Engine(model, model.inner_names(self.inner_params()), kind, compile=compile)
+        # Meta-SGD: one learned inner rate per adapted weight, initialised at alpha.
+        self.inner_lrs = nn.ParameterDict({
+            n.replace(".", "__"): nn.Parameter(torch.full_like(p, cfg.inner_lr))
+            for n, p in model.named_parameters() if n in self.engine.inner_names
+        }) if cfg.learn_inner_lr else None
+        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=cfg.meta_lr, weight_decay=cfg.weight_decay)
+
+    def inner_params(self) -> str:
+        return self.cfg.inner_params
+
+    def meta_parameters(self) -> list[Tensor]:
+        extra = list(self.inner_lrs.parameters()) if self.inner_lrs is not None else []
+        return list(self.model.parameters()) + extra
+
+    def inner_lr(self) -> float | Params:
+        if self.inner_lrs is None:
+            return self.cfg.inner_lr
+        return {k.replace("__", "."): v for k, v in self.inner_lrs.items()}
+
+    def params(self) -> Params:
+        return dict(self.model.named_parameters())
+
+    def meta_loss(self, batch: TaskBatch) -> Tensor:
+        """Mean query loss after adaptation; backward() of it is the meta-gradient."""
+        params = self.params()
+        h_support = self.engine.features(params, batch.support_x)
+        h_query = self.engine.features(params, batch.query_x)
+        fast = self.engine.adapt(params, h_support, batch.support_y, batch.support_mask, self.inner_lr(),
+                                 self.cfg.inner_steps, self.cfg.first_order)
+        pred = self.engine.predict(params, fast, h_query)
+        return masked_task_loss(pred, batch.query_y, batch.query_mask, self.kind).mean()
+
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.meta_loss(batch)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    def adapt_trace(self, batch: TaskBatch, steps: int) -> list[Tensor]:
+        """Query predictions after 0..steps adaptation steps on each task's support set (no meta-graph)."""
+        params = {n: p.detach() for n, p in self.params().items()}
+        lr = self.inner_lr()
+        lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
+        with torch.no_grad():
+            h_support = self.engine.features(params, batch.support_x)
+            h_query = self.engine.features(params, batch.query_x)
+        preds: list[Tensor] = []
+
+        def record(_k: int, fast: Params) -> None:
+            with torch.no_grad():
+                preds.append(self.engine.predict(params, {n: w.detach() for n, w in fast.items()}, h_query))
+
+        self.engine.adapt(params, h_support, batch.support_y, batch.support_mask, lr, steps,
+                          first_order=True, track=False, on_step=record)
+        return preds
+
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.inner_lrs is not None:
+            state["inner_lrs"] = self.inner_lrs.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.inner_lrs is not None:
+            self.inner_lrs.load_state_dict(state["inner_lrs"])

@@ -1,0 +1,104 @@
+"""Typed config schemas, registered in Hydra's ConfigStore so bad types and unknown keys fail at compose time."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from metarec.data.omniglot import OmniglotConfig
+from metarec.data.sinusoid import SinusoidConfig
+
+
+@dataclass
+class MovieLensConfig:
+    name: str = "movielens"
+    variant: str = "ml-100k"  # ml-100k | ml-1m
+    root: Optional[str] = None  # a folder with GroupLens or RecBole atomic files; else cache, then download
+    cache_dir: Optional[str] = None  # default: $METAREC_CACHE or ~/.cache/metarec
+    query_size: int = 10  # query ratings per task (MeLU: 10)
+    shots: Optional[int] = None  # support ratings per evaluation task; null = all the rest
+    min_ratings: int = 13  # users keep a partition when they have min..max ratings in it (MeLU: 13-100)
+    max_ratings: int = 100
+    cut_year: Optional[int] = None  # items released after it are new; null = 1996 (ml-100k) / 1997 (ml-1m)
+    split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # meta-train / validation / test users
+    split_seed: Optional[int] = None  # null = the run's seed
+    item_ids: bool = False  # item id embeddings (a cold item has no trained id: UNK)
+    item_id_dropout: float = 0.1  # share of training ids replaced by UNK so the UNK row is trained
+    zip_prefix: int = 1  # leading zip-code characters used as a feature
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # melu | mlp | conv4
+    embedding_dim: int = 32  # melu: one embedding per field
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # MLP widths
+    channels: int = 64  # conv4
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING  # maml | reptile | prompt | pretrain
+    inner_lr: float = 0.1  # alpha
+    inner_steps: int = 1  # adaptation steps in meta-training
+    eval_steps: Optional[int] = None  # adaptation steps for the headline metric; null = inner_steps
+    first_order: bool = False  # FOMAML: drop the inner gradients' graph
+    inner_params: str = "mlp"  # what the inner loop adapts: mlp | all | prompt
+    meta_lr: float = 1e-3  # beta (Adam)
+    learn_inner_lr: bool = False  # Meta-SGD: per-parameter inner learning rates, meta-learned
+    outer: str = "adam"  # reptile: interpolate (theta += beta * mean delta) | adam (delta as a gradient)
+    prompt_len: int = 0  # prompt: number of prompt vectors joined to the MLP input
+    prompt_dim: int = 0  # prompt: size of each prompt vector
+    adapt: str = "theta"  # prompt: theta (the seed's formulation) | prompt (inner loop adapts phi only)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000  # meta-updates
+    meta_batch_size: int = 32  # tasks per meta-update
+    val_every: int = 100  # validation (and last.pt) every N steps
+    log_every: int = 20
+    patience: Optional[int] = None  # stop after N validations without improvement; null = never
+    resume: Optional[str] = None  # auto (newest last.pt of this run dir) | PATH
+    compile: bool = False  # torch.compile the inner loop
+    tensorboard: bool = False
+    progress: bool = True  # tqdm bar
+
+
+@dataclass
+class EvalConfig:
+    max_steps: int = 5  # trace metrics after 0..N adaptation steps (at least eval_steps)
+    ndcg_gain: str = "exp"  # exp (2^r - 1, as MeLU) | linear (r)
+    chunk: int = 512  # evaluation tasks per batch
+    checkpoint: Optional[str] = None  # metarec eval: the checkpoint to evaluate
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"  # cpu | cuda | auto
+    threads: Optional[int] = None  # torch threads; null = all cores (recorded in run_info.json)
+
+
+@dataclass
+class Config:
+    data: Any = MISSING
+    model: ModelConfig = MISSING
+    algo: AlgoConfig = MISSING
+    device: DeviceConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    checkpoint: Optional[str] = None  # metarec eval checkpoint=PATH
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="data", name="base_movielens", node=MovieLensConfig)
+    cs.store(group="data", name="base_sinusoid", node=SinusoidConfig)
+    cs.store(group="data", name="base_omniglot", node=OmniglotConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="algo", name="base_algo", node=AlgoConfig)
+    cs.store(group="device", name="base_device", node=DeviceConfig)
