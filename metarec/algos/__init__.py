@@ -1,0 +1,7 @@
+"""Algorithm name -> class; conf/algo/NAME.yaml configures metarec/algos/NAME.py."""
+from metarec.algos.maml import MAML
+from metarec.algos.pretrain import Pretrain
+from metarec.algos.prompt import Prompt
+from metarec.algos.reptile import Reptile
+
+ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "pretrain": Pretrain}

@@ -1,0 +1,23 @@
+"""The non-meta baseline: ordinary supervised training on meta-train ratings; at evaluation it is
+fine-tuned on each support set with the same inner loop as the meta-learners."""
+from __future__ import annotations
+
+from metarec.algos.maml import MAML
+from metarec.engine import masked_task_loss
+from metarec.tasks import TaskBatch
+
+
+class Pretrain(MAML):
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        data = batch.merged()
+        x = data.support_x
+        pred = self.model(x.flatten(0, 1))  # one plain forward over every example of every task
+        pred = pred.view(*x.shape[:2], *pred.shape[1:])  # [tasks, n, ...]
+        loss = masked_task_loss(pred, data.support_y, data.support_mask, self.kind)
+        # Weight tasks by their size: an ordinary mean over ratings, not over users.
+        weight = data.support_mask.sum(1)
+        loss = (loss * weight).sum() / weight.sum()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}

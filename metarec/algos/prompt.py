@@ -1,0 +1,18 @@
+"""Prompt-based meta-learning: prompt vectors phi joined to the MLP input, meta-learned with theta.
+
+adapt=theta (the seed's formulation): the inner loop adapts theta with phi fixed; the outer loop
+updates theta and phi. adapt=prompt: the inner loop adapts only phi per user (a few numbers of
+per-user state); the outer loop learns theta and phi's initialisation.
+"""
+from __future__ import annotations
+
+from metarec.algos.maml import MAML
+
+
+class Prompt(MAML):
+    def inner_params(self) -> str:
+        if self.cfg.adapt == "prompt":
+            return "prompt"
+        if self.cfg.adapt != "theta":
+            raise ValueError(f"algo.adapt={self.cfg.adapt!r} is not one of theta, prompt")
+        return self.cfg.inner_params

@@ -1,0 +1,40 @@
+"""Reptile: several SGD steps per task from theta, then theta moves towards the mean adapted weights."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metarec.algos.maml import MAML
+from metarec.engine import masked_task_loss
+from metarec.tasks import TaskBatch
+
+
+class Reptile(MAML):
+    """theta <- theta + beta * mean_i(theta'_i - theta): the difference is fed to the outer optimizer
+    as a gradient, plain SGD with lr beta (algo.outer=interpolate, the paper's update) or Adam."""
+
+    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
+        if cfg.learn_inner_lr:
+            raise ValueError("algo.learn_inner_lr=true is for maml and prompt: Reptile has no meta-gradient for it")
+        super().__init__(cfg, model, kind, compile)
+        if cfg.outer == "interpolate":
+            self.optimizer = torch.optim.SGD(self.meta_parameters(), lr=cfg.meta_lr)
+        elif cfg.outer != "adam":
+            raise ValueError(f"algo.outer={cfg.outer!r} is not one of interpolate, adam")
+
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        params = self.params()
+        data = batch.merged()  # Reptile trains each task on all of its data
+        h = self.engine.features(params, data.support_x)
+        fast = self.engine.adapt(params, h.detach(), data.support_y, data.support_mask, self.cfg.inner_lr,
+                                 self.cfg.inner_steps, first_order=True, track=False)
+        fast = {n: w.detach() for n, w in fast.items()}
+        # Weights the inner loop does not adapt (e.g. the encoder when only the head adapts) get
+        # the ordinary gradient of the tasks' loss at the adapted weights.
+        loss = masked_task_loss(self.engine.predict(params, fast, h), data.support_y, data.support_mask, self.kind).mean()
+        loss.backward()
+        for n, w in fast.items():
+            params[n].grad = params[n].detach() - w.mean(0)  # theta - mean theta'_i
+        self.optimizer.step()
+        return {"loss": loss.item()}

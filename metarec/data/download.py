@@ -1,0 +1,232 @@
+"""Find MovieLens on disk or fetch it into the cache: data.root, the cache, the GroupLens zip, a mirror.
+
+Every download is verified by SHA-256 and moved into the cache with one os.replace, so the cache
+never holds a half-written data set.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from metarec.data.movielens_io import EXPECTED_HINT, detect_format
+from metarec.errors import UserError
+
+CACHE_ENV = "METAREC_CACHE"
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a data set can come from.
+
+    kind "zip": `url` is the zip's address (http(s):// or file://), `sha256` the zip's digest.
+    kind "wheel": `url` is what `pip download` gets (a requirement such as "recbole==1.2.1", or a
+    wheel's path or address); `files` maps each member path in the wheel to its digest.
+    """
+    kind: str
+    url: str
+    sha256: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.url} ({'pip download' if self.kind == 'wheel' else self.kind})"
+
+
+_RECBOLE_ML100K = "recbole/dataset_example/ml-100k/"
+DEFAULT_SOURCES: dict[str, list[Source]] = {
+    "ml-100k": [
+        Source("zip", "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+               sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"),
+        # The mirror: RecBole's wheel ships ml-100k as atomic files (.inter body == u.data).
+        Source("wheel", "recbole==1.2.1", files={
+            _RECBOLE_ML100K + "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+            _RECBOLE_ML100K + "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+            _RECBOLE_ML100K + "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+        }),
+    ],
+    "ml-1m": [
+        Source("zip", "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+               sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"),
+    ],
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "metarec").expanduser()
+
+
+def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Path | None = None, *,
+                     sources: list[Source | dict] | None = None, timeout: float = 10.0,
+                     progress: bool = True) -> Path:
+    """A folder that read_movielens can read: `root` if given, else the cache, else a download.
+
+    A given `root` is final: if it is unusable that is an error, never a silent download.
+    """
+    if root is not None and str(root) != "":
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"data.root={folder} does not exist: fix the path, or leave data.root unset to download {variant}")
+        if detect_format(folder) is None:
+            raise UserError(f"data.root={folder} holds no MovieLens data ({EXPECTED_HINT}): fix the path")
+        return folder
+
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = cache / variant
+    if detect_format(target) is not None:
+        return target
+
+    if sources is None:
+        if variant not in DEFAULT_SOURCES:
+            raise UserError(
+                f"no download known for data set {variant!r} (known: {', '.join(DEFAULT_SOURCES)}): "
+                f"set data.root=/path/to/{variant}"
+            )
+        sources = DEFAULT_SOURCES[variant]
+    sources = [s if isinstance(s, Source) else Source(**s) for s in sources]
+
+    failures = []
+    for source in sources:
+        try:
+            _fetch_into_cache(source, cache, target, timeout=timeout, progress=progress)
+        except Exception as e:  # any failure: note it and try the next source
+            failures.append(f"{source.describe()}: {_one_line(e)}")
+            log.warning("could not get %s from %s", variant, failures[-1])
+            continue
+        if detect_format(target) is not None:
+            return target
+        failures.append(f"{source.describe()}: the files fetched are not a MovieLens folder")
+    raise UserError(
+        f"could not get {variant}; tried {'; '.join(failures) or 'no sources'}. "
+        f"Download it yourself and set data.root=/path/to/{variant}, or set {CACHE_ENV} to a folder that holds {variant}/"
+    )
+
+
+def fingerprint(files: list[Path]) -> str:
+    """SHA-256 (hex) over the files' names and bytes, in name order: where they live does not count."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(f) for f in files), key=lambda p: (p.name, str(p))):
+        digest.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- fetching
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def _fetch_into_cache(source: Source, cache: Path, target: Path, *, timeout: float, progress: bool) -> None:
+    """Fetch `source`, verify it, and move the result to `target` in one step; clean up on failure."""
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-tmp-", dir=cache))  # same filesystem as target
+    try:
+        staged = work / "staged"
+        staged.mkdir()
+        if source.kind == "zip":
+            _fetch_zip(source, work, staged, timeout=timeout, progress=progress)
+        elif source.kind == "wheel":
+            _fetch_wheel(source, work, staged, timeout=timeout)
+        else:
+            raise ValueError(f"unknown source kind {source.kind!r} (expected 'zip' or 'wheel')")
+        folder = _data_folder(staged)
+        try:
+            os.replace(folder, target)
+        except OSError:
+            if detect_format(target) is None:  # not a concurrent run that got there first
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fetch_zip(source: Source, work: Path, staged: Path, *, timeout: float, progress: bool) -> None:
+    archive = work / "download.zip"
+    _download(source.url, archive, timeout=timeout, progress=progress)
+    actual = _sha256(archive)
+    if actual != source.sha256.lower():
+        raise ValueError(f"checksum mismatch (got sha256 {actual[:12]}..., expected {source.sha256[:12]}...)")
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            dest = (staged / member.filename).resolve()
+            if not dest.is_relative_to(staged.resolve()):
+                raise ValueError(f"unsafe path in zip: {member.filename}")
+        zf.extractall(staged)
+
+
+def _download(url: str, dest: Path, *, timeout: float, progress: bool) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "metarec"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        done = 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {url.rsplit('/', 1)[-1]}",
+                  disable=not progress, leave=False) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                bar.update(len(chunk))
+        out.flush()
+        os.fsync(out.fileno())
+    if total is not None and done != total:
+        raise ValueError(f"download cut short ({done} of {total} bytes)")
+
+
+def _fetch_wheel(source: Source, work: Path, staged: Path, *, timeout: float) -> None:
+    wheels = work / "wheels"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
+           "--disable-pip-version-check", "--quiet", "--timeout", str(timeout), "--retries", "1",
+           "-d", str(wheels), source.url]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, 12 * timeout))
+    except subprocess.TimeoutExpired:
+        raise ValueError("pip download timed out") from None
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+        raise ValueError(f"pip download failed: {lines[-1] if lines else 'exit code ' + str(done.returncode)}")
+    found = sorted(wheels.glob("*.whl"))
+    if len(found) != 1:
+        raise ValueError(f"pip download left {len(found)} wheels, expected 1")
+    with zipfile.ZipFile(found[0]) as zf:
+        names = set(zf.namelist())
+        for member, expected in source.files.items():
+            if member not in names:
+                raise ValueError(f"{member} is not in {found[0].name}")
+            data = zf.read(member)
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected.lower():
+                raise ValueError(f"checksum mismatch for {member} (got sha256 {actual[:12]}..., expected {expected[:12]}...)")
+            (staged / Path(member).name).write_bytes(data)
+
+
+def _data_folder(staged: Path) -> Path:
+    """The folder inside an extracted archive that holds the data (zips wrap it in ml-100k/)."""
+    if detect_format(staged) is not None:
+        return staged
+    subfolders = [p for p in staged.iterdir() if p.is_dir() and not p.name.startswith("__MACOSX")]
+    for sub in subfolders:
+        if detect_format(sub) is not None:
+            return sub
+    raise ValueError(f"the archive holds no MovieLens data ({EXPECTED_HINT})")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,266 @@
+"""MovieLens as cold-start tasks (MeLU's protocol, made reproducible): features, splits, episodes.
+
+A task is one user. Users are split at random (seeded) into meta-train / validation / test; items
+released up to a cut year are "existing", later ones "new". Evaluation states:
+warm (meta-train users, existing items, held-out query ratings), user_cold (test users, existing
+items), item_cold (meta-train users, new items), user_item_cold (test users, new items), and val
+(validation users, existing items) for model selection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metarec.data.download import fingerprint, locate_movielens
+from metarec.data.movielens_io import MovieLensRaw, read_movielens
+from metarec.errors import UserError
+from metarec.tasks import TaskBatch
+
+STATES = ("warm", "user_cold", "item_cold", "user_item_cold")
+CUT_YEAR = {"ml-100k": 1996, "ml-1m": 1997}
+AGE_EDGES = [18, 25, 35, 45, 50, 56]  # GroupLens ml-1m age groups; ml-100k ages are bucketed the same way
+YEAR_EDGES = [1940, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998, 1999, 2000]
+
+
+def _codes(values: list[str]) -> np.ndarray:
+    """Strings -> 1..V in sorted order (0 is left for unknown)."""
+    vocab = {v: i + 1 for i, v in enumerate(sorted(set(values)))}
+    return np.array([vocab[v] for v in values], dtype=np.int64)
+
+
+def item_year_bucket(year: np.ndarray, cut: int) -> np.ndarray:
+    """Release years after the cut never occur in meta-training: clamp them to the cut so new
+    items land on a trained bucket. Unknown year -> 0."""
+    edges = [e for e in YEAR_EDGES if e <= cut]
+    bucket = np.searchsorted(edges, np.minimum(year, cut), side="right") + 1
+    return np.where(year < 0, 0, bucket).astype(np.int64)
+
+
+@dataclass
+class Features:
+    x: np.ndarray  # [ratings, fields + genres] int64, the model input of each rating
+    fields: list[tuple[str, int]]  # (name, vocabulary size incl. 0 = unknown)
+    genres: list[str]
+
+
+def rating_features(raw: MovieLensRaw, cut: int, item_ids: bool, zip_prefix: int) -> Features:
+    gender = np.array([{"M": 1, "F": 2}.get(g.upper(), 0) for g in raw.user_gender], dtype=np.int64)
+    age = np.searchsorted(AGE_EDGES, raw.user_age, side="right").astype(np.int64) + 1
+    occupation = _codes(raw.user_occupation)
+    zips = [z[:zip_prefix] if z[:zip_prefix].isdigit() else "x" for z in raw.user_zip]
+    zipc = _codes(zips)
+    year = item_year_bucket(raw.item_year, cut)
+    genres = sorted({g for gs in raw.item_genres for g in gs})
+    gindex = {g: i for i, g in enumerate(genres)}
+    multi = np.zeros((len(raw.item_genres), len(genres)), dtype=np.int64)
+    for i, gs in enumerate(raw.item_genres):
+        multi[i, [gindex[g] for g in gs]] = 1
+    u, it = raw.rating_user, raw.rating_item
+    cols = [gender[u], age[u], occupation[u], zipc[u], year[it]]
+    fields = [("gender", 3), ("age", len(AGE_EDGES) + 2), ("occupation", int(occupation.max()) + 1),
+              ("zip", int(zipc.max()) + 1), ("year", len([e for e in YEAR_EDGES if e <= cut]) + 2)]
+    if item_ids:
+        cols.append(it + 1)  # 0 = UNK, the row every unseen item reads
+        fields.append(("item", len(raw.item_year) + 1))
+    x = np.concatenate([np.stack(cols, 1), multi[it]], axis=1)
+    return Features(x, fields, genres)
+
+
+def _pad(rows: list[np.ndarray], width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Ragged index lists -> padded [n, width] long tensor (pad 0) and float mask."""
+    width = width if width is not None else max((len(r) for r in rows), default=1)
+    width = max(width, 1)
+    index = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.float32)
+    for i, r in enumerate(rows):
+        index[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return torch.from_numpy(index), torch.from_numpy(mask)
+
+
+@dataclass
+class EvalTasks:
+    users: np.ndarray  # [tasks] user row
+    support: Tensor  # [tasks, S] rating index, padded
+    support_mask: Tensor
+    query: Tensor  # [tasks, Q]
+    query_mask: Tensor
+
+
+class MovieLensTasks:
+    """TaskSource over one MovieLens copy: the whole set lives as tensors on `device`."""
+
+    kind = "rating"
+
+    def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True):
+        if cfg.variant not in CUT_YEAR:
+            raise UserError(f"data.variant={cfg.variant!r} is not known: use ml-100k or ml-1m")
+        self.cfg, self.device = cfg, torch.device(device)
+        self.folder = locate_movielens(cfg.variant, cfg.root, cfg.cache_dir, progress=progress)
+        raw = read_movielens(self.folder)
+        self.raw = raw
+        self.source_files = [Path(p) for p in raw.source_files]
+        self.fingerprint = fingerprint(self.source_files)
+        self.cut = cfg.cut_year if cfg.cut_year is not None else CUT_YEAR[cfg.variant]
+        feats = rating_features(raw, self.cut, cfg.item_ids, cfg.zip_prefix)
+        self.fields, self.genres = feats.fields, feats.genres
+        self.x = torch.from_numpy(feats.x).to(self.device)  # [ratings, F]
+        self.y = torch.from_numpy(raw.rating.astype(np.float32)).to(self.device)  # [ratings]
+        self._split(seed if cfg.split_seed is None else cfg.split_seed)
+
+    # ---- the protocol -------------------------------------------------------------------------
+    def _split(self, seed: int) -> None:
+        cfg, raw = self.cfg, self.raw
+        if len(cfg.split) != 3 or min(cfg.split) < 0 or abs(sum(cfg.split) - 1) > 1e-6:
+            raise UserError(f"data.split={list(cfg.split)} must be three shares (train, val, test) that sum to 1")
+        rng = np.random.default_rng(seed)
+        n_users = len(raw.user_gender)
+        perm = rng.permutation(n_users)
+        n_train = int(round(cfg.split[0] * n_users))
+        n_val = int(round(cfg.split[1] * n_users))
+        role = np.empty(n_users, dtype=np.int64)
+        role[perm[:n_train]], role[perm[n_train:n_train + n_val]], role[perm[n_train + n_val:]] = 0, 1, 2
+        self.user_role = role
+
+        new_item = raw.item_year > self.cut  # unknown year counts as existing
+        is_new = new_item[raw.rating_item]
+        order = np.lexsort((np.arange(len(raw.rating_user)), is_new, raw.rating_user))
+        q = cfg.query_size
+        tasks: dict[str, list] = {s: [] for s in (*STATES, "val")}
+        pools, pool_users = [], []
+        lo, hi = cfg.min_ratings, cfg.max_ratings
+        if q < 1:
+            raise UserError(f"data.query_size={q} must be at least 1")
+        # Ratings grouped by (user, new?) in a stable order; a seeded shuffle picks the query.
+        keys = raw.rating_user[order] * 2 + is_new[order]
+        bounds = np.flatnonzero(np.diff(keys)) + 1
+        for group in np.split(order, bounds):
+            if len(group) == 0:
+                continue
+            user, new = int(raw.rating_user[group[0]]), bool(is_new[group[0]])
+            if not lo <= len(group) <= hi or len(group) <= q:
+                continue
+            group = rng.permutation(group)
+            query, support = group[:q], group[q:]
+            r = role[user]
+            state = {(0, False): "warm", (0, True): "item_cold", (1, False): "val", (1, True): None,
+                     (2, False): "user_cold", (2, True): "user_item_cold"}[(r, new)]
+            if state is not None:
+                tasks[state].append((user, support, query))
+            if r == 0 and not new:
+                pools.append(support)  # warm queries are held out of training for good
+                pool_users.append(user)
+        if not pools:
+            raise UserError(f"no meta-train user has {lo}-{hi} ratings on existing items "
+                            f"(data.min_ratings / data.max_ratings / data.query_size): loosen the filter")
+        self.tasks = {s: self._eval_tasks(t, s) for s, t in tasks.items()}
+        self.pool_users = np.array(pool_users)
+        self.pool, self.pool_mask = (t.to(self.device) for t in _pad(pools))
+        self.pool_len = self.pool_mask.sum(1).long()
+        train_idx = np.concatenate(pools)
+        self.train_ratings = train_idx
+        self.mu = float(raw.rating[train_idx].mean())
+        self._item_bias(train_idx)
+
+    def _eval_tasks(self, tasks: list, state: str) -> EvalTasks:
+        shots = self.cfg.shots
+        if shots is not None:
+            if shots < 1:
+                raise UserError(f"data.shots={shots} must be at least 1 (or null for all the rest)")
+            kept = [(u, s[:shots], qy) for u, s, qy in tasks if len(s) >= shots]
+            if tasks and not kept:
+                most = max(len(s) for _, s, _ in tasks)
+                raise UserError(f"data.shots={shots} is larger than any {state} user has "
+                                f"(at most {most} support ratings): use data.shots<={most}")
+            tasks = kept
+        users = np.array([u for u, _, _ in tasks], dtype=np.int64)
+        s, sm = _pad([t[1] for t in tasks])
+        qy, qm = _pad([t[2] for t in tasks], self.cfg.query_size)
+        return EvalTasks(users, s.to(self.device), sm.to(self.device), qy.to(self.device), qm.to(self.device))
+
+    def _item_bias(self, train_idx: np.ndarray, shrink: float = 5.0) -> None:
+        """Item biases from training ratings, shrunk towards 0 (for the bias floor)."""
+        n_items = len(self.raw.item_year)
+        resid = self.raw.rating[train_idx] - self.mu
+        items = self.raw.rating_item[train_idx]
+        total = np.bincount(items, weights=resid, minlength=n_items)
+        count = np.bincount(items, minlength=n_items)
+        self.item_bias = torch.from_numpy((total / (count + shrink)).astype(np.float32)).to(self.device)
+        self.rating_item = torch.from_numpy(self.raw.rating_item).to(self.device)
+
+    # ---- TaskSource -----------------------------------------------------------------------------
+    def model_spec(self) -> dict:
+        return {"fields": [list(f) for f in self.fields], "multi_hot": ["genre", len(self.genres)], "offset": self.mu}
+
+    def sample_train(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        """Fresh episodes from meta-train users' existing-item ratings (warm queries excluded)."""
+        n_users = len(self.pool_users)
+        if n_tasks > n_users:
+            raise UserError(f"trainer.meta_batch_size={n_tasks} is larger than the {n_users} meta-train users: "
+                            f"a meta-batch never repeats a user, so use trainer.meta_batch_size<={n_users}")
+        users = torch.randperm(n_users, generator=generator)[:n_tasks].to(self.device)
+        pool, mask, length = self.pool[users], self.pool_mask[users], self.pool_len[users]  # [T, P]
+        keys = torch.rand(pool.shape, generator=generator).to(self.device) + (1 - mask) * 2  # padding last
+        perm = keys.argsort(dim=1)
+        shuffled = pool.gather(1, perm)
+        n_query = torch.clamp(length // 2, max=self.cfg.query_size, min=1)  # [T]
+        n_support = length - n_query
+        if self.cfg.shots is not None:
+            n_support = n_support.clamp(max=self.cfg.shots)
+        pos = torch.arange(pool.shape[1], device=self.device)[None]
+        q_width = self.cfg.query_size
+        query = shuffled[:, :q_width]
+        query_mask = (pos[:, :q_width] < n_query[:, None]).float()
+        s_width = int(n_support.max())
+        s_pos = (n_query[:, None] + pos[:, :s_width]).clamp(max=pool.shape[1] - 1)
+        support = shuffled.gather(1, s_pos)
+        support_mask = (pos[:, :s_width] < n_support[:, None]).float()
+        return self._batch(support, support_mask, query, query_mask, generator)
+
+    def _batch(self, support, support_mask, query, query_mask, generator=None) -> TaskBatch:
+        sx, qx = self.x[support], self.x[query]
+        if generator is not None and self.cfg.item_ids and self.cfg.item_id_dropout > 0:
+            col = len(self.fields) - 1  # item ids are the last categorical field
+            for x in (sx, qx):
+                drop = torch.rand(x.shape[:2], generator=generator).to(self.device) < self.cfg.item_id_dropout
+                x[..., col] = torch.where(drop, torch.zeros_like(x[..., col]), x[..., col])
+        return TaskBatch(sx, self.y[support], support_mask, qx, self.y[query], query_mask)
+
+    def eval_tasks(self, split: str) -> dict[str, TaskBatch]:
+        states = ("val",) if split == "val" else STATES
+        out = {}
+        for s in states:
+            t = self.tasks[s]
+            if len(t.users):
+                out[s] = self._batch(t.support, t.support_mask, t.query, t.query_mask)
+        return out
+
+    def floors(self, state: str) -> dict[str, Tensor]:
+        """Query predictions of the non-learned floors on the same tasks: [tasks, Q] each."""
+        t = self.tasks[state]
+        ys, yq = self.y[t.support] * t.support_mask, self.y[t.query]
+        n_s = t.support_mask.sum(1, keepdim=True).clamp(min=1)
+        b_si, b_qi = self.item_bias[self.rating_item[t.support]], self.item_bias[self.rating_item[t.query]]
+        user_bias = ((ys - (self.mu + b_si) * t.support_mask).sum(1, keepdim=True)) / (n_s + 3.0)
+        user_mean = ys.sum(1, keepdim=True) / n_s
+        return {
+            "global_mean": torch.full_like(yq, self.mu),
+            "user_mean": user_mean.expand_as(yq),
+            "bias": self.mu + user_bias + b_qi,
+        }
+
+    def info(self) -> dict:
+        out = {"folder": str(self.folder), "files": [str(p) for p in self.source_files],
+               "fingerprint": self.fingerprint, "ratings": int(len(self.raw.rating)),
+               "users": int(len(self.raw.user_gender)), "items": int(len(self.raw.item_year)),
+               "cut_year": self.cut, "new_item_ratings": float((self.raw.item_year[self.raw.rating_item] > self.cut).mean()),
+               "meta_train_users": int(len(self.pool_users)), "train_ratings": int(len(self.train_ratings)),
+               "global_mean": round(self.mu, 4), "states": {}}
+        for s, t in self.tasks.items():
+            out["states"][s] = {"tasks": int(len(t.users)), "support_ratings": int(t.support_mask.sum()),
+                                "query_ratings": int(t.query_mask.sum())}
+        return out

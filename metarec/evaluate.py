@@ -1,0 +1,113 @@
+"""Few-shot evaluation: adapt each task on its support set for 0..N steps, score its query set.
+
+Ratings: MAE, RMSE, nDCG@1/3/5; regression: MSE; classification: accuracy. Each metric is a
+mean over tasks with a 95% confidence interval (1.96 standard errors), next to the floors on the
+same tasks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from metarec.tasks import TaskBatch
+
+NDCG_KS = (1, 3, 5)
+
+
+def ndcg_at_k(score: Tensor, rating: Tensor, mask: Tensor, k: int, gain: str, generator: torch.Generator) -> Tensor:
+    """Per-task nDCG@k of the query items ranked by `score`: [tasks]. Ties are broken at random
+    (seeded), so a constant score scores the random-order level, not an artificial order."""
+    g = torch.pow(2.0, rating) - 1 if gain == "exp" else rating
+    g = g * mask
+    tie = torch.rand(score.shape, generator=generator).to(score.device)
+    perm = tie.argsort(dim=1)  # random order first, then a stable sort by score keeps it within ties
+    s = score.gather(1, perm).masked_fill(mask.gather(1, perm) == 0, -math.inf)
+    order = perm.gather(1, s.argsort(dim=1, descending=True, stable=True))
+    discount = 1.0 / torch.log2(torch.arange(score.shape[1], device=score.device, dtype=score.dtype) + 2.0)
+    top = min(k, score.shape[1])
+    dcg = (g.gather(1, order)[:, :top] * discount[:top]).sum(1)
+    idcg = (g.sort(dim=1, descending=True).values[:, :top] * discount[:top]).sum(1)
+    return torch.where(idcg > 0, dcg / idcg.clamp(min=1e-12), torch.ones_like(dcg))
+
+
+def mean_ci(values: Tensor) -> tuple[float, float]:
+    """Mean over tasks and the half-width of its 95% confidence interval."""
+    values = values.double()
+    n = values.numel()
+    std = values.std().item() if n > 1 else 0.0
+    return values.mean().item(), 1.96 * std / math.sqrt(max(n, 1))
+
+
+def rating_metrics(pred: Tensor, batch: TaskBatch, gain: str, seed: int) -> dict[str, Tensor]:
+    """Per-task metrics of query predictions [tasks, Q]."""
+    y, m = batch.query_y, batch.query_mask
+    n = m.sum(1).clamp(min=1)
+    err = (pred - y) * m
+    out = {"mae": err.abs().sum(1) / n, "rmse": ((err ** 2).sum(1) / n).sqrt()}
+    for k in NDCG_KS:
+        gen = torch.Generator().manual_seed(seed + k)
+        out[f"ndcg@{k}"] = ndcg_at_k(pred, y, m, k, gain, gen)
+    return out
+
+
+def task_metrics(pred: Tensor, batch: TaskBatch, kind: str, gain: str = "exp", seed: int = 0) -> dict[str, Tensor]:
+    if kind == "rating":
+        return rating_metrics(pred, batch, gain, seed)
+    m = batch.query_mask
+    n = m.sum(1).clamp(min=1)
+    if kind == "classification":
+        return {"acc": ((pred.argmax(-1) == batch.query_y).float() * m).sum(1) / n}
+    return {"mse": (((pred - batch.query_y) ** 2) * m).sum(1) / n}
+
+
+def summarize(per_task: dict[str, Tensor]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, values in per_task.items():
+        mean, ci = mean_ci(values)
+        out[name], out[f"{name}_ci"] = mean, ci
+    return out
+
+
+def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chunk: int, seed: int = 0,
+                   floors: dict[str, Tensor] | None = None) -> dict:
+    """Metrics after 0..steps adaptation steps (chunks of tasks share one batched pass)."""
+    per_step: list[dict[str, list[Tensor]]] = [{} for _ in range(steps + 1)]
+    for start in range(0, batch.n_tasks, chunk):
+        part = batch.select(slice(start, start + chunk))
+        for k, pred in enumerate(algo.adapt_trace(part, steps)):
+            for name, v in task_metrics(pred.float(), part, kind, gain, seed + start).items():
+                per_step[k].setdefault(name, []).append(v.cpu())
+    result = {"n_tasks": batch.n_tasks,
+              "steps": {str(k): summarize({n: torch.cat(v) for n, v in d.items()}) for k, d in enumerate(per_step)}}
+    if floors is not None:
+        result["floors"] = {name: _floor_summary(pred, batch, kind, gain, seed) for name, pred in floors.items()}
+        if kind == "rating":
+            const = torch.zeros_like(batch.query_y)  # every item tied: the random-order level
+            result["floors"]["random"] = {k: v for k, v in summarize(task_metrics(const, batch, kind, gain, seed)).items()
+                                          if k.startswith("ndcg")}
+    return result
+
+
+def _floor_summary(pred: Tensor, batch: TaskBatch, kind: str, gain: str, seed: int) -> dict[str, float]:
+    return summarize(task_metrics(pred.float(), batch, kind, gain, seed))
+
+
+def format_table(result: dict, title: str = "") -> str:
+    """eval.json -> a markdown table per state (headline metrics per adaptation step, then floors)."""
+    lines = [f"# {title}".rstrip(), ""] if title else []
+    for state, r in result["states"].items():
+        steps = r["steps"]
+        names = [n for n in steps["0"] if not n.endswith("_ci")]
+        lines += [f"## {state} ({r['n_tasks']} tasks, headline after {r.get('headline_step', '?')} steps)", "",
+                  "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for k, m in steps.items():
+            lines.append(f"| {k} steps | " + " | ".join(f"{m[n]:.4f} ± {m[n + '_ci']:.4f}" for n in names) + " |")
+        for fname, m in r.get("floors", {}).items():
+            cells = [f"{m[n]:.4f} ± {m[n + '_ci']:.4f}" if n in m else "" for n in names]
+            lines.append(f"| floor: {fname} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "gain" in result:
+        lines.append(f"nDCG gain: {result['gain']}.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,67 @@
+"""`metarec eval checkpoint=PATH`: rebuild data and model from the checkpoint's own config, then
+evaluate; command-line overrides change the evaluation only (algo.inner_steps=5, data.shots=5)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from metarec import checkpoint
+from metarec.config import AlgoConfig, DeviceConfig, EvalConfig, ModelConfig, TrainerConfig
+from metarec.errors import UserError
+from metarec.evaluate import format_table
+from metarec.train import _fingerprint, build, evaluate_all, resolve_device
+
+log = logging.getLogger("metarec")
+SCHEMAS = {"model": ModelConfig, "algo": AlgoConfig, "trainer": TrainerConfig, "eval": EvalConfig, "device": DeviceConfig}
+
+
+def checkpoint_config(ck: dict, path: Path) -> DictConfig:
+    """The checkpoint's config, checked against today's schemas."""
+    try:
+        cfg = OmegaConf.create(ck["config"])
+        for key, schema in SCHEMAS.items():
+            cfg[key] = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+        for key in ("data", "seed"):
+            cfg[key]
+    except Exception as e:  # noqa: BLE001 - any mismatch is the same user-facing problem
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} has a config that does not fit this metarec's schema ({msg}): "
+                        f"evaluate it with the metarec version that wrote it ({ck.get('metarec', '?')})") from None
+    return cfg
+
+
+def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path) -> dict:
+    path = cli_cfg.checkpoint or cli_cfg.eval.checkpoint
+    if not path:
+        raise UserError("metarec eval needs a checkpoint: metarec eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")
+    ck = checkpoint.load(path)
+    cfg = checkpoint_config(ck, Path(path))
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=False)
+    cfg.trainer.progress = False
+    device = resolve_device(cfg.device.name)
+    source, model, algo = build(cfg, device, progress=False)
+    if ck.get("fingerprint") != _fingerprint(source):
+        raise UserError(f"checkpoint {path} was trained on other data than {cfg.data.get('root') or 'the cached copy'} "
+                        f"(data fingerprint differs): point data.root at the data it was trained on")
+    try:
+        model.load_state_dict(ck["model"])
+        algo.load_state_dict(ck["algo"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"checkpoint {path} does not fit the model its config describes ({str(e).splitlines()[0][:160]})") from None
+    result = evaluate_all(cfg, source, algo, "test")
+    result["checkpoint"] = str(path)
+    result["overrides"] = overrides
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = format_table(result, f"{cfg.algo.name} on {cfg.data.name}: {path}")
+    (run_dir / "eval.md").write_text(table)
+    print(table)
+    return result
