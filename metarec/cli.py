@@ -80,9 +80,8 @@ def data_app(cfg: DictConfig) -> None:
 
 def _hydra(app, name: str, argv: list[str]) -> int:
     # Hydra reads sys.argv; the program name shows in --help and shell completion.
-    sys.argv = [f"metarec {name}", *argv]
-    if not any(a.startswith("hydra.job.name=") for a in argv) and "--shell-completion" not in argv:
-        sys.argv.append(f"hydra.job.name={name}")
+    named = any(a.startswith("hydra.job.name=") for a in argv) or "--shell-completion" in argv
+    sys.argv = [f"metarec {name}", *([] if named else [f"hydra.job.name={name}"]), *argv]
     app()
     return 0
 

@@ -93,6 +93,9 @@ class Config:
     checkpoint: Optional[str] = None  # metarec eval checkpoint=PATH
 
 
+DATA_SCHEMAS = {"movielens": MovieLensConfig, "sinusoid": SinusoidConfig, "omniglot": OmniglotConfig}
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)

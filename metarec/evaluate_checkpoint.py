@@ -10,23 +10,21 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from metarec import checkpoint
-from metarec.config import AlgoConfig, DeviceConfig, EvalConfig, ModelConfig, TrainerConfig
+from metarec.config import DATA_SCHEMAS, Config
 from metarec.errors import UserError
 from metarec.evaluate import format_table
 from metarec.train import _fingerprint, build, evaluate_all, resolve_device
 
 log = logging.getLogger("metarec")
-SCHEMAS = {"model": ModelConfig, "algo": AlgoConfig, "trainer": TrainerConfig, "eval": EvalConfig, "device": DeviceConfig}
 
 
 def checkpoint_config(ck: dict, path: Path) -> DictConfig:
     """The checkpoint's config, checked against today's schemas."""
     try:
-        cfg = OmegaConf.create(ck["config"])
-        for key, schema in SCHEMAS.items():
-            cfg[key] = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
-        for key in ("data", "seed"):
-            cfg[key]
+        raw = dict(ck["config"])
+        data = OmegaConf.merge(OmegaConf.structured(DATA_SCHEMAS[raw["data"]["name"]]), raw.pop("data"))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        cfg.data = data
     except Exception as e:  # noqa: BLE001 - any mismatch is the same user-facing problem
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} has a config that does not fit this metarec's schema ({msg}): "
@@ -44,7 +42,16 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
         key, _, value = o.lstrip("+~").partition("=")
         if key.startswith("hydra.") or key == "hydra":
             continue
-        OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=False)
+        if key == "device":  # a group choice: take the composed device config
+            cfg.device = cli_cfg.device
+            continue
+        if key in ("data", "model", "algo", "experiment"):
+            raise UserError(f"metarec eval rebuilds {key} from the checkpoint's own config, so {o} cannot apply: "
+                            f"change single keys instead (e.g. algo.inner_steps=5, data.shots=5)")
+        try:
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=False)
+        except Exception as e:  # noqa: BLE001 - a wrong type or unknown key, said in one line
+            raise UserError(f"override {o} does not fit the checkpoint's config: {str(e).splitlines()[0]}") from None
     cfg.trainer.progress = False
     device = resolve_device(cfg.device.name)
     source, model, algo = build(cfg, device, progress=False)

@@ -4,3 +4,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+ML100K = SHARED / "data" / "ml-100k"
+METAREC = Path(sys.executable).parent / "metarec"  # the installed console script
+
+
+def needs_ml100k():
+    return pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="../shared/data/ml-100k is absent")
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """Run the real installed `metarec` console script; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([str(METAREC), *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch):
+    """An empty cache dir so no test reads or writes the user's cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("METAREC_CACHE", str(cache))
+    return {"METAREC_CACHE": str(cache)}

@@ -2,7 +2,7 @@
 import pytest
 import torch
 from fixtures import SPEC, rating_batch
-from oracle import per_task_meta_loss
+from metarec.reference import per_task_meta_loss
 from omegaconf import OmegaConf
 
 from metarec.algos.maml import MAML

@@ -20,6 +20,7 @@ class MAML:
             for n, p in model.named_parameters() if n in self.engine.inner_names
         }) if cfg.learn_inner_lr else None
         self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=cfg.meta_lr, weight_decay=cfg.weight_decay)
+        self.sync = None  # data-parallel training: averages the meta-gradients across ranks before a step
 
     def inner_params(self) -> str:
         return self.cfg.inner_params
@@ -50,6 +51,12 @@ class MAML:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.meta_loss(batch)
         loss.backward()
+        self.apply_update()
+        return {"loss": loss.item()}
+
+    def apply_update(self) -> None:
+        if self.sync is not None:
+            self.sync(self.meta_parameters())
         self.optimizer.step()
         return {"loss": loss.item()}
 

@@ -19,5 +19,5 @@ class Pretrain(MAML):
         weight = data.support_mask.sum(1)
         loss = (loss * weight).sum() / weight.sum()
         loss.backward()
-        self.optimizer.step()
+        self.apply_update()
         return {"loss": loss.item()}

@@ -36,5 +36,5 @@ class Reptile(MAML):
         loss.backward()
         for n, w in fast.items():
             params[n].grad = params[n].detach() - w.mean(0)  # theta - mean theta'_i
-        self.optimizer.step()
+        self.apply_update()
         return {"loss": loss.item()}

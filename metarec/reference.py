@@ -1,4 +1,6 @@
-"""The gradient oracle: classic per-task MAML with plain autograd, one task at a time, no padding."""
+"""The reference: classic per-task MAML with plain autograd, one task at a time, no padding.
+
+The gradient oracle of the tests and the baseline of `metarec bench`; never used in training."""
 from __future__ import annotations
 
 import torch

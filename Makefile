@@ -1,0 +1,35 @@
+# metarec: `make help` lists the targets.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: help setup train test test-fast bench results clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/metarec: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q "$(TORCH)"  # pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q -e ".[dev,sweep]"
+	@touch $@
+
+setup: $(BIN)/metarec  ## create .venv with a pinned torch and metarec (editable, with dev + sweep extras)
+
+train: setup  ## the main job: metarec train algo=maml data=movielens (ARGS="..." adds overrides)
+	$(BIN)/metarec train algo=maml data=movielens $(ARGS)
+
+test: setup  ## the whole test suite (slow end-to-end tests included)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## unit tests only
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup  ## meta-training throughput: engine vs per-task loop vs supervised step
+	$(BIN)/metarec bench --out bench.json
+
+clean:  ## remove the venv, build files and caches (not outputs/)
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

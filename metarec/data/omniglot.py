@@ -1,0 +1,288 @@
+"""Omniglot N-way K-shot tasks (MAML's protocol): the official zips decoded once to a cached tensor.
+
+Characters are sorted by (part, alphabet, character), background before evaluation: 1,623 of
+them, 20 drawers each. A permutation of all characters seeded with SPLIT_SEED (as MAML shuffles
+them before taking 1,200 for meta-training) gives, in order: meta-train, validation (the last
+`val_classes` of the first `train_classes`), test (the rest). With `rotations`, each character
+rotated by 0/90/180/270 degrees is its own class, in every split.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metarec.data.download import default_cache_dir
+from metarec.errors import UserError
+from metarec.tasks import TaskBatch
+
+log = logging.getLogger(__name__)
+
+PARTS = ("images_background", "images_evaluation")
+URL = "https://github.com/brendenlake/omniglot/raw/master/python/{part}.zip"
+MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
+       "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
+SPLIT_SEED = 0  # fixes which characters are meta-train / val / test, for every run
+DECODE_VERSION = "box-invert-v1"  # part of the decoded cache's key: bump when decoding changes
+_SPLIT_OFFSET = {"val": 1, "test": 2}
+
+
+@dataclass
+class OmniglotConfig:
+    name: str = "omniglot"
+    root: Optional[str] = None  # folder with images_background(.zip) and images_evaluation(.zip)
+    ways: int = 5  # N classes per task
+    shots: int = 1  # K support images per class
+    query_size: int = 15  # query images per class
+    image_size: int = 28  # images are resized to image_size x image_size
+    train_classes: int = 1200  # characters for meta-training (validation included); the rest test
+    val_classes: int = 100  # validation characters, carved from the train_classes
+    rotations: bool = True  # 90-degree rotations as new classes (4x the classes)
+    n_val_tasks: int = 200  # fixed validation tasks
+    n_test_tasks: int = 600  # fixed test tasks
+    eval_seed: int = 0  # fixes the val/test tasks, identical across runs
+
+
+def cache_dir() -> Path:
+    return default_cache_dir() / "omniglot"  # $METAREC_CACHE or ~/.cache/metarec, as for MovieLens
+
+
+def _part_path(folder: Path, part: str) -> Optional[Path]:
+    if (folder / f"{part}.zip").is_file():
+        return folder / f"{part}.zip"
+    if (folder / part).is_dir():
+        return folder / part
+    return None
+
+
+def _publish(tmp: str, dest: Path) -> None:
+    """Give a finished temp file ordinary permissions (mkstemp makes it 0600) and its real name."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
+
+
+def _download(part: str, folder: Path, timeout: float = 10.0) -> Path:
+    """Fetch one official zip into `folder`, MD5-checked; only a verified file gets its real name."""
+    from tqdm import tqdm
+
+    url, dest = URL.format(part=part), folder / f"{part}.zip"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{part}.", suffix=".part")
+    try:
+        md5 = hashlib.md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"{part}.zip", disable=None) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    bar.update(len(chunk))
+        if md5.hexdigest() != MD5[part]:
+            raise OSError(f"MD5 {md5.hexdigest()} != {MD5[part]}")
+        _publish(tmp, dest)
+        return dest
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_sources(root: Optional[str]) -> list[Path]:
+    """The two parts (zip or extracted folder): from data.root, else the cache, else downloaded."""
+    if root is not None:
+        folder = Path(root).expanduser()
+        found = [_part_path(folder, part) for part in PARTS]
+        missing = [part for part, path in zip(PARTS, found) if path is None]
+        if missing:
+            raise UserError(f"data.root={folder} has no {' or '.join(missing)} (.zip or folder): "
+                            "point data.root at the folder holding images_background.zip and images_evaluation.zip")
+        return found
+    folder, sources = cache_dir(), []
+    for part in PARTS:
+        path = _part_path(folder, part)
+        if path is None:
+            try:
+                path = _download(part, folder)
+            except Exception as err:  # network, disk, checksum: all end the same way for the user
+                raise UserError(f"could not get Omniglot {part}: not in data.root (unset), not in the cache {folder}, "
+                                f"download {URL.format(part=part)} failed ({' '.join(str(err).split())}); "
+                                "get the zips from github.com/brendenlake/omniglot and set data.root=FOLDER") from None
+        sources.append(path)
+    return sources
+
+
+def _fingerprint(sources: list[Path], image_size: int) -> str:
+    h = hashlib.sha256(f"{DECODE_VERSION} {image_size}".encode())
+    for src in sources:
+        if src.is_file():
+            with open(src, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+        else:  # an extracted folder: its file names and sizes stand for its content
+            for p in sorted(src.rglob("*.png")):
+                h.update(f"{p.relative_to(src)} {p.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _character_files(src: Path) -> dict[tuple[str, ...], list]:
+    """(part, alphabet, character) -> the character's PNGs (zip member names or paths), sorted."""
+    chars: dict[tuple[str, ...], list] = {}
+    if src.is_file():
+        with zipfile.ZipFile(src) as zf:
+            names = [n for n in zf.namelist() if n.endswith(".png")]
+        for name in names:
+            parts = name.split("/")
+            if len(parts) >= 4:
+                chars.setdefault(tuple(parts[-4:-1]), []).append(name)
+    else:
+        for p in src.rglob("*.png"):
+            rel = p.relative_to(src.parent).parts
+            if len(rel) >= 4:
+                chars.setdefault(tuple(rel[-4:-1]), []).append(p)
+    return {key: sorted(files, key=str) for key, files in chars.items()}
+
+
+def _decode(png: bytes, size: int) -> np.ndarray:
+    image = Image.open(io.BytesIO(png)).convert("L").resize((size, size), Image.Resampling.BOX)
+    return 255 - np.asarray(image, dtype=np.uint8)  # strokes 255, background 0
+
+
+def decode_all(sources: list[Path], image_size: int) -> tuple[np.ndarray, list[str]]:
+    """Every image as uint8 [characters, drawers, size, size] and the characters' names."""
+    images, names = [], []
+    for src in sources:
+        chars = _character_files(src)
+        zf = zipfile.ZipFile(src) if src.is_file() else None
+        try:
+            for key in sorted(chars):
+                read = zf.read if zf else Path.read_bytes
+                images.append(np.stack([_decode(read(f), image_size) for f in chars[key]]))
+                names.append("/".join(key))
+        finally:
+            if zf:
+                zf.close()
+    if not images:
+        raise UserError(f"no Omniglot PNGs found in {', '.join(map(str, sources))}: expected PART/ALPHABET/CHARACTER/*.png")
+    counts = {len(a) for a in images}
+    if len(counts) != 1:
+        raise UserError(f"Omniglot characters have different numbers of drawers ({sorted(counts)}): the data is incomplete")
+    return np.stack(images), names
+
+
+def load_images(root: Optional[str], image_size: int = 28) -> tuple[np.ndarray, list[str], dict]:
+    """Decoded images and names, from the decoded cache when it matches the sources' fingerprint."""
+    sources = find_sources(root)
+    key = _fingerprint(sources, image_size)
+    cached = cache_dir() / f"decoded-{key}.npz"
+    meta = {"sources": [str(s) for s in sources], "fingerprint": key, "decoded_cache": str(cached)}
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as z:
+            return z["images"], [str(n) for n in z["names"]], meta
+    start = time.perf_counter()
+    images, names = decode_all(sources, image_size)
+    log.info("decoded %d Omniglot images in %.1f s", images.shape[0] * images.shape[1], time.perf_counter() - start)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".decoded-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, images=images, names=np.array(names))
+                f.flush()
+                os.fsync(f.fileno())
+            _publish(tmp, cached)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:  # a read-only cache only costs the next run a decode
+        log.warning("could not write the decoded Omniglot cache %s: %s", cached, err)
+    return images, names, meta
+
+
+class OmniglotTasks:
+    """TaskSource for N-way K-shot Omniglot; all images live on `device` as uint8."""
+
+    kind = "classification"
+
+    def __init__(self, cfg: OmniglotConfig, device: torch.device | str = "cpu"):
+        self.cfg, self.device = cfg, torch.device(device)
+        images, names, self.meta = load_images(cfg.root, cfg.image_size)
+        n_chars, self.drawers = images.shape[:2]
+        if not 0 <= cfg.val_classes < cfg.train_classes < n_chars:
+            raise UserError(f"need 0 <= data.val_classes < data.train_classes < {n_chars} characters, "
+                            f"got {cfg.val_classes} and {cfg.train_classes}")
+        if cfg.shots + cfg.query_size > self.drawers:
+            raise UserError(f"data.shots + data.query_size = {cfg.shots + cfg.query_size} exceeds the "
+                            f"{self.drawers} images per character")
+        order = torch.randperm(n_chars, generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_train = cfg.train_classes - cfg.val_classes
+        chars = {"train": order[:n_train], "val": order[n_train:cfg.train_classes], "test": order[cfg.train_classes:]}
+        self.n_rot = 4 if cfg.rotations else 1
+        pixels = torch.from_numpy(images).reshape(n_chars, self.drawers, -1)  # [chars, drawers, size*size]
+        self.images = {s: pixels[c].to(self.device) for s, c in chars.items()}
+        self.names = {s: [names[i] for i in c.tolist()] for s, c in chars.items()}
+        for split, imgs in self.images.items():
+            if imgs.shape[0] * self.n_rot < cfg.ways:
+                raise UserError(f"the {split} split has {imgs.shape[0] * self.n_rot} classes, fewer than data.ways={cfg.ways}")
+        size = cfg.image_size
+        grid = torch.arange(size * size).reshape(size, size)
+        # rot_index[k][p] = the source pixel of output pixel p under a k*90-degree rotation
+        self.rot_index = torch.stack([torch.rot90(grid, k).reshape(-1) for k in range(4)]).to(self.device)
+        self._eval: dict[str, TaskBatch] = {}
+
+    def _draw(self, split: str, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        c, images = self.cfg, self.images[split]
+        n_classes, per_class = images.shape[0] * self.n_rot, c.shots + c.query_size
+        # A random order of all classes; its first `ways` are the task's classes, and a class's slot
+        # is its label, so labels are already shuffled per task.
+        classes = torch.rand(n_tasks, n_classes, generator=generator).argsort(dim=1)[:, :c.ways]  # [tasks, ways]
+        drawers = torch.rand(n_tasks, c.ways, self.drawers, generator=generator).argsort(dim=-1)[..., :per_class]
+        classes, drawers = classes.to(self.device), drawers.to(self.device)  # drawers [tasks, ways, per_class]
+        char, rot = classes // self.n_rot, classes % self.n_rot
+        pix = images[char.unsqueeze(-1), drawers]  # [tasks, ways, per_class, size*size] uint8
+        pix = pix.gather(-1, self.rot_index[rot].unsqueeze(2).expand_as(pix))
+        size = c.image_size
+        x = pix.to(torch.float32).div_(255).reshape(n_tasks, c.ways, per_class, 1, size, size)
+        labels = torch.arange(c.ways, device=self.device).reshape(1, -1, 1)
+
+        def flat(part: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            y = labels.expand(n_tasks, -1, k).reshape(n_tasks, -1)  # [tasks, ways*k], class-major
+            mask = torch.ones(n_tasks, c.ways * k, dtype=torch.float32, device=self.device)
+            return part.reshape(n_tasks, c.ways * k, 1, size, size), y, mask
+
+        return TaskBatch(*flat(x[:, :, :c.shots], c.shots), *flat(x[:, :, c.shots:], c.query_size))
+
+    def sample_train(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        return self._draw("train", n_tasks, generator)
+
+    def eval_tasks(self, split: str) -> dict[str, TaskBatch]:
+        if split not in _SPLIT_OFFSET:
+            raise ValueError(f"unknown split {split!r}: choose val or test")
+        if split not in self._eval:
+            n = self.cfg.n_val_tasks if split == "val" else self.cfg.n_test_tasks
+            gen = torch.Generator().manual_seed(1000 * self.cfg.eval_seed + _SPLIT_OFFSET[split])
+            self._eval[split] = self._draw(split, n, gen)
+        return {split: self._eval[split]}
+
+    def model_spec(self) -> dict:
+        return {"ways": self.cfg.ways}
+
+    def info(self) -> dict:
+        n_alphabets = len({n.rsplit("/", 1)[0] for names in self.names.values() for n in names})
+        counts = {f"{s}_characters": len(n) for s, n in self.names.items()}
+        classes = {f"{s}_classes": len(n) * self.n_rot for s, n in self.names.items()}
+        return {"alphabets": n_alphabets, "characters": sum(len(n) for n in self.names.values()),
+                "drawers": self.drawers, **counts, **classes, "ways": self.cfg.ways, "shots": self.cfg.shots,
+                "query_size": self.cfg.query_size, "image_size": self.cfg.image_size, **self.meta}

@@ -1,0 +1,104 @@
+"""The real installed console script, end to end on real ml-100k."""
+import json
+
+import pytest
+import torch
+from conftest import ML100K, needs_ml100k, read_json, run_cli
+
+QUICK = ["trainer.max_steps=20", "trainer.val_every=10", "trainer.meta_batch_size=8", "trainer.progress=false",
+         "device=cpu", "device.threads=1"]
+
+
+def test_help_and_cfg_job():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "report" in r.stdout
+    r = run_cli("train", "--help")
+    assert r.returncode == 0 and "algo: maml, pretrain, prompt, reptile" in r.stdout.replace("\n", " ") or "algo:" in r.stdout
+    r = run_cli("train", "algo=reptile", "data.variant=ml-1m", "--cfg", "job")
+    assert r.returncode == 0, r.stderr
+    assert "name: reptile" in r.stdout and "variant: ml-1m" in r.stdout and "name: melu" in r.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo.inner_lr=abc", "could not be converted to Float"),
+    ("algo.inner_lrr=0.1", "inner_lrr"),
+    ("algo=nope", "nope"),
+])
+def test_bad_overrides_fail_at_compose_time_without_traceback(override, message, tmp_path):
+    r = run_cli("train", override, f"hydra.run.dir={tmp_path}/run")
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_cuda_without_gpu_is_one_clear_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = run_cli("train", "device=cuda", "data=sinusoid", f"hydra.run.dir={tmp_path}/run")
+    assert r.returncode == 2
+    assert "device=cuda" in r.stderr and "Traceback" not in r.stderr
+    assert len([l for l in r.stderr.splitlines() if l.startswith("metarec: error")]) == 1
+
+
+def test_missing_data_root_is_one_clear_line(tmp_path):
+    r = run_cli("train", f"data.root={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run")
+    assert r.returncode == 2 and "nowhere" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_ml100k()
+def test_data_info_prints_split_statistics(cache_env):
+    r = run_cli("data", "info", f"data.root={ML100K}", env=cache_env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["ratings"] == 100_000 and info["users"] == 943 and info["items"] == 1682
+    assert set(info["states"]) == {"warm", "user_cold", "item_cold", "user_item_cold", "val"}
+    assert 0.15 < info["new_item_ratings"] < 0.21
+
+
+@needs_ml100k()
+@pytest.mark.slow
+def test_train_leaves_a_complete_run_folder_and_eval_reevaluates(tmp_path, cache_env):
+    run = tmp_path / "run"
+    r = run_cli("train", f"data.root={ML100K}", *QUICK, f"hydra.run.dir={run}", env=cache_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "metrics.jsonl", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "eval.json", "eval.md", "run_info.json", "status.json"]:
+        assert (run / name).exists(), name
+    result = read_json(run / "eval.json")
+    assert set(result["states"]) == {"warm", "user_cold", "item_cold", "user_item_cold"}
+    uc = result["states"]["user_cold"]
+    assert uc["n_tasks"] > 50 and set(uc["steps"]) == {str(k) for k in range(6)}
+    assert {"mae", "mae_ci", "rmse", "ndcg@1", "ndcg@3", "ndcg@5"} <= set(uc["steps"]["1"])
+    assert {"global_mean", "user_mean", "bias", "random"} <= set(uc["floors"])
+    assert read_json(run / "status.json")["status"] == "finished"
+    info = read_json(run / "run_info.json")
+    assert info["torch"] == torch.__version__ and len(info["data_fingerprint"]) == 64 and info["threads"] == 1
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {l["split"] for l in lines} == {"train", "val"}
+    ck = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert ck["config"]["algo"]["name"] == "maml" and ck["step"] in (10, 20)
+
+    out = tmp_path / "eval"
+    r = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "algo.inner_steps=2", "data.shots=5",
+                f"hydra.run.dir={out}", env=cache_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = read_json(out / "eval.json")
+    assert again["states"]["user_cold"]["headline_step"] == "2"
+    assert "user_cold" in (out / "eval.md").read_text()
+    # Same checkpoint, no overrides: the numbers of the training run come back exactly.
+    out2 = tmp_path / "eval2"
+    r = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "device=cpu", "device.threads=1",
+                f"hydra.run.dir={out2}", env=cache_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_json(out2 / "eval.json")["states"] == result["states"]
+
+
+@needs_ml100k()
+@pytest.mark.slow
+def test_same_seed_same_eval_json(tmp_path, cache_env):
+    results = []
+    for name in ("a", "b"):
+        r = run_cli("train", f"data.root={ML100K}", *QUICK, "seed=3", f"hydra.run.dir={tmp_path / name}", env=cache_env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        results.append(read_json(tmp_path / name / "eval.json")["states"])
+    assert results[0] == results[1]
