@@ -33,7 +33,8 @@ class Reptile(MAML):
         # Weights the inner loop does not adapt (e.g. the encoder when only the head adapts) get
         # the ordinary gradient of the tasks' loss at the adapted weights.
         loss = masked_task_loss(self.engine.predict(params, fast, h), data.support_y, data.support_mask, self.kind).mean()
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
         for n, w in fast.items():
             params[n].grad = params[n].detach() - w.mean(0)  # theta - mean theta'_i
         self.apply_update()

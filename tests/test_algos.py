@@ -1,0 +1,156 @@
+"""Reptile, prompt and pretrain against closed forms and plain per-task loops."""
+import pytest
+import torch
+from fixtures import SPEC, rating_batch
+from omegaconf import OmegaConf
+from torch.func import functional_call
+
+from metarec.algos import ALGOS
+from metarec.engine import masked_task_loss
+from metarec.models.melu import MeLU
+from metarec.reference import per_task_meta_loss
+
+
+def algo_cfg(**kw):
+    base = dict(inner_lr=0.3, inner_steps=1, first_order=False, inner_params="all", meta_lr=0.5,
+                learn_inner_lr=False, weight_decay=0.0, outer="interpolate", adapt="theta", prompt_len=0, prompt_dim=0)
+    return OmegaConf.create({**base, **kw})
+
+
+def make(name, prompt=(0, 0), **kw):
+    torch.manual_seed(0)
+    model = MeLU(SPEC, embedding_dim=6, hidden=[8, 8], prompt_len=prompt[0], prompt_dim=prompt[1]).double()
+    return model, ALGOS[name](algo_cfg(prompt_len=prompt[0], prompt_dim=prompt[1], **kw), model, "rating")
+
+
+def plain_adapt(model, names, x, y, lr, steps):
+    """SGD on one task's unpadded data with plain autograd."""
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(steps):
+        fast = {n: params[n].requires_grad_(True) for n in names}
+        pred = functional_call(model, {**params, **fast}, (x,))
+        loss = ((pred - y) ** 2).mean()
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        params.update({n: (w - lr * g).detach() for (n, w), g in zip(fast.items(), grads)})
+    return params
+
+
+def real(batch, i):
+    data = batch.merged()
+    m = data.support_mask[i].bool()
+    return data.support_x[i][m], data.support_y[i][m]
+
+
+def test_reptile_one_task_one_step_is_the_closed_form():
+    model, algo = make("reptile", inner_steps=1)
+    batch = rating_batch(n_tasks=1)
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = real(batch, 0)
+    adapted = plain_adapt(model, algo.engine.inner_names, x, y, 0.3, 1)
+    algo.step(batch)
+    for n, p in model.named_parameters():
+        if n in algo.engine.inner_names:
+            # theta + beta * (theta' - theta), theta' = theta - alpha * grad L(theta)
+            expected = theta[n] + 0.5 * (adapted[n] - theta[n])
+            assert torch.allclose(p.detach(), expected, atol=1e-12), n
+
+
+def test_reptile_batch_is_the_mean_of_per_task_loops():
+    model, algo = make("reptile", inner_steps=3)
+    batch = rating_batch(n_tasks=4)
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    per_task = [plain_adapt(model, algo.engine.inner_names, *real(batch, i), 0.3, 3) for i in range(4)]
+    algo.step(batch)
+    for n in algo.engine.inner_names:
+        mean_delta = torch.stack([a[n] - theta[n] for a in per_task]).mean(0)
+        assert torch.allclose(dict(model.named_parameters())[n].detach(), theta[n] + 0.5 * mean_delta, atol=1e-12), n
+
+
+def test_reptile_adam_outer_feeds_the_difference_as_a_gradient():
+    model, algo = make("reptile", inner_steps=2, outer="adam")
+    assert isinstance(algo.optimizer, torch.optim.Adam)
+    batch = rating_batch(n_tasks=3)
+    before = [p.detach().clone() for p in model.parameters()]
+    algo.step(batch)
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("adapt", ["theta", "prompt"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_prompt_meta_gradient_equals_per_task_loop(adapt, first_order):
+    model, algo = make("prompt", prompt=(2, 3), adapt=adapt, inner_params="mlp", inner_steps=2, first_order=first_order)
+    batch = rating_batch()
+    params = list(model.parameters())
+    a = torch.autograd.grad(algo.meta_loss(batch), params, allow_unused=True)
+    b = torch.autograd.grad(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, 2, first_order),
+                            params, allow_unused=True)
+    for (n, _), x, y in zip(model.named_parameters(), a, b):
+        x = torch.zeros(()) if x is None else x
+        y = torch.zeros(()) if y is None else y
+        assert torch.allclose(x, y, atol=1e-10, rtol=0), n
+    prompt_grad = dict(zip([n for n, _ in model.named_parameters()], a))["head.prompt"]
+    assert prompt_grad is not None and prompt_grad.abs().sum() > 0  # phi receives meta-gradient
+
+
+def test_prompt_adapt_prompt_leaves_theta_untouched_in_the_inner_loop():
+    model, algo = make("prompt", prompt=(2, 3), adapt="prompt", inner_params="mlp")
+    assert algo.engine.inner_names == ["head.prompt"]
+    batch = rating_batch()
+    params = algo.params()
+    h = algo.engine.features(params, batch.support_x)
+    fast = algo.engine.adapt(params, h, batch.support_y, batch.support_mask, 0.3, 3, first_order=False)
+    assert set(fast) == {"head.prompt"} and fast["head.prompt"].shape == (batch.n_tasks, 2, 3)
+    # every task has its own prompt after adaptation, theta is shared and unchanged
+    assert not torch.allclose(fast["head.prompt"][0], fast["head.prompt"][1])
+
+
+def test_prompt_meta_sgd_learns_per_weight_rates():
+    model, algo = make("prompt", prompt=(2, 3), adapt="prompt", learn_inner_lr=True)
+    batch = rating_batch()
+    loss = algo.meta_loss(batch)
+    loss.backward()
+    assert algo.inner_lrs["head__prompt"].grad.abs().sum() > 0
+
+
+def test_pretrain_step_is_plain_supervised_training():
+    model, algo = make("pretrain", inner_params="mlp")
+    batch = rating_batch()
+    data = batch.merged()
+    pred = model(data.support_x)
+    w = data.support_mask
+    expected = (((pred - data.support_y) ** 2) * w).sum() / w.sum()
+    stats = algo.step(batch)
+    assert stats["loss"] == pytest.approx(expected.item(), abs=1e-12)
+
+
+def test_inner_params_all_adapts_small_tables_not_item_ids():
+    spec = {**SPEC, "fields": SPEC["fields"] + [["item", 50]]}
+    model = MeLU(spec, embedding_dim=4, hidden=[8])
+    names = model.inner_names("all")
+    assert "encoder.embeddings.item.weight" not in names and "encoder.embeddings.age.weight" in names
+
+
+def test_algorithms_do_not_assume_movielens():
+    """MAML's vectorized meta-gradient on the sinusoid MLP and the Omniglot conv net equals the oracle."""
+    from metarec.models.conv4 import Conv4
+    from metarec.models.mlp import MLP
+    from metarec.tasks import TaskBatch
+
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        (MLP({"in_dim": 1}, hidden=(8, 8)).double(), "regression",
+         TaskBatch(torch.randn(3, 5, 1, generator=g).double(), torch.randn(3, 5, generator=g).double(), torch.ones(3, 5).double(),
+                   torch.randn(3, 4, 1, generator=g).double(), torch.randn(3, 4, generator=g).double(), torch.ones(3, 4).double())),
+        (Conv4({"ways": 3}, channels=4).double(), "classification",
+         TaskBatch(torch.rand(2, 3, 1, 28, 28, generator=g).double(), torch.arange(3).repeat(2, 1), torch.ones(2, 3).double(),
+                   torch.rand(2, 6, 1, 28, 28, generator=g).double(), torch.arange(3).repeat(2, 2), torch.ones(2, 6).double())),
+    ]
+    for model, kind, batch in cases:
+        cfg = algo_cfg(inner_params="all", inner_steps=2, meta_lr=1e-3)
+        algo = ALGOS["maml"](cfg, model, kind)
+        params = list(model.parameters())
+        a = torch.autograd.grad(algo.meta_loss(batch), params)
+        b = torch.autograd.grad(per_task_meta_loss(model, algo.engine.inner_names, batch, kind, 0.3, 2, False), params)
+        for x, y in zip(a, b):
+            assert torch.allclose(x, y, atol=1e-10, rtol=0)
+        assert masked_task_loss  # the shared loss is the only contract between data and algorithm
