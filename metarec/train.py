@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import metarec
-from metarec import checkpoint
+from metarec import checkpoint, distributed
 from metarec.algos import ALGOS
 from metarec.errors import UserError
 from metarec.evaluate import evaluate_state, format_table
@@ -93,7 +93,10 @@ def evaluate_all(cfg, source, algo, split: str) -> dict:
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors)
         r["headline_step"] = str(headline)
         states[state] = r
-    return {"states": states, "gain": "2^r-1" if cfg.eval.ndcg_gain == "exp" else "linear (r)"}
+    result = {"states": states}
+    if source.kind == "rating":
+        result["gain"] = "2^r-1" if cfg.eval.ndcg_gain == "exp" else "linear (r)"
+    return result
 
 
 def headline(result: dict, state: str, metric: str) -> float:
@@ -102,11 +105,13 @@ def headline(result: dict, state: str, metric: str) -> float:
 
 
 class RunFolder:
-    """Writes metrics.jsonl, status.json, run_info.json, eval.json/md under the Hydra run dir."""
+    """Writes metrics.jsonl, status.json, run_info.json, eval.json/md under the Hydra run dir
+    (and the same scalars as TensorBoard events under tensorboard/ with trainer.tensorboard=true)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tensorboard: bool = False):
         self.path = path
         self.path.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = _tensorboard_writer(path / "tensorboard") if tensorboard else None
 
     def write_json(self, name: str, obj: dict) -> None:
         tmp = self.path / f".{name}.tmp"
@@ -119,6 +124,11 @@ class RunFolder:
     def metrics(self, row: dict) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{row['split']}/{key}", value, row["step"])
+            self.tensorboard.flush()  # live curves; no close() needed at exit
 
 
 class Interrupted(Exception):
@@ -131,8 +141,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.device.threads:
         torch.set_num_threads(cfg.device.threads)
     device = resolve_device(cfg.device.name)
-    run = RunFolder(run_dir)
-    source, model, algo = build(cfg, device, cfg.trainer.progress)
+    rank, world = distributed.setup(device)  # torchrun: this process's rank and the number of ranks; else 0, 1
+    run_dir = distributed.rank_dir(run_dir, rank, world)  # rank 0 writes the run folder, other ranks a scratch one
+    run = RunFolder(run_dir, cfg.trainer.tensorboard)
+    source, model, algo = build(cfg, device, cfg.trainer.progress and rank == 0)
+    algo.sync = distributed.make_sync(world)  # averages the meta-gradients over ranks (None for one process)
     ckpt_dir = run_dir / "checkpoints"
     metric = VAL_METRIC[source.kind]
     better = (lambda a, b: a > b) if metric == "acc" else (lambda a, b: a < b)
@@ -165,14 +178,15 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                 "model_spec": source.model_spec()}
 
     signals = _catch_signals()
-    bar = tqdm(total=cfg.trainer.max_steps, initial=state["step"], disable=not cfg.trainer.progress,
+    bar = tqdm(total=cfg.trainer.max_steps, initial=state["step"], disable=not cfg.trainer.progress or rank > 0,
                dynamic_ncols=True, desc="meta-train")
     try:
         t_window, n_window = time.perf_counter(), 0
         while state["step"] < cfg.trainer.max_steps:
             t0 = time.perf_counter()
             batch = source.sample_train(cfg.trainer.meta_batch_size, generator)
-            stats = algo.step(batch)
+            stats = algo.step(distributed.shard(batch, rank, world))  # every rank drew the same global batch
+            stats["loss"] = distributed.mean(stats["loss"], world)
             if not math.isfinite(stats["loss"]):
                 last = ckpt_dir / "last.pt"
                 raise UserError(f"loss became {stats['loss']} at step {state['step'] + 1}: stopped; the last good "
@@ -271,6 +285,15 @@ class _SignalCatcher:
 
 def _catch_signals() -> _SignalCatcher:
     return _SignalCatcher()
+
+
+def _tensorboard_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    except ImportError:
+        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'metarec[tensorboard]' "
+                        "(or pip install tensorboard), or leave trainer.tensorboard=false") from None
+    return SummaryWriter(log_dir=str(path))
 
 
 def _fingerprint(source) -> str:
