@@ -14,6 +14,7 @@ from torch import Tensor
 from metarec.tasks import TaskBatch
 
 NDCG_KS = (1, 3, 5)
+PAIRED = ("mae", "ndcg@3", "mse", "acc")  # per-task values kept in eval.json for paired comparisons
 
 
 def ndcg_at_k(score: Tensor, rating: Tensor, mask: Tensor, k: int, gain: str, generator: torch.Generator) -> Tensor:
@@ -46,9 +47,11 @@ def rating_metrics(pred: Tensor, batch: TaskBatch, gain: str, seed: int) -> dict
     n = m.sum(1).clamp(min=1)
     err = (pred - y) * m
     out = {"mae": err.abs().sum(1) / n, "rmse": ((err ** 2).sum(1) / n).sqrt()}
+    other = {"exp": ("linear", "ndcg_lin"), "linear": ("exp", "ndcg_exp")}[gain]
+    for k in NDCG_KS:  # both gains, each named: ndcg@k uses eval.ndcg_gain
+        out[f"ndcg@{k}"] = ndcg_at_k(pred, y, m, k, gain, torch.Generator().manual_seed(seed + k))
     for k in NDCG_KS:
-        gen = torch.Generator().manual_seed(seed + k)
-        out[f"ndcg@{k}"] = ndcg_at_k(pred, y, m, k, gain, gen)
+        out[f"{other[1]}@{k}"] = ndcg_at_k(pred, y, m, k, other[0], torch.Generator().manual_seed(seed + k))
     return out
 
 
@@ -79,19 +82,31 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
         for k, pred in enumerate(algo.adapt_trace(part, steps)):
             for name, v in task_metrics(pred.float(), part, kind, gain, seed + start).items():
                 per_step[k].setdefault(name, []).append(v.cpu())
-    result = {"n_tasks": batch.n_tasks,
-              "steps": {str(k): summarize({n: torch.cat(v) for n, v in d.items()}) for k, d in enumerate(per_step)}}
+    per_step_cat = [{n: torch.cat(v) for n, v in d.items()} for d in per_step]
+    result = {"n_tasks": batch.n_tasks, "steps": {str(k): summarize(d) for k, d in enumerate(per_step_cat)},
+              "per_task": {str(k): _paired(d) for k, d in enumerate(per_step_cat)}}
     if floors is not None:
-        result["floors"] = {name: _floor_summary(pred, batch, kind, gain, seed) for name, pred in floors.items()}
+        result["floors"], result["floors_per_task"] = {}, {}
         if kind == "rating":
-            const = torch.zeros_like(batch.query_y)  # every item tied: the random-order level
-            result["floors"]["random"] = {k: v for k, v in summarize(task_metrics(const, batch, kind, gain, seed)).items()
-                                          if k.startswith("ndcg")}
+            floors = {**floors, "random": torch.zeros_like(batch.query_y)}  # all tied: the random-order level
+        for name, pred in floors.items():
+            per_task = task_metrics(pred.float(), batch, kind, gain, seed)
+            if name == "random":
+                per_task = {k: v for k, v in per_task.items() if k.startswith("ndcg")}
+            result["floors"][name] = summarize(per_task)
+            result["floors_per_task"][name] = _paired(per_task)
     return result
 
 
-def _floor_summary(pred: Tensor, batch: TaskBatch, kind: str, gain: str, seed: int) -> dict[str, float]:
-    return summarize(task_metrics(pred.float(), batch, kind, gain, seed))
+def _paired(per_task: dict[str, Tensor]) -> dict[str, list[float]]:
+    return {n: [round(float(v), 6) for v in per_task[n]] for n in PAIRED if n in per_task}
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of a - b over the same tasks and its standard error."""
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    se = d.std().item() / math.sqrt(d.numel()) if d.numel() > 1 else float("nan")
+    return d.mean().item(), se
 
 
 def format_table(result: dict, title: str = "") -> str:
@@ -99,7 +114,7 @@ def format_table(result: dict, title: str = "") -> str:
     lines = [f"# {title}".rstrip(), ""] if title else []
     for state, r in result["states"].items():
         steps = r["steps"]
-        names = [n for n in steps["0"] if not n.endswith("_ci")]
+        names = [n for n in steps["0"] if not n.endswith("_ci") and not n.startswith(("ndcg@1", "ndcg_lin@1", "ndcg_exp@1"))]
         lines += [f"## {state} ({r['n_tasks']} tasks, headline after {r.get('headline_step', '?')} steps)", "",
                   "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for k, m in steps.items():
@@ -109,5 +124,5 @@ def format_table(result: dict, title: str = "") -> str:
             lines.append(f"| floor: {fname} | " + " | ".join(cells) + " |")
         lines.append("")
     if "gain" in result:
-        lines.append(f"nDCG gain: {result['gain']}.")
+        lines.append(f"nDCG gains: {result['gain']}.")
     return "\n".join(lines) + "\n"

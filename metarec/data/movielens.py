@@ -189,7 +189,10 @@ class MovieLensTasks:
         items = self.raw.rating_item[train_idx]
         total = np.bincount(items, weights=resid, minlength=n_items)
         count = np.bincount(items, minlength=n_items)
-        self.item_bias = torch.from_numpy((total / (count + shrink)).astype(np.float32)).to(self.device)
+        self.item_total = torch.from_numpy(total.astype(np.float32)).to(self.device)
+        self.item_count = torch.from_numpy(count.astype(np.float32)).to(self.device)
+        self.bias_shrink = shrink
+        self.item_bias = self.item_total / (self.item_count + shrink)
         self.rating_item = torch.from_numpy(self.raw.rating_item).to(self.device)
 
     # ---- TaskSource -----------------------------------------------------------------------------
@@ -247,10 +250,20 @@ class MovieLensTasks:
         b_si, b_qi = self.item_bias[self.rating_item[t.support]], self.item_bias[self.rating_item[t.query]]
         user_bias = ((ys - (self.mu + b_si) * t.support_mask).sum(1, keepdim=True)) / (n_s + 3.0)
         user_mean = ys.sum(1, keepdim=True) / n_s
+        # Transductive: item residuals pooled from training ratings and every support set of this
+        # state (never a query), so new items get a bias from other users' support ratings.
+        items = self.rating_item[t.support].flatten()
+        resid = ((ys - (self.mu + user_bias) * t.support_mask) * t.support_mask).flatten()
+        total = self.item_total.index_add(0, items, resid)
+        count = self.item_count.index_add(0, items, t.support_mask.flatten())
+        b_t = total / (count + self.bias_shrink)
+        b_ts, b_tq = b_t[self.rating_item[t.support]], b_t[self.rating_item[t.query]]
+        user_bias_t = ((ys - (self.mu + b_ts) * t.support_mask).sum(1, keepdim=True)) / (n_s + 3.0)
         return {
             "global_mean": torch.full_like(yq, self.mu),
             "user_mean": user_mean.expand_as(yq),
             "bias": self.mu + user_bias + b_qi,
+            "bias_transductive": self.mu + user_bias_t + b_tq,
         }
 
     def info(self) -> dict:

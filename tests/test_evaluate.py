@@ -1,0 +1,51 @@
+"""Metrics against hand-computed values on small cases."""
+import math
+
+import pytest
+import torch
+
+from metarec.evaluate import mean_ci, ndcg_at_k, paired_difference, rating_metrics
+from metarec.tasks import TaskBatch
+
+
+def test_ndcg_hand_computed_exp_and_linear_gain():
+    rating = torch.tensor([[5.0, 3.0, 4.0, 1.0]])
+    score = torch.tensor([[0.1, 0.9, 0.5, 0.2]])  # ranks: item1 (3), item2 (4), item3 (1), item0 (5)
+    mask = torch.ones(1, 4)
+    g = torch.Generator().manual_seed(0)
+    d = [1 / math.log2(i + 2) for i in range(4)]
+    exp_dcg = (2**3 - 1) * d[0] + (2**4 - 1) * d[1] + (2**1 - 1) * d[2]
+    exp_idcg = (2**5 - 1) * d[0] + (2**4 - 1) * d[1] + (2**3 - 1) * d[2]
+    assert ndcg_at_k(score, rating, mask, 3, "exp", g).item() == pytest.approx(exp_dcg / exp_idcg)
+    lin = (3 * d[0] + 4 * d[1] + 1 * d[2]) / (5 * d[0] + 4 * d[1] + 3 * d[2])
+    assert ndcg_at_k(score, rating, mask, 3, "linear", g).item() == pytest.approx(lin)
+    assert ndcg_at_k(score, rating, mask, 1, "linear", g).item() == pytest.approx(3 / 5)
+
+
+def test_ndcg_ignores_padding_and_breaks_ties_at_random():
+    rating = torch.tensor([[5.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert ndcg_at_k(torch.tensor([[1.0, 0.0, 9.0]]), rating, mask, 1, "exp", torch.Generator()).item() == 1.0
+    # constant scores: over many seeds the mean is the random-order level, not 0 or 1
+    tied = torch.zeros(2000, 2)
+    r = torch.tensor([[5.0, 1.0]]).expand(2000, 2)
+    v = ndcg_at_k(tied, r, torch.ones(2000, 2), 1, "linear", torch.Generator().manual_seed(1)).mean().item()
+    assert v == pytest.approx((1.0 + 0.2) / 2, abs=0.03)
+
+
+def test_mae_rmse_and_ci_hand_computed():
+    y = torch.tensor([[4.0, 2.0, 0.0], [3.0, 3.0, 3.0]])
+    m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    pred = torch.tensor([[3.0, 4.0, 9.0], [3.0, 3.0, 4.0]])
+    batch = TaskBatch(y[:, :, None], y, m, y[:, :, None], y, m)
+    out = rating_metrics(pred, batch, "exp", 0)
+    assert out["mae"].tolist() == pytest.approx([1.5, 1 / 3])
+    assert out["rmse"].tolist() == pytest.approx([math.sqrt(2.5), math.sqrt(1 / 3)])
+    assert {"ndcg@3", "ndcg_lin@3"} <= set(out)
+    mean, ci = mean_ci(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and ci == pytest.approx(1.96 * math.sqrt(5 / 3) / 2)
+
+
+def test_paired_difference():
+    mean, se = paired_difference([1.0, 2.0, 3.0], [0.5, 2.0, 2.0])
+    assert mean == pytest.approx(0.5) and se == pytest.approx(0.5 / math.sqrt(3))
