@@ -26,6 +26,10 @@ AGE_EDGES = [18, 25, 35, 45, 50, 56]  # GroupLens ml-1m age groups; ml-100k ages
 YEAR_EDGES = [1940, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998, 1999, 2000]
 
 
+BIAS_EDGES = np.round(np.arange(-1.5, 1.51, 0.15), 2)  # item context: shrunk mean residual ...
+COUNT_EDGES = [1, 2, 4, 8, 16, 32, 64, 128]  # ... and number of ratings it rests on
+
+
 def _codes(values: list[str]) -> np.ndarray:
     """Strings -> 1..V in sorted order (0 is left for unknown)."""
     vocab = {v: i + 1 for i, v in enumerate(sorted(set(values)))}
@@ -111,6 +115,11 @@ class MovieLensTasks:
         self.x = torch.from_numpy(feats.x).to(self.device)  # [ratings, F]
         self.y = torch.from_numpy(raw.rating.astype(np.float32)).to(self.device)  # [ratings]
         self._split(seed if cfg.split_seed is None else cfg.split_seed)
+        self.n_base = 5  # gender, age, occupation, zip, year: item context goes after them, item ids last
+        if cfg.item_stats:
+            self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
+                           + self.fields[self.n_base:])
+            self.item_context = self._item_context()
 
     # ---- the protocol -------------------------------------------------------------------------
     def _split(self, seed: int) -> None:
@@ -224,8 +233,46 @@ class MovieLensTasks:
         support_mask = (pos[:, :s_width] < n_support[:, None]).float()
         return self._batch(support, support_mask, query, query_mask, generator)
 
-    def _batch(self, support, support_mask, query, query_mask, generator=None) -> TaskBatch:
+    def _item_context(self) -> dict[str, Tensor]:
+        """Per rating, its item's mean residual (rating - mu, shrunk) and count over OTHER users'
+        ratings in the same context: the training pool for meta-training; the pool plus every
+        support set of the state at evaluation (never a query). Two categorical columns."""
+        resid = self.y - self.mu
+        n = len(self.y)
+        pool = torch.from_numpy(self.train_ratings).to(self.device)
+        in_pool = torch.zeros(n, dtype=torch.bool, device=self.device)
+        in_pool[pool] = True
+
+        def columns(members: Tensor, rows: Tensor) -> Tensor:
+            """Stats from the ratings `members`; each rating in `rows` leaves its own out."""
+            items = self.rating_item[members]
+            total = torch.zeros(len(self.raw.item_year), device=self.device).index_add(0, items, resid[members])
+            count = torch.zeros_like(total).index_add(0, items, torch.ones_like(resid[members]))
+            cols = torch.zeros(n, 2, dtype=torch.long, device=self.device)
+            it = self.rating_item[rows]
+            own = torch.isin(rows, members).float()
+            t, c = total[it] - own * resid[rows], count[it] - own
+            mean = t / (c + self.bias_shrink)
+            edges = torch.as_tensor(BIAS_EDGES, dtype=mean.dtype, device=self.device)
+            cols[rows, 0] = torch.where(c > 0, torch.bucketize(mean, edges) + 1, torch.zeros_like(c, dtype=torch.long))
+            cols[rows, 1] = torch.bucketize(c, torch.as_tensor(COUNT_EDGES, dtype=c.dtype, device=self.device), right=True)
+            return cols
+
+        context = {"train": columns(pool, pool)}
+        for state, t in self.tasks.items():
+            support = t.support[t.support_mask.bool()]
+            members = torch.cat([pool, support[~in_pool[support]]])
+            rows = torch.cat([support, t.query[t.query_mask.bool()]]).unique()
+            context[state] = columns(members, rows)
+        return context
+
+    def _batch(self, support, support_mask, query, query_mask, generator=None, context: str = "train") -> TaskBatch:
         sx, qx = self.x[support], self.x[query]
+        if self.cfg.item_stats:
+            ctx = self.item_context[context]
+            b = self.n_base
+            sx = torch.cat([sx[..., :b], ctx[support], sx[..., b:]], -1)
+            qx = torch.cat([qx[..., :b], ctx[query], qx[..., b:]], -1)
         if generator is not None and self.cfg.item_ids and self.cfg.item_id_dropout > 0:
             col = len(self.fields) - 1  # item ids are the last categorical field
             for x in (sx, qx):
@@ -239,7 +286,7 @@ class MovieLensTasks:
         for s in states:
             t = self.tasks[s]
             if len(t.users):
-                out[s] = self._batch(t.support, t.support_mask, t.query, t.query_mask)
+                out[s] = self._batch(t.support, t.support_mask, t.query, t.query_mask, context=s)
         return out
 
     def floors(self, state: str) -> dict[str, Tensor]:
