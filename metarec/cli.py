@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -81,7 +82,57 @@ def data_app(cfg: DictConfig) -> None:
 def _hydra(app, name: str, argv: list[str]) -> int:
     # Hydra reads sys.argv; the program name shows in --help and shell completion.
     named = any(a.startswith("hydra.job.name=") for a in argv) or "--shell-completion" in argv
+    if name != "data" and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        try:
+            _check_output_dir(argv)
+        except UserError as e:
+            print(f"metarec: error: {e}", file=sys.stderr)
+            return 2
     sys.argv = [f"metarec {name}", *([] if named else [f"hydra.job.name={name}"]), *argv]
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C while importing or composing, before training takes signals over
+        print(f"metarec: SIGINT: stopped before {name} started", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _check_output_dir(argv: list[str]) -> None:
+    """Hydra creates the run folder before metarec's code runs and reports a failure there with a
+    traceback: try the folder's nearest existing parent first, so that a bad path is one line."""
+    if any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
+           for a in argv):
+        return  # nothing will be written
+    key = "hydra.sweep.dir" if ("-m" in argv or "--multirun" in argv) else "hydra.run.dir"
+    given = [a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")]
+    folder = Path(given[-1].split("${")[0] if given else "outputs")  # the part before an interpolation
+    parent = folder.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create the run folder {folder}: {parent} is a file, not a folder: "
+                        f"choose another {key}=DIR")
+    try:
+        tempfile.TemporaryDirectory(dir=parent, prefix=".metarec-check-").cleanup()
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {folder}: {parent} is not writable ({e.strerror or e}): "
+                        f"choose another {key}=DIR") from None
+
+
+def _completion(argv: list[str]) -> int:
+    """Shell completion through the dispatcher: `eval "$(metarec -sc install=bash)"` installs it for
+    `metarec`; a query completes the subcommand, then hands the rest of the line to its Hydra app."""
+    request = argv[1] if len(argv) > 1 else ""
+    words = os.environ.get("COMP_LINE", "").split()
+    sub = words[1] if len(words) > 1 else None
+    if request.startswith("query=") and sub not in ("train", "eval"):
+        typed = words[1] if len(words) > 1 and not os.environ.get("COMP_LINE", "").endswith(" ") else ""
+        print(" ".join(c for c in ("train", "eval", "data", "report", "bench") if c.startswith(typed)))
+        return 0
+    if request.startswith("query="):
+        os.environ["COMP_LINE"] = " ".join(["metarec", *words[2:]]) + (" " if os.environ["COMP_LINE"].endswith(" ") else "")
+    app = eval_app if sub == "eval" else train_app
+    sys.argv = ["metarec", *argv]
     app()
     return 0
 
@@ -91,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-sc", "--shell-completion"):
+        return _completion(argv)
     cmd, rest = argv[0], argv[1:]
     if cmd == "train":
         return _hydra(train_app, "train", rest)

@@ -100,9 +100,9 @@ DATA_SCHEMAS = {"movielens": MovieLensConfig, "sinusoid": SinusoidConfig, "omnig
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="data", name="base_movielens", node=MovieLensConfig)
-    cs.store(group="data", name="base_sinusoid", node=SinusoidConfig)
-    cs.store(group="data", name="base_omniglot", node=OmniglotConfig)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="algo", name="base_algo", node=AlgoConfig)
-    cs.store(group="device", name="base_device", node=DeviceConfig)
+    # Schemas live in their own group, so they never show up as choices of data/model/algo/device.
+    for name, node in DATA_SCHEMAS.items():
+        cs.store(group="schema/data", name=name, node=node)
+    cs.store(group="schema", name="model", node=ModelConfig)
+    cs.store(group="schema", name="algo", node=AlgoConfig)
+    cs.store(group="schema", name="device", node=DeviceConfig)
