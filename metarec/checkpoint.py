@@ -1,27 +1,45 @@
-"""Checkpoints: plain dicts of tensors and containers, written atomically, read with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and containers, written atomically, read with weights_only=True.
+
+A checkpoint is {"model", "algo", "step", "rng", "trainer", "config", "metarec", "fingerprint",
+"model_spec"}; anything that is not plain data (a pickled object that could run code when loaded)
+is refused, never executed.
+"""
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from metarec.errors import UserError
 
+REQUIRED = ("model", "config", "step")
+
 
 def save(obj: dict, path: str | Path) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: a crash leaves the old file intact."""
+    """Write to a temp file beside `path`, fsync, then rename: a crash or a full disk leaves the old
+    file intact and no half-written file under the final name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = io.BytesIO()
+    torch.save(obj, data)  # in memory first: torch's zip writer reports a full disk as a RuntimeError
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(data.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise UserError(f"could not write checkpoint {path} ({e.strerror or e}): {kept}; "
+                        f"free disk space or fix the folder's permissions, then resume with trainer.resume=auto") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -32,21 +50,82 @@ def save(obj: dict, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temps(folder: str | Path) -> None:
+    """Temp files a killed writer left behind (never a finished checkpoint)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.pt.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+
 def load(path: str | Path) -> dict:
     """Read a metarec checkpoint; anything else (or anything that would run code) is refused."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: pass checkpoint=PATH to a .pt file in a run's checkpoints/ folder")
+        raise UserError(f"checkpoint {path} does not exist: pass the path of a .pt file in a run's checkpoints/ folder")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} was refused: it holds objects that plain-data loading does not allow "
-                        f"and that could run code ({first[:160]}); only load checkpoints that metarec wrote") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(f"checkpoint {path} is not a readable checkpoint (truncated or not a torch file: "
-                        f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})") from None
-    if not isinstance(obj, dict) or not {"model", "config", "step"} <= obj.keys():
-        raise UserError(f"checkpoint {path} is not a metarec checkpoint (no model/config/step): "
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e.strerror or e})") from None
+    if not head:
+        raise UserError(f"checkpoint {path} is empty (a copy or a write that never finished): "
                         f"pass a checkpoints/last.pt or best.pt written by metarec train")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
+        raise UserError(f"checkpoint {path} is not a torch file (it starts with {head!r}): "
+                        f"pass a checkpoints/last.pt or best.pt written by metarec train")
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise UserError(f"checkpoint {path} is truncated (its zip directory is missing: a copy or a write that "
+                        f"never finished): use another checkpoint, e.g. the run's best.pt or last.pt")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise UserError(f"checkpoint {path} was refused: it holds objects that could run code when loaded "
+                            f"({_refusal(str(e))}), and metarec loads plain data only; "
+                            f"use only checkpoints that metarec wrote") from None
+        raise UserError(f"checkpoint {path} is not a torch checkpoint ({_first_line(e)}): "
+                        f"pass a checkpoints/last.pt or best.pt written by metarec train") from None
+    except Exception as e:  # noqa: BLE001 - truncated zips, text files, empty files: one user-facing problem
+        raise UserError(f"checkpoint {path} is not a readable checkpoint (truncated, or not a torch file: "
+                        f"{_first_line(e)}): pass a checkpoints/last.pt or best.pt written by metarec train") from None
+    if not isinstance(obj, dict) or not set(REQUIRED) <= obj.keys() or not isinstance(obj["config"], dict):
+        raise UserError(f"checkpoint {path} is a torch file but not a metarec checkpoint (it lacks "
+                        f"{'/'.join(REQUIRED)}): pass a checkpoints/last.pt or best.pt written by metarec train")
     return obj
+
+
+def config(ck: dict, path: str | Path) -> DictConfig:
+    """The checkpoint's config, checked against today's schemas (a wrong type or unknown key is refused)."""
+    from metarec.config import DATA_SCHEMAS, Config  # the schemas import the data sets: only when needed
+
+    try:
+        raw = dict(ck["config"])
+        data = OmegaConf.merge(OmegaConf.structured(DATA_SCHEMAS[raw["data"]["name"]]), raw.pop("data"))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        cfg.data = data
+    except Exception as e:  # noqa: BLE001 - any mismatch is the same user-facing problem
+        key = getattr(e, "full_key", None)
+        detail = f"{key}: {_first_line(e)}" if key else _first_line(e)
+        raise UserError(f"checkpoint {path} has a config that does not fit this metarec's schema ({detail}): "
+                        f"use it with the metarec version that wrote it ({ck.get('metarec', '?')})") from None
+    return cfg
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)).strip()  # KeyError's str is a repr
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0].split(". ")[0]
+    return (line if " " in line else f"{type(e).__name__} {line}")[:limit]
+
+
+def _refusal(message: str) -> str:
+    """The line of torch's refusal that names what was blocked (not its advice to load unsafely)."""
+    for line in message.splitlines():
+        if "unsupported" in line.lower() or "global" in line.lower():
+            line = line.split("error:")[-1].strip()  # "WeightsUnpickler error: Unsupported global: ..."
+            return line.split(". ")[0].rstrip(".")[:160]
+    return "not plain data"

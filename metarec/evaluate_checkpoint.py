@@ -10,7 +10,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from metarec import checkpoint
-from metarec.config import DATA_SCHEMAS, Config
 from metarec.errors import UserError
 from metarec.evaluate import format_table
 from metarec.train import _fingerprint, build, evaluate_all, resolve_device
@@ -20,16 +19,7 @@ log = logging.getLogger("metarec")
 
 def checkpoint_config(ck: dict, path: Path) -> DictConfig:
     """The checkpoint's config, checked against today's schemas."""
-    try:
-        raw = dict(ck["config"])
-        data = OmegaConf.merge(OmegaConf.structured(DATA_SCHEMAS[raw["data"]["name"]]), raw.pop("data"))
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), raw)
-        cfg.data = data
-    except Exception as e:  # noqa: BLE001 - any mismatch is the same user-facing problem
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} has a config that does not fit this metarec's schema ({msg}): "
-                        f"evaluate it with the metarec version that wrote it ({ck.get('metarec', '?')})") from None
-    return cfg
+    return checkpoint.config(ck, path)
 
 
 def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path) -> dict:
@@ -56,8 +46,9 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
     device = resolve_device(cfg.device.name)
     source, model, algo = build(cfg, device, progress=False)
     if ck.get("fingerprint") != _fingerprint(source):
-        raise UserError(f"checkpoint {path} was trained on other data than {cfg.data.get('root') or 'the cached copy'} "
-                        f"(data fingerprint differs): point data.root at the data it was trained on")
+        where = f"data.root={cfg.data.root}" if cfg.data.get("root") else f"the {cfg.data.name} data this config loads"
+        raise UserError(f"checkpoint {path} was trained on other data than {where} (the data fingerprints differ): "
+                        f"point data.root at the data it was trained on")
     try:
         model.load_state_dict(ck["model"])
         algo.load_state_dict(ck["algo"])
@@ -66,9 +57,13 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
     result = evaluate_all(cfg, source, algo, "test")
     result["checkpoint"] = str(path)
     result["overrides"] = overrides
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     table = format_table(result, f"{cfg.algo.name} on {cfg.data.name}: {path}")
-    (run_dir / "eval.md").write_text(table)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        (run_dir / "eval.md").write_text(table)
+    except OSError as e:
+        raise UserError(f"could not write the evaluation to {run_dir} ({e.strerror or e}): "
+                        f"free disk space or choose a writable hydra.run.dir") from None
     print(table)
     return result

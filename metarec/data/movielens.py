@@ -209,7 +209,9 @@ class MovieLensTasks:
         return {"fields": [list(f) for f in self.fields], "multi_hot": ["genre", len(self.genres)], "offset": self.mu}
 
     def sample_train(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
-        """Fresh episodes from meta-train users' existing-item ratings (warm queries excluded)."""
+        """Fresh episodes from meta-train users' existing-item ratings (warm queries excluded).
+        A meta-batch holds distinct users: a trainer.meta_batch_size above the number of meta-train
+        users is refused rather than sampled with replacement, so no user counts twice in one step."""
         n_users = len(self.pool_users)
         if n_tasks > n_users:
             raise UserError(f"trainer.meta_batch_size={n_tasks} is larger than the {n_users} meta-train users: "
@@ -234,42 +236,62 @@ class MovieLensTasks:
         return self._batch(support, support_mask, query, query_mask, generator)
 
     def _item_context(self) -> dict[str, Tensor]:
-        """Per rating, its item's mean residual (rating - mu, shrunk) and count over OTHER users'
-        ratings in the same context: the training pool for meta-training; the pool plus every
-        support set of the state at evaluation (never a query). Two categorical columns."""
-        resid = self.y - self.mu
-        n = len(self.y)
+        """Per rating, its item's mean residual and its count over OTHER users' ratings in the same
+        context: the training pool for meta-training (re-drawn per episode, see _train_context); the
+        pool plus every support set of the state at evaluation (never a query). Two categorical columns."""
         pool = torch.from_numpy(self.train_ratings).to(self.device)
-        in_pool = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.rating_user = torch.from_numpy(self.raw.rating_user).to(self.device)
+        in_pool = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
         in_pool[pool] = True
-
-        def columns(members: Tensor, rows: Tensor) -> Tensor:
-            """Stats from the ratings `members`; each rating in `rows` leaves its own out."""
-            items = self.rating_item[members]
-            total = torch.zeros(len(self.raw.item_year), device=self.device).index_add(0, items, resid[members])
-            count = torch.zeros_like(total).index_add(0, items, torch.ones_like(resid[members]))
-            cols = torch.zeros(n, 2, dtype=torch.long, device=self.device)
-            it = self.rating_item[rows]
-            own = torch.isin(rows, members).float()
-            t, c = total[it] - own * resid[rows], count[it] - own
-            mean = t / (c + self.bias_shrink)
-            edges = torch.as_tensor(BIAS_EDGES, dtype=mean.dtype, device=self.device)
-            cols[rows, 0] = torch.where(c > 0, torch.bucketize(mean, edges) + 1, torch.zeros_like(c, dtype=torch.long))
-            cols[rows, 1] = torch.bucketize(c, torch.as_tensor(COUNT_EDGES, dtype=c.dtype, device=self.device), right=True)
-            return cols
-
-        context = {"train": columns(pool, pool)}
+        context = {"train": self._stat_columns(pool, pool)}
         for state, t in self.tasks.items():
             support = t.support[t.support_mask.bool()]
             members = torch.cat([pool, support[~in_pool[support]]])
             rows = torch.cat([support, t.query[t.query_mask.bool()]]).unique()
-            context[state] = columns(members, rows)
+            context[state] = self._stat_columns(members, rows)
         return context
+
+    def _stat_columns(self, members: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """Item context of `rows` from the ratings `members` (each row leaves its own rating out):
+        the item's mean of (rating - mu - the rater's bias), shrunk, and its count, bucketed. Removing
+        each rater's bias (as the bias_transductive floor does) keeps a new item seen by a few users
+        from inheriting their leniency. Written into `out` ([ratings, 2], zeros) at `rows`."""
+        resid = self.y - self.mu
+        n_users, n_items = len(self.raw.user_gender), len(self.raw.item_year)
+        users, items = self.rating_user[members], self.rating_item[members]
+        u_total = torch.zeros(n_users, device=self.device).index_add(0, users, resid[members])
+        u_count = torch.zeros(n_users, device=self.device).index_add(0, users, torch.ones_like(resid[members]))
+        user_bias = u_total / (u_count + 3.0)
+        debiased = resid - user_bias[self.rating_user]  # [ratings]
+        total = torch.zeros(n_items, device=self.device).index_add(0, items, debiased[members])
+        count = torch.zeros(n_items, device=self.device).index_add(0, items, torch.ones_like(debiased[members]))
+        member = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
+        member[members] = True
+        it, own = self.rating_item[rows], member[rows].float()
+        t, c = total[it] - own * debiased[rows], count[it] - own
+        mean = t / (c + self.bias_shrink)
+        edges = torch.as_tensor(BIAS_EDGES, dtype=mean.dtype, device=self.device)
+        out = torch.zeros(len(self.y), 2, dtype=torch.long, device=self.device) if out is None else out
+        out[rows, 0] = torch.where(c > 0, torch.bucketize(mean, edges) + 1, torch.zeros_like(c, dtype=torch.long))
+        out[rows, 1] = torch.bucketize(c, torch.as_tensor(COUNT_EDGES, dtype=c.dtype, device=self.device), right=True)
+        return out
+
+    def _train_context(self, rows: Tensor, generator: torch.Generator) -> Tensor:
+        """Training item context from a random share (uniform in [0.05, 1], drawn per episode) of the
+        meta-train users. New items are seen at evaluation only through a few users' support sets, so
+        small counts must also occur for popular items in training, not only for obscure ones."""
+        share = 0.05 + 0.95 * torch.rand((), generator=generator).item()
+        chosen = (torch.rand(len(self.pool_users), generator=generator) < share).to(self.device)  # [pool users]
+        members = self.pool[chosen][self.pool_mask[chosen].bool()]
+        if len(members) == 0:
+            members = self.pool[:1][self.pool_mask[:1].bool()]
+        return self._stat_columns(members, rows.flatten().unique())
 
     def _batch(self, support, support_mask, query, query_mask, generator=None, context: str = "train") -> TaskBatch:
         sx, qx = self.x[support], self.x[query]
         if self.cfg.item_stats:
-            ctx = self.item_context[context]
+            ctx = (self._train_context(torch.cat([support.flatten(), query.flatten()]), generator)
+                   if context == "train" and generator is not None else self.item_context[context])
             b = self.n_base
             sx = torch.cat([sx[..., :b], ctx[support], sx[..., b:]], -1)
             qx = torch.cat([qx[..., :b], ctx[query], qx[..., b:]], -1)

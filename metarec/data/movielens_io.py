@@ -137,9 +137,10 @@ def _parse_ratings(path: Path, sep: bytes) -> tuple[np.ndarray, np.ndarray]:
             row = [float(p) for p in parts]
         except ValueError:
             shown = line.strip().replace("\t", sep.decode())[:60]
+            fields = "tab" if sep == b"\t" else f"'{sep.decode()}'"
             raise UserError(
-                f"{path.name} line {lineno} is malformed ({shown!r}; expected "
-                f"user{sep.decode()}item{sep.decode()}rating{sep.decode()}timestamp): fix or re-download {path}"
+                f"{path.name} line {lineno} is malformed ({shown!r}; expected four {fields}-separated numbers: "
+                f"user, item, rating, timestamp): fix or re-download {path}"
             ) from None
         rows.append(row)
         lines.append(lineno)
