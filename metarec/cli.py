@@ -17,6 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metarec.config import register
@@ -36,6 +37,9 @@ log = logging.getLogger("metarec")
 register()
 
 
+FAILED_JOBS: list[str] = []  # sweep jobs (run in this process) that ended in a UserError
+
+
 def _user_errors(fn):
     """A UserError ends the job with one line (the full trace with HYDRA_FULL_ERROR=1)."""
     def wrapper(cfg: DictConfig):
@@ -45,6 +49,9 @@ def _user_errors(fn):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"metarec: error: {e}", file=sys.stderr)
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                FAILED_JOBS.append(str(e))
+                return float("nan")  # one failed job must not end the sweep; its status.json says why
             raise SystemExit(2) from None
     wrapper.__wrapped__ = fn
     wrapper.__name__ = fn.__name__
@@ -88,12 +95,21 @@ def _hydra(app, name: str, argv: list[str]) -> int:
         except UserError as e:
             print(f"metarec: error: {e}", file=sys.stderr)
             return 2
-    sys.argv = [f"metarec {name}", *([] if named else [f"hydra.job.name={name}"]), *argv]
+    if not named:
+        # argparse takes the overrides as one run of positionals: put the job name inside that run
+        # (before the first override, else in front), so `-m a=1,2` and `a=1 --cfg job` both parse.
+        at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), 0)
+        argv = [*argv[:at], f"hydra.job.name={name}", *argv[at:]]
+    sys.argv = [f"metarec {name}", *argv]
     try:
         app()
     except KeyboardInterrupt:  # Ctrl-C while importing or composing, before training takes signals over
         print(f"metarec: SIGINT: stopped before {name} started", file=sys.stderr)
         return 130
+    if FAILED_JOBS:
+        print(f"metarec: error: {len(FAILED_JOBS)} job(s) of the sweep failed (see above and each run's status.json)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
