@@ -351,9 +351,11 @@ def _val_metric(runs: list[Run]) -> str | None:
 
 
 def _labels(runs: list[Run]) -> dict[str, str]:
+    # Only the overrides that differ between runs: the shared ones would only crowd the legend.
+    common = set.intersection(*(set(r.overrides) for r in runs)) if len(runs) > 1 else set()
     labels, used = {}, set()
     for run in runs:
-        label = " ".join(run.overrides) or run.name
+        label = " ".join(o for o in run.overrides if o not in common) or run.name
         labels[run.name] = label if label not in used else f"{label} [{run.name}]"
         used.add(label)
     return labels
