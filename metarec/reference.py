@@ -27,3 +27,31 @@ def per_task_meta_loss(model, inner_names, batch, kind, inner_lr, steps, first_o
         pred = functional_call(model, {**params, **fast}, (xq,))
         losses.append(masked_task_loss(pred[None], yq[None], torch.ones_like(yq, dtype=pred.dtype)[None], kind)[0])
     return torch.stack(losses).mean()
+
+
+def per_task_reptile_step(model, inner_names, batch, kind, inner_lr, steps):
+    """Reptile's update task by task: sets .grad = theta - mean_i theta'_i on the adapted weights and the
+    mean loss gradient at the adapted weights on the rest (as Reptile.step); returns that mean loss."""
+    params = dict(model.named_parameters())
+    data = batch.merged()  # Reptile trains each task on all of its data
+    total = {n: torch.zeros_like(params[n]) for n in inner_names}
+    losses = []
+    for i in range(data.n_tasks):
+        m = data.support_mask[i].bool()
+        x, y = data.support_x[i][m], data.support_y[i][m]
+        ones = torch.ones_like(y, dtype=params[inner_names[0]].dtype)[None]
+        fast = {n: params[n].detach().requires_grad_(True) for n in inner_names}
+        for _ in range(steps):
+            loss = masked_task_loss(functional_call(model, {**params, **fast}, (x,))[None], y[None], ones, kind)[0]
+            grads = torch.autograd.grad(loss, list(fast.values()))
+            fast = {n: (w - inner_lr * g).detach().requires_grad_(True) for (n, w), g in zip(fast.items(), grads)}
+        fast = {n: w.detach() for n, w in fast.items()}
+        losses.append(masked_task_loss(functional_call(model, {**params, **fast}, (x,))[None], y[None], ones, kind)[0])
+        for n in inner_names:
+            total[n] += fast[n]
+    loss = torch.stack(losses).mean()
+    if loss.requires_grad:
+        loss.backward()
+    for n in inner_names:
+        params[n].grad = params[n].detach() - total[n] / data.n_tasks
+    return loss

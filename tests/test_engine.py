@@ -74,3 +74,113 @@ def test_encoder_runs_once_when_only_the_head_adapts():
     _, algo = make("all")
     assert not algo.engine.head_only
     assert "encoder.embeddings.gender.weight" in algo.engine.inner_names
+
+
+# ---- every speed option of the engine against the same oracle ---------------------------------------
+
+SPEED_OPTIONS = {
+    "hand, Gram first layer": {},
+    "hand, explicit first layer": {"gram": False},
+    "hand, one group per length": {"group_cost": 0},
+    "vmap": "vmap",
+}
+
+
+def with_option(algo, option):
+    from metarec.engine import Engine
+    if option == "vmap":
+        algo.engine = Engine(algo.model, algo.engine.inner_names, "rating", hand=False)
+    else:
+        assert algo.engine.hand is not None
+        for k, v in option.items():
+            setattr(algo.engine, k, v)
+    return algo
+
+
+@pytest.mark.parametrize("option", list(SPEED_OPTIONS))
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+def test_every_speed_option_equals_the_oracle(option, first_order, learn_inner_lr):
+    model, algo = make("mlp", first_order, 3, learn_inner_lr=learn_inner_lr)
+    algo = with_option(algo, SPEED_OPTIONS[option])
+    batch = rating_batch(n_tasks=6, support=(1, 9))
+    params = list(model.parameters()) + (list(algo.inner_lrs.parameters()) if learn_inner_lr else [])
+    a = grads_of(algo.meta_loss(batch), params)
+    b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", algo.inner_lr(), 3, first_order), params)
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("option", list(SPEED_OPTIONS))
+def test_evaluation_trace_is_the_same_on_every_path(option):
+    model, algo = make("mlp", False, 2)
+    batch = rating_batch(n_tasks=6, support=(1, 9))
+    want = MAML(algo.cfg, model, "rating").adapt_trace(batch, 3)
+    want_vmap = with_option(MAML(algo.cfg, model, "rating"), "vmap").adapt_trace(batch, 3)
+    got = with_option(algo, SPEED_OPTIONS[option]).adapt_trace(batch, 3)
+    for a, b, c in zip(want, want_vmap, got):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0) and torch.allclose(a, c, atol=1e-10, rtol=0)
+
+
+def test_hand_path_is_used_only_where_it_reproduces_the_module():
+    from metarec.engine import Engine, HandFieldsMLP, HandMLP
+    model, algo = make("mlp")
+    assert isinstance(algo.engine.hand, HandMLP)
+    assert isinstance(make("all")[1].engine.hand, HandFieldsMLP)
+    assert Engine(model, ["head.net.0.weight"], "classification").hand is None  # cross-entropy: vmap
+    with pytest.raises(ValueError):
+        Engine(model, ["head.net.0.weight"], "classification", hand=True)
+
+
+@pytest.mark.parametrize("option", list(SPEED_OPTIONS))
+@pytest.mark.parametrize("first_order", [False, True])
+def test_every_speed_option_equals_the_oracle_when_everything_adapts(option, first_order):
+    """algo.inner_params=all: per-task embedding tables (MeLU's fields, pooled genres) and the MLP."""
+    spec = {**SPEC, "fields": SPEC["fields"] + [["item", 30]]}  # item ids: shared, never adapted
+    torch.manual_seed(0)
+    model = MeLU(spec, embedding_dim=6, hidden=[8, 8]).double()
+    cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=first_order, inner_params="all", meta_lr=1e-3,
+                                learn_inner_lr=False, weight_decay=0.0))
+    algo = with_option(MAML(cfg, model, "rating"), SPEED_OPTIONS[option])
+    batch = rating_batch(n_tasks=6, support=(1, 9), spec=spec)
+    params = list(model.parameters())
+    a = grads_of(algo.meta_loss(batch), params)
+    b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, 3, first_order), params)
+    for (name, _), x, y in zip(model.named_parameters(), a, b):
+        assert torch.allclose(x, y, atol=1e-10, rtol=0), name
+
+
+@pytest.mark.slow
+def test_compiled_engine_equals_the_oracle():
+    """trainer.compile=true (torch.compile of the inner gradient): slow to compile on a CPU."""
+    torch.manual_seed(0)
+    model = MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double()
+    cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params="mlp", meta_lr=1e-3,
+                                learn_inner_lr=False, weight_decay=0.0))
+    algo = MAML(cfg, model, "rating", compile=True)
+    batch = rating_batch(n_tasks=6, support=(1, 9))
+    a = grads_of(algo.meta_loss(batch), list(model.parameters()))
+    b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, 3, False), list(model.parameters()))
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("inner_params", ["mlp", "all"])
+def test_reptile_step_equals_the_per_task_reference(inner_params):
+    from metarec.algos.reptile import Reptile
+    from metarec.reference import per_task_reptile_step
+    torch.manual_seed(0)
+    cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params=inner_params, meta_lr=1e-3,
+                                learn_inner_lr=False, weight_decay=0.0, outer="adam"))
+    model = MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double()
+    reference_model = MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double()
+    reference_model.load_state_dict(model.state_dict())
+    algo = Reptile(cfg, model, "rating")
+    batch = rating_batch(n_tasks=6, support=(1, 9))
+    algo.optimizer.step = lambda: None  # compare the gradients the update is made of
+    algo.step(batch)
+    per_task_reptile_step(reference_model, algo.engine.inner_names, batch, "rating", 0.3, 3)
+    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+        a = torch.zeros(()) if p.grad is None else p.grad
+        b = torch.zeros(()) if q.grad is None else q.grad
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), name

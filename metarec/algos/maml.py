@@ -40,10 +40,13 @@ class MAML:
     def meta_loss(self, batch: TaskBatch) -> Tensor:
         """Mean query loss after adaptation; backward() of it is the meta-gradient."""
         params = self.params()
-        h_support = self.engine.features(params, batch.support_x)
+        # Tasks sorted by support size: the engine pads groups of similar size apart without a gather
+        # (the mean over tasks does not depend on their order).
+        batch = batch.select(batch.support_mask.sum(1).argsort(stable=True))
         h_query = self.engine.features(params, batch.query_x)
-        fast = self.engine.adapt(params, h_support, batch.support_y, batch.support_mask, self.inner_lr(),
-                                 self.cfg.inner_steps, self.cfg.first_order)
+        # the engine encodes the support set itself, per group of similar size (x=, not h)
+        fast = self.engine.adapt(params, None, batch.support_y, batch.support_mask, self.inner_lr(),
+                                 self.cfg.inner_steps, self.cfg.first_order, x=batch.support_x)
         pred = self.engine.predict(params, fast, h_query)
         return masked_task_loss(pred, batch.query_y, batch.query_mask, self.kind).mean()
 
@@ -58,7 +61,6 @@ class MAML:
         if self.sync is not None:
             self.sync(self.meta_parameters())
         self.optimizer.step()
-        return {"loss": loss.item()}
 
     def adapt_trace(self, batch: TaskBatch, steps: int) -> list[Tensor]:
         """Query predictions after 0..steps adaptation steps on each task's support set (no meta-graph)."""

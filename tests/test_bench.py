@@ -1,0 +1,46 @@
+"""`metarec bench`: the JSON it writes and the synthetic ml-1m it builds (no timing assertions: speed lives in the bench)."""
+import json
+
+import numpy as np
+from conftest import ML100K, needs_ml100k
+
+from metarec.bench import HEADER, format_row, main, write_synthetic_ml1m
+from metarec.data.movielens_io import read_movielens
+
+ROW_KEYS = {"algo", "meta_batch", "inner_steps", "first_order", "impl", "tasks_per_s", "peak_rss_mb"}
+
+
+@needs_ml100k()
+def test_quick_bench_writes_rows_for_every_impl(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--threads", "1", "--repeats", "1", "--min-time", "0", "--data-root", str(ML100K), "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert rows and all(set(r) == ROW_KEYS for r in rows)
+    assert {r["impl"] for r in rows} == {"reference", "engine", "supervised"}
+    assert {(r["algo"], r["first_order"]) for r in rows} == {("maml", False), ("maml", True)}
+    for r in rows:
+        assert isinstance(r["meta_batch"], int) and isinstance(r["inner_steps"], int) and isinstance(r["first_order"], bool)
+        assert r["tasks_per_s"] > 0 and r["peak_rss_mb"] > 0
+    assert result["machine"]["threads"] >= 1
+    assert result["evaluation"]["state"] == "user_cold" and result["evaluation"]["tasks"] > 0
+    printed = capsys.readouterr().out
+    assert HEADER in printed and "eng/ref" in printed
+
+
+def test_table_row_shows_the_ratios():
+    rows = [{"algo": "maml", "meta_batch": 32, "inner_steps": 5, "first_order": False, "impl": impl, "tasks_per_s": v,
+             "peak_rss_mb": 1.0} for impl, v in (("reference", 100.0), ("engine", 1000.0), ("supervised", 4000.0))]
+    line = format_row(rows)
+    assert "10.0x" in line and "4.0x" in line and "second" in line
+
+
+def test_synthetic_ml1m_reads_as_ml1m(tmp_path):
+    write_synthetic_ml1m(tmp_path, users=50, items=80, ratings=2000)
+    raw = read_movielens(tmp_path)
+    assert len(raw.rating) == 2000 and len(raw.user_gender) == 50 and len(raw.item_year) == 80
+    assert np.bincount(raw.rating_user).min() >= 20
+    assert {g for gs in raw.item_genres for g in gs} <= set(
+        "Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir Horror "
+        "Musical Mystery Romance Sci-Fi Thriller War Western".split())
