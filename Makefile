@@ -31,5 +31,8 @@ test-fast: setup  ## unit tests only
 bench: setup  ## meta-training throughput: engine vs per-task loop vs supervised step
 	$(BIN)/metarec bench --out bench.json
 
+results: setup  ## 3 split seeds per method on ml-100k -> docs/results.md (ARGS="--data-root PATH/ml-100k")
+	$(BIN)/python -m metarec.results $(ARGS)
+
 clean:  ## remove the venv, build files and caches (not outputs/)
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

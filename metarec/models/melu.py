@@ -65,10 +65,13 @@ class MeLU(nn.Module):
         names = [n for n, _ in self.named_parameters()]
         if inner_params == "mlp":
             return [n for n in names if n.startswith("head.net.")]
+        if inner_params == "last":  # ANIL: only the output layer, a per-user linear model on learned features
+            last = [n for n in names if n.startswith("head.net.")][-2:]
+            return last
         if inner_params == "all":
             return [n for n in names if n != "head.prompt" and n != "encoder.embeddings.item.weight"]
         if inner_params == "prompt":
             if self.head.prompt is None:
                 raise ValueError("algo.inner_params=prompt needs prompt vectors: set algo.prompt_len and algo.prompt_dim")
             return ["head.prompt"]
-        raise ValueError(f"algo.inner_params={inner_params!r} is not one of mlp, all, prompt")
+        raise ValueError(f"algo.inner_params={inner_params!r} is not one of mlp, last, all, prompt")

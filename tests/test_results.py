@@ -1,0 +1,143 @@
+"""metarec.results on small generated eval.json files: aggregation over seeds, the best meta-learner by
+validation, paired per-task differences combined over seeds (checked against hand-computed numbers)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metarec import results
+from metarec.results import SeedRun, combine, mean_ci, summarize, targets
+
+# per seed: per-task MAE on user_cold (identical tasks for every method of a seed)
+MAML = {0: [0.7, 0.8, 0.9], 1: [0.6, 0.7, 0.8, 0.9]}
+PRETRAIN = {0: [0.8, 0.8, 1.0], 1: [0.7, 0.7, 0.9, 1.1]}
+REPTILE = {0: [0.5, 0.5, 0.5], 1: [0.5, 0.5, 0.5, 0.5]}  # best on test, worse on validation
+BIAS = {0: [0.75, 0.85, 0.95], 1: [0.6, 0.8, 0.8, 1.0]}
+USER_MEAN = {0: [0.9, 0.9, 0.9], 1: [0.9, 0.9, 0.9, 0.9]}
+VAL = {"maml": 0.78, "pretrain": 0.77, "reptile": 0.80}  # pretrain is best on validation, but no meta-learner
+
+
+def mean(v):
+    return sum(v) / len(v)
+
+
+def state(mae: list[float], seed: int, ndcg: float = 0.8) -> dict:
+    floors = {"bias": BIAS[seed], "user_mean": USER_MEAN[seed], "global_mean": [1.0] * len(mae)}
+    doc = {"n_tasks": len(mae), "headline_step": "1",
+           "steps": {"0": {"mae": 9.0, "ndcg@3": 0.0, "ndcg_lin@3": 0.0},
+                     "1": {"mae": mean(mae), "mae_ci": 0.01, "ndcg@3": ndcg, "ndcg_lin@3": ndcg + 0.1}},
+           "per_task": {"0": {"mae": [9.0] * len(mae), "ndcg@3": [0.0] * len(mae)},
+                        "1": {"mae": mae, "ndcg@3": [ndcg] * len(mae)}},
+           "floors": {name: {"mae": mean(v), "ndcg@3": 0.7, "ndcg_lin@3": 0.85} for name, v in floors.items()},
+           "floors_per_task": {name: {"mae": v, "ndcg@3": [0.7] * len(v)} for name, v in floors.items()}}
+    doc["floors"]["random"] = {"ndcg@3": 0.6, "ndcg_lin@3": 0.8}
+    doc["floors_per_task"]["random"] = {"ndcg@3": [0.6] * len(mae)}
+    return doc
+
+
+def runs() -> list[SeedRun]:
+    out = []
+    for name, values in (("maml", MAML), ("pretrain", PRETRAIN), ("reptile", REPTILE)):
+        for seed in (0, 1):
+            out.append(SeedRun(name, seed, {"user_cold": state(values[seed], seed)}, VAL[name] + seed / 100))
+    return out
+
+
+def test_paired_difference_combined_over_seeds_by_hand():
+    s = summarize(runs())
+    assert s["best"] == "maml"  # chosen by validation MAE among meta-learners, not by test MAE (reptile)
+    comp = s["comparisons"]["user_cold"]
+    # seed 0: d = [-.1, 0, -.1], mean -1/15, sd .057735, SE .033333; seed 1: d = [-.1, 0, -.1, -.2], mean -.1, SE .040825
+    d, se = comp["mae vs pretrain"]
+    assert d == pytest.approx(-0.083333, abs=1e-6)
+    assert se == pytest.approx(math.sqrt(0.0333333 ** 2 + 0.0408248 ** 2) / 2, abs=1e-6)
+    assert se == pytest.approx(0.026352, abs=1e-6)
+    # against the bias floor: seed 0 d = -.05 each (SE 0); seed 1 d = [0, -.1, 0, -.1], mean -.05, SE .028868
+    d, se = comp["mae vs bias"]
+    assert d == pytest.approx(-0.05)
+    assert se == pytest.approx(0.0288675 / 2, abs=1e-6)
+    assert comp["best_floor"] == "bias"  # lowest mean MAE among the floors (bias .86 vs user_mean .90)
+    d, se = comp["ndcg@3 vs random"]
+    assert d == pytest.approx(0.2) and se == pytest.approx(0.0)
+
+
+def test_table_means_and_t_intervals_over_seeds():
+    s = summarize(runs())
+    row = s["table"]["user_cold"]["maml"]
+    m0, m1 = mean(MAML[0]), mean(MAML[1])
+    assert row["mae"][0] == pytest.approx((m0 + m1) / 2)
+    # two seeds: t(0.975, 1 df) = 12.706 times stdev / sqrt(2) = 12.706 * |m0 - m1| / 2
+    assert row["mae"][1] == pytest.approx(12.706 * abs(m0 - m1) / 2)
+    assert row["ndcg_lin@3"][0] == pytest.approx(0.9)
+    floor = s["table"]["user_cold"]["floor: bias"]
+    assert floor["mae"][0] == pytest.approx((mean(BIAS[0]) + mean(BIAS[1])) / 2)
+    assert "mae" not in s["table"]["user_cold"]["floor: random"]
+    assert s["table"]["user_cold"]["floor: random"]["ndcg@3"][0] == pytest.approx(0.6)
+    assert s["val_mae"]["maml"][0] == pytest.approx(0.785)
+
+
+def test_helpers_by_hand():
+    assert combine([(-0.1, 0.03), (0.1, 0.04)]) == pytest.approx((0.0, 0.025))
+    m, ci = mean_ci([0.7, 0.8, 0.9])
+    assert m == pytest.approx(0.8) and ci == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.7])[1])
+
+
+def test_targets_say_reached_or_not_with_numbers():
+    checks = {what: (ok, numbers) for what, ok, numbers in targets(summarize(runs()))}
+    ok, numbers = checks["user_cold: MAE of maml below pretrain by more than 2 SE"]
+    assert ok and "-0.0833 ± 0.0264" in numbers  # -0.083 < -2 * 0.026
+    ok, _ = checks["user_cold: MAE of maml below bias by more than 2 SE"]
+    assert ok  # -0.05 < -2 * 0.0144
+    ok, _ = checks["user_cold: nDCG@3 (2^r-1) of maml above random order by more than 0.1"]
+    assert ok
+
+
+def test_mismatched_tasks_are_refused():
+    bad = runs()
+    bad[2].states["user_cold"]["per_task"]["1"]["mae"] = [0.8, 0.8]  # pretrain seed 0 with 2 tasks
+    with pytest.raises(ValueError, match="not the same tasks"):
+        summarize(bad)
+
+
+def write_run(folder: Path, run: SeedRun) -> None:
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps({"states": run.states}))
+    rows = [{"step": 100, "split": "val", "mae": run.best_val + 0.05}, {"step": 200, "split": "train", "loss": 0.1},
+            {"step": 200, "split": "val", "mae": run.best_val}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_only_writes_the_page_from_run_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "METHODS", {"maml": ["experiment=melu_ml100k"], "pretrain": ["experiment=melu_ml100k_pretrain"],
+                                             "reptile": ["experiment=melu_ml100k_reptile"]})
+    monkeypatch.setattr(results, "preset_hparams", lambda m: f"preset of {m}")
+    for run in runs():
+        write_run(results.folder_of(tmp_path / "runs", run.method, run.seed), run)
+    doc = tmp_path / "docs" / "results.md"
+    assert results.main(["--report-only", "--out", str(tmp_path / "runs"), "--doc", str(doc), "--seeds", "0", "1"]) == 0
+    text = doc.read_text()
+    assert "nDCG@3 (gain 2^r-1)" in text and "nDCG@3 (gain linear)" in text
+    assert "maml (best meta-learner)" in text and "| floor: bias_transductive" not in text
+    assert "-0.0833 ± 0.0264" in text and "preset of reptile" in text
+    assert json.loads((tmp_path / "runs" / "summary.json").read_text())["best"] == "maml"
+
+
+def test_a_finished_run_is_reused_only_with_the_same_resolved_config(tmp_path):
+    overrides = results.run_overrides("maml", 1, "/data/ml-100k", 1)
+    assert overrides[:2] == ["experiment=melu_ml100k", "seed=1"] and "data.root=/data/ml-100k" in overrides
+    folder = tmp_path / "maml" / "seed1"
+    (folder / ".hydra").mkdir(parents=True)
+    config = results.compose(overrides)
+    assert config["data"]["split_seed"] is None and config["seed"] == 1  # the split follows the seed
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "status.json").write_text(json.dumps({"status": "finished"}))
+    assert not results.finished(folder, overrides)  # no eval.json
+    (folder / "eval.json").write_text("{}")
+    assert results.finished(folder, overrides)
+    config["algo"]["inner_lr"] = 0.5  # a preset edited since: train again
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert not results.finished(folder, overrides)
