@@ -27,7 +27,7 @@ class MovieLensConfig:
     item_ids: bool = False  # item id embeddings (a cold item has no trained id: UNK)
     item_id_dropout: float = 0.1  # share of training ids replaced by UNK so the UNK row is trained
     zip_prefix: int = 1  # leading zip-code characters used as a feature
-    item_stats: bool = False  # item context from other users' ratings (training pool; + support sets at evaluation)
+    item_stats: bool = True  # item context from other users' ratings (training pool; + support sets at evaluation)
 
 
 @dataclass
