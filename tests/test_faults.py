@@ -95,14 +95,14 @@ def cases(p: Paths) -> dict[str, Case]:
     return {
         # ---- bad input -----------------------------------------------------------------------
         "folder_without_the_files": Case(["train", *ml(p.root / "stray")], "holds no MovieLens data (expected ml-100k (u.data, u.user, u.item)"),
-        "malformed_rating_line": Case(["train", *ml(p.root / "malformed")], "u.data line 3 is malformed ('22\\t377\\tfive\\t878887116'; expected four tab-separated numbers: user, item, rating, timestamp)"),
-        "rating_off_the_scale": Case(["train", *ml(p.root / "offscale")], "u.data line 4 has rating 7, off the 1-5 scale"),
+        "malformed_rating_line": Case(["train", *ml(p.root / "malformed")], "u.data line 3 is malformed ('22\\t377\\tfive\\t878887116'; expected four tab-separated numbers: user, item, rating, timestamp)", ml100k=True),
+        "rating_off_the_scale": Case(["train", *ml(p.root / "offscale")], "u.data line 4 has rating 7, off the 1-5 scale", ml100k=True),
         "shots_larger_than_users_have": Case(["train", *ml(ML100K), "data.shots=95"], "data.shots=95 is larger than any warm user has (at most 90 support ratings): use data.shots<=90", ml100k=True),
         "filter_leaves_no_user": Case(["train", *ml(ML100K), "data.min_ratings=1000", "data.max_ratings=2000"], "no meta-train user has 1000-2000 ratings on existing items", ml100k=True),
         "meta_batch_larger_than_users": Case(["train", *ml(ML100K), "trainer.meta_batch_size=5000"], "trainer.meta_batch_size=5000 is larger than the", ml100k=True),
         "unwritable_output_folder": Case(["train", *SINUSOID, f"hydra.run.dir={p.root / 'a_file.txt' / 'run'}"], f"cannot create the run folder {p.root / 'a_file.txt' / 'run'}: {p.root / 'a_file.txt'} is a file, not a folder"),
         "resume_path_that_does_not_exist": Case(["train", *SINUSOID, f"trainer.resume={p.root / 'nowhere.pt'}"], f"trainer.resume={p.root / 'nowhere.pt'}: no such checkpoint"),
-        "full_trace_with_hydra_full_error": Case(["train", *ml(p.root / "malformed")], "u.data line 3 is malformed", code=1, env={"HYDRA_FULL_ERROR": "1"}),
+        "full_trace_with_hydra_full_error": Case(["train", *ml(p.root / "malformed")], "u.data line 3 is malformed", code=1, env={"HYDRA_FULL_ERROR": "1"}, ml100k=True),
         # ---- faults while training -----------------------------------------------------------
         "nan_loss": Case(["train", *SINUSOID, "algo.meta_lr=1e30"], "the loss became nan at step 2: training stopped (no checkpoint was written yet): lower algo.meta_lr or algo.inner_lr"),
         "nan_weights_at_a_checkpoint": Case(["train", *SINUSOID], "the weights became nan or inf at step 10: training stopped without saving; the last good checkpoint is", inject=NAN_WEIGHTS),
@@ -112,7 +112,7 @@ def cases(p: Paths) -> dict[str, Case]:
         "crafted_checkpoint_eval": Case(["eval", f"checkpoint={p.root / 'evil.pt'}"], "was refused: it holds objects that could run code when loaded (Trying to load unsupported GLOBAL posix.system", after="ok"),
         "crafted_checkpoint_resume": Case(["train", *SINUSOID, f"trainer.resume={p.root / 'evil.pt'}"], "was refused: it holds objects that could run code", after="ok"),
         "truncated_checkpoint": Case(["eval", f"checkpoint={p.root / 'truncated.pt'}"], "is truncated (its zip directory is missing: a copy or a write that never finished)", after="ok"),
-        "not_a_checkpoint": Case(["eval", f"checkpoint={ML100K / 'u.data'}"], "is not a torch file (it starts with b'196\\t'", after="ok"),
+        "not_a_checkpoint": Case(["eval", f"checkpoint={ML100K / 'u.data'}"], "is not a torch file (it starts with b'196\\t'", after="ok", ml100k=True),
         "checkpoint_of_other_data_eval": Case(["eval", f"checkpoint={p.root / 'other_data.pt'}"], "was trained on other data than the sinusoid data this config loads (the data fingerprints differ)", after="ok"),
         "checkpoint_of_other_data_resume": Case(["train", *SINUSOID, f"trainer.resume={p.root / 'other_data.pt'}"], "was trained on other data (its data fingerprint differs from this data's)", after="ok"),
         "checkpoint_config_off_schema": Case(["eval", f"checkpoint={p.root / 'off_schema.pt'}"], "has a config that does not fit this metarec's schema (algo.inner_lr: Value 'fast' of type 'str' could not be converted to Float)", after="ok"),
