@@ -9,6 +9,22 @@ QUICK = ["trainer.max_steps=20", "trainer.val_every=10", "trainer.meta_batch_siz
          "device=cpu", "device.threads=1"]
 
 
+def assert_close(a, b, path="states"):
+    """Equal structure and strings; floats equal to 1e-8 relative."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-8, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
 def test_help_and_cfg_job():
     r = run_cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "report" in r.stdout
@@ -85,12 +101,14 @@ def test_train_leaves_a_complete_run_folder_and_eval_reevaluates(tmp_path, cache
     again = read_json(out / "eval.json")
     assert again["states"]["user_cold"]["headline_step"] == "2"
     assert "user_cold" in (out / "eval.md").read_text()
-    # Same checkpoint, no overrides: the numbers of the training run come back exactly.
+    # Same checkpoint, no overrides: the numbers of the training run come back. Identical up to the
+    # last bits: a fresh process can take other BLAS kernels (memory alignment), and an adaptation
+    # step that blows a task up (item_cold, 4-5 steps) magnifies a 1-ulp difference to ~1e-10.
     out2 = tmp_path / "eval2"
     r = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "device=cpu", "device.threads=1",
                 f"hydra.run.dir={out2}", env=cache_env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert read_json(out2 / "eval.json")["states"] == result["states"]
+    assert_close(read_json(out2 / "eval.json")["states"], result["states"])
 
 
 @needs_ml100k()
