@@ -332,25 +332,33 @@ class Engine:
         scale = (2.0 * mask / mask.sum(1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)
         return (self.hand.offset() - y.unsqueeze(-1)) * scale, scale
 
-    def step(self, params: Params, fast: Params, h: Tensor, y: Tensor, mask: Tensor,
-             inner_lr: float | Params, create_graph: bool) -> Params:
-        """One inner SGD step on every task at once."""
+    def inner_grads(self, params: Params, fast: Params, h: Tensor, y: Tensor, mask: Tensor,
+                    create_graph: bool) -> Params:
+        """Each task's gradient of its own mean loss at its fast weights: name -> [tasks, ...]. On the
+        hand path a fast weight with a task dimension of stride 0 (init_fast's views) counts as shared."""
         if self.hand is not None:
             p = len(self.prefix)
             shared = {k[p:]: v for k, v in params.items() if k.startswith(self.prefix) and k not in fast}
             fast = {n: _shared_view(w) for n, w in fast.items()}
-            # first order: the gradient is a constant; the update keeps fast's own graph to theta
+            # first order: the gradient is a constant
             with torch.enable_grad() if create_graph else torch.no_grad():
                 w = {**shared, **{k[p:]: v for k, v in fast.items()}}
                 grads = self._hand_grads(w, h, None, *self._loss_terms(y, mask), [n[p:] for n in fast], None)
-            return {n: _sgd(w, grads[n[p:]], inner_lr[n] if isinstance(inner_lr, dict) else inner_lr)
-                    for n, w in fast.items()}
+            return {n: grads[n[p:]] for n in fast}
         loss = masked_task_loss(self.predict(params, fast, h), y, mask, self.kind).sum()
-        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
+        return dict(zip(fast, torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)))
+
+    def step(self, params: Params, fast: Params, h: Tensor, y: Tensor, mask: Tensor,
+             inner_lr: float | Params, create_graph: bool) -> Params:
+        """One inner SGD step on every task at once."""
+        grads = self.inner_grads(params, fast, h, y, mask, create_graph)
+        if self.hand is not None:  # the update keeps fast's own graph to theta (first order too)
+            return {n: _sgd(_shared_view(w), grads[n], inner_lr[n] if isinstance(inner_lr, dict) else inner_lr)
+                    for n, w in fast.items()}
         new = {}
-        for (n, w), g in zip(fast.items(), grads):
+        for n, w in fast.items():
             lr = inner_lr[n] if isinstance(inner_lr, dict) else inner_lr
-            new[n] = w - lr * g
+            new[n] = w - lr * grads[n]
         return new
 
     def adapt(self, params: Params, h: Tensor, y: Tensor, mask: Tensor, inner_lr: float | Params,
