@@ -63,7 +63,7 @@ def reference_step(algo) -> Callable:
     def step(batch):
         algo.optimizer.zero_grad(set_to_none=True)
         if cfg.name == "reptile":
-            per_task_reptile_step(algo.model, names, batch, algo.kind, cfg.inner_lr, cfg.inner_steps)
+            per_task_reptile_step(algo.model, names, batch, algo.kind, cfg.inner_lr, cfg.inner_steps, algo.inner_adam())
         else:
             per_task_meta_loss(algo.model, names, batch, algo.kind, algo.inner_lr(), cfg.inner_steps,
                                cfg.first_order).backward()

@@ -49,6 +49,8 @@ class AlgoConfig:
     meta_lr: float = 1e-3  # beta (Adam)
     learn_inner_lr: bool = False  # Meta-SGD: per-parameter inner learning rates, meta-learned
     outer: str = "adam"  # reptile: interpolate (theta += beta * mean delta) | adam (delta as a gradient)
+    inner_optimizer: str = "sgd"  # reptile: sgd | adam (lr inner_lr, moments fresh per task; also at evaluation)
+    inner_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # inner Adam's betas (Reptile paper: beta1=0)
     prompt_len: int = 0  # prompt: number of prompt vectors joined to the MLP input
     prompt_dim: int = 0  # prompt: size of each prompt vector
     adapt: str = "theta"  # prompt: theta (the seed's formulation) | prompt (inner loop adapts phi only)

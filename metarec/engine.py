@@ -14,6 +14,7 @@ hold both to the per-task oracle, float64 1e-10):
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -363,13 +364,19 @@ class Engine:
 
     def adapt(self, params: Params, h: Tensor, y: Tensor, mask: Tensor, inner_lr: float | Params,
               steps: int, first_order: bool, track: bool = True,
-              on_step: Callable[[int, Params], None] | None = None, x: Tensor | None = None) -> Params:
+              on_step: Callable[[int, Params], None] | None = None, x: Tensor | None = None,
+              adam: tuple[float, float] | None = None) -> Params:
         """`steps` inner steps from theta on (h, y, mask); returns the fast weights [tasks, ...].
 
         track=True keeps the graph back to theta (meta-training); second order unless first_order.
         track=False (evaluation) adapts detached copies. on_step(k, fast) sees every step 0..steps.
         h=None with x (the raw inputs): the engine computes h = features(params, x) itself, on the
-        hand path per length group (no features of padding, no gather of them)."""
+        hand path per length group (no features of padding, no gather of them).
+        adam=(beta1, beta2): Adam steps of lr inner_lr instead of SGD (track=False only)."""
+        if adam is not None:
+            if track:
+                raise ValueError("the inner Adam adapts detached copies only (track=False): no meta-graph through it")
+            return self._adam_adapt(params, h, y, mask, inner_lr, steps, adam, on_step, x)
         if self.hand is not None:
             return self._hand_adapt(params, h, y, mask, inner_lr, steps, first_order, track, on_step, x)
         if h is None:
@@ -384,6 +391,37 @@ class Engine:
                     fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
                 if on_step is not None:
                     on_step(k, fast)
+        return fast
+
+    def _adam_adapt(self, params: Params, h: Tensor | None, y: Tensor, mask: Tensor, inner_lr: float | Params,
+                    steps: int, betas: tuple[float, float], on_step: Callable[[int, Params], None] | None,
+                    x: Tensor | None, eps: float = 1e-8) -> Params:
+        """adapt() with Adam: torch.optim.Adam's update, its moments fresh for each task (m, v [tasks, ...]),
+        on top of inner_grads (hand or vmap path); no graph to theta."""
+        if h is None:
+            h = self.features(params, x)
+        h = h.detach()
+        beta1, beta2 = betas
+        fast = self.init_fast(params, y.shape[0], track=False)
+        m = {n: torch.zeros_like(w) for n, w in fast.items()}  # [tasks, ...]
+        v = {n: torch.zeros_like(w) for n, w in fast.items()}
+        if on_step is not None:
+            on_step(0, fast)
+        for k in range(1, steps + 1):
+            with torch.enable_grad():
+                grads = self.inner_grads(params, fast, h, y, mask, create_graph=False)
+            with torch.no_grad():
+                new = {}
+                for n, w in fast.items():
+                    lr = inner_lr[n] if isinstance(inner_lr, dict) else inner_lr
+                    g = grads[n]
+                    m[n].lerp_(g, 1 - beta1)
+                    v[n].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = (v[n].sqrt() / math.sqrt(1 - beta2 ** k)).add_(eps)
+                    new[n] = w.detach() - lr / (1 - beta1 ** k) * m[n] / denom
+            fast = {n: w.requires_grad_(True) for n, w in new.items()}
+            if on_step is not None:
+                on_step(k, fast)
         return fast
 
     def _hand_adapt(self, params, h, y, mask, inner_lr, steps, first_order, track, on_step, x=None) -> Params:

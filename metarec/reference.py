@@ -29,9 +29,29 @@ def per_task_meta_loss(model, inner_names, batch, kind, inner_lr, steps, first_o
     return torch.stack(losses).mean()
 
 
-def per_task_reptile_step(model, inner_names, batch, kind, inner_lr, steps):
+def per_task_adapt(model, inner_names, x, y, kind, inner_lr, steps, adam=None, eps=1e-8):
+    """One task's adapted weights (detached) after `steps` full-batch steps on its unpadded (x, y):
+    plain SGD, or with adam=(beta1, beta2) a torch.optim.Adam fresh for this task on a copy of them."""
+    params = dict(model.named_parameters())
+    ones = torch.ones_like(y, dtype=params[inner_names[0]].dtype)[None]
+    fast = {n: params[n].detach().clone().requires_grad_(True) for n in inner_names}
+    opt = None if adam is None else torch.optim.Adam(list(fast.values()), lr=inner_lr, betas=adam, eps=eps)
+    for _ in range(steps):
+        loss = masked_task_loss(functional_call(model, {**params, **fast}, (x,))[None], y[None], ones, kind)[0]
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        if opt is None:
+            fast = {n: (w - inner_lr * g).detach().requires_grad_(True) for (n, w), g in zip(fast.items(), grads)}
+            continue
+        for w, g in zip(fast.values(), grads):
+            w.grad = g
+        opt.step()
+    return {n: w.detach() for n, w in fast.items()}
+
+
+def per_task_reptile_step(model, inner_names, batch, kind, inner_lr, steps, adam=None):
     """Reptile's update task by task: sets .grad = theta - mean_i theta'_i on the adapted weights and the
-    mean loss gradient at the adapted weights on the rest (as Reptile.step); returns that mean loss."""
+    mean loss gradient at the adapted weights on the rest (as Reptile.step); returns that mean loss.
+    adam=(beta1, beta2): the inner steps are torch.optim.Adam's (algo.inner_optimizer=adam)."""
     params = dict(model.named_parameters())
     data = batch.merged()  # Reptile trains each task on all of its data
     total = {n: torch.zeros_like(params[n]) for n in inner_names}
@@ -40,12 +60,7 @@ def per_task_reptile_step(model, inner_names, batch, kind, inner_lr, steps):
         m = data.support_mask[i].bool()
         x, y = data.support_x[i][m], data.support_y[i][m]
         ones = torch.ones_like(y, dtype=params[inner_names[0]].dtype)[None]
-        fast = {n: params[n].detach().requires_grad_(True) for n in inner_names}
-        for _ in range(steps):
-            loss = masked_task_loss(functional_call(model, {**params, **fast}, (x,))[None], y[None], ones, kind)[0]
-            grads = torch.autograd.grad(loss, list(fast.values()))
-            fast = {n: (w - inner_lr * g).detach().requires_grad_(True) for (n, w), g in zip(fast.items(), grads)}
-        fast = {n: w.detach() for n, w in fast.items()}
+        fast = per_task_adapt(model, inner_names, x, y, kind, inner_lr, steps, adam)
         losses.append(masked_task_loss(functional_call(model, {**params, **fast}, (x,))[None], y[None], ones, kind)[0])
         for n in inner_names:
             total[n] += fast[n]

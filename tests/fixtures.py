@@ -26,3 +26,25 @@ def rating_batch(n_tasks=4, support=(3, 7), query=(2, 5), dtype=torch.float64, s
     sx, sy, sm = draw(support[1], *support)
     qx, qy, qm = draw(query[1], *query)
     return TaskBatch(sx, sy, sm, qx, qy, qm)
+
+
+def sinusoid_batch(n_tasks=3, support=(2, 5), query=4, seed=0) -> TaskBatch:
+    """Float64 regression tasks of x [tasks, n, 1]; support sizes vary (padded, masked)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(support[0], support[1] + 1, (n_tasks,), generator=g)
+    mask = (torch.arange(support[1])[None] < lengths[:, None]).double()
+    return TaskBatch(torch.randn(n_tasks, support[1], 1, generator=g).double(),
+                     torch.randn(n_tasks, support[1], generator=g).double(), mask,
+                     torch.randn(n_tasks, query, 1, generator=g).double(),
+                     torch.randn(n_tasks, query, generator=g).double(), torch.ones(n_tasks, query).double())
+
+
+def image_batch(n_tasks=2, ways=3, shots=1, query=2, seed=0) -> TaskBatch:
+    """Float64 N-way K-shot tasks of 28x28 images (labels class-major, as Omniglot's)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def part(k):
+        x = torch.rand(n_tasks, ways * k, 1, 28, 28, generator=g).double()
+        return x, torch.arange(ways).repeat_interleave(k).repeat(n_tasks, 1), torch.ones(n_tasks, ways * k).double()
+
+    return TaskBatch(*part(shots), *part(query))

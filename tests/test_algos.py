@@ -154,3 +154,15 @@ def test_algorithms_do_not_assume_movielens():
         for x, y in zip(a, b):
             assert torch.allclose(x, y, atol=1e-10, rtol=0)
         assert masked_task_loss  # the shared loss is the only contract between data and algorithm
+
+
+@pytest.mark.parametrize("name", ["maml", "prompt", "pretrain"])
+def test_inner_adam_is_reptiles_only(name):
+    with pytest.raises(ValueError, match=f"algo.inner_optimizer='adam' is not one of sgd for algo={name} "
+                                         r"\(the inner Adam is reptile's only\)"):
+        make(name, prompt=(2, 3), inner_params="mlp", inner_optimizer="adam")
+    with pytest.raises(ValueError, match="algo.inner_optimizer='adamw' is not one of sgd, adam for algo=reptile$"):
+        make("reptile", inner_optimizer="adamw")
+    with pytest.raises(ValueError, match=r"algo.inner_betas=\[0.9\] is not two numbers in \[0, 1\)"):
+        make("reptile", inner_optimizer="adam", inner_betas=[0.9])
+

@@ -1,7 +1,7 @@
 """The vectorized meta-gradient equals the plain per-task loop (the gradient oracle)."""
 import pytest
 import torch
-from fixtures import SPEC, rating_batch
+from fixtures import SPEC, image_batch, rating_batch, sinusoid_batch
 from metarec.reference import per_task_meta_loss
 from omegaconf import OmegaConf
 
@@ -165,22 +165,72 @@ def test_compiled_engine_equals_the_oracle():
         assert torch.allclose(x, y, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("inner_params", ["mlp", "all"])
-def test_reptile_step_equals_the_per_task_reference(inner_params):
+def reptile_case(case, **kw):
+    """(algo, a copy of its model for the reference, batch, kind): MeLU's head or all of MeLU (hand path,
+    ratings), the sinusoid MLP (hand path, regression), Conv4 (vmap, cross-entropy); float64."""
     from metarec.algos.reptile import Reptile
-    from metarec.reference import per_task_reptile_step
+    from metarec.models.conv4 import Conv4
+    from metarec.models.mlp import MLP
     torch.manual_seed(0)
-    cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params=inner_params, meta_lr=1e-3,
-                                learn_inner_lr=False, weight_decay=0.0, outer="adam"))
-    model = MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double()
-    reference_model = MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double()
+    build, kind, batch, inner_params = {
+        "melu mlp": (lambda: MeLU(SPEC, embedding_dim=6, hidden=[8, 8]), "rating", rating_batch(n_tasks=6, support=(1, 9)), "mlp"),
+        "melu all": (lambda: MeLU(SPEC, embedding_dim=6, hidden=[8, 8]), "rating", rating_batch(n_tasks=6, support=(1, 9)), "all"),
+        "sinusoid mlp": (lambda: MLP({"in_dim": 1}, hidden=(8, 8)), "regression", sinusoid_batch(), "all"),
+        "conv4": (lambda: Conv4({"ways": 3}, channels=4), "classification", image_batch(n_tasks=3), "all"),
+    }[case]
+    cfg = OmegaConf.create({**dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params=inner_params,
+                                   meta_lr=1e-3, learn_inner_lr=False, weight_decay=0.0, outer="adam"), **kw})
+    model, reference_model = build().double(), build().double()
     reference_model.load_state_dict(model.state_dict())
-    algo = Reptile(cfg, model, "rating")
-    batch = rating_batch(n_tasks=6, support=(1, 9))
+    algo = Reptile(cfg, model, kind)
+    assert (algo.engine.hand is None) == (case == "conv4")  # both paths of the engine are covered
+    return algo, reference_model, batch, kind
+
+
+REPTILE_CASES = ["melu mlp", "melu all", "sinusoid mlp", "conv4"]
+# Adam with beta1 = 0 (the Reptile paper's) and beta1 > 0 (so that the first moment's bias correction counts);
+INNER = {"sgd": dict(inner_optimizer="sgd"),
+         "adam": dict(inner_optimizer="adam", inner_lr=0.01, inner_betas=[0.0, 0.999]),
+         "adam beta1": dict(inner_optimizer="adam", inner_lr=0.01, inner_betas=[0.9, 0.99])}
+
+
+@pytest.mark.parametrize("inner", list(INNER))
+@pytest.mark.parametrize("case", REPTILE_CASES)
+def test_reptile_step_equals_the_per_task_reference(case, inner):
+    """Vectorized Reptile (SGD, or Adam with per-task moments) = a loop over tasks (torch.optim.Adam per task)."""
+    from metarec.reference import per_task_reptile_step
+    algo, reference_model, batch, kind = reptile_case(case, **INNER[inner])
     algo.optimizer.step = lambda: None  # compare the gradients the update is made of
     algo.step(batch)
-    per_task_reptile_step(reference_model, algo.engine.inner_names, batch, "rating", 0.3, 3)
-    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+    per_task_reptile_step(reference_model, algo.engine.inner_names, batch, kind, algo.cfg.inner_lr, algo.cfg.inner_steps,
+                          algo.inner_adam())
+    for (name, p), q in zip(algo.model.named_parameters(), reference_model.parameters()):
         a = torch.zeros(()) if p.grad is None else p.grad
         b = torch.zeros(()) if q.grad is None else q.grad
-        assert torch.allclose(a, b, atol=1e-10, rtol=0), name
+        # BatchNorm cancels Conv4's conv biases: their gradient is 0 up to rounding (~1e-16), which Adam
+        # divides by eps = 1e-8; both sides leave them within steps * lr * 1e-6 of theta, not 1e-10 of each other
+        cancelled = case == "conv4" and ".conv" in name and name.endswith("bias") and algo.inner_adam() is not None
+        assert torch.allclose(a, b, atol=algo.cfg.inner_steps * algo.cfg.inner_lr * 1e-6 if cancelled else 1e-10, rtol=0), name
+    assert min(p.grad.abs().max() for n, p in algo.model.named_parameters() if n.endswith("weight")) > 1e-4  # theta moved
+
+
+@pytest.mark.parametrize("case", ["melu all", "conv4"])
+def test_reptile_evaluation_adapts_with_the_inner_adam(case):
+    """adapt_trace (what evaluation scores) takes Adam steps too: step k's query predictions are those of
+    torch.optim.Adam after k steps on the task's support set."""
+    from torch.func import functional_call
+
+    from metarec.reference import per_task_adapt
+    algo, model, batch, kind = reptile_case(case, **INNER["adam beta1"])
+    trace = algo.adapt_trace(batch, 3)
+    sgd = reptile_case(case, inner_optimizer="sgd", inner_lr=0.01)[0].adapt_trace(batch, 3)
+    assert len(trace) == 4 and not torch.allclose(trace[3], sgd[3], atol=1e-6)
+    for i in range(batch.n_tasks):
+        s, q = batch.support_mask[i].bool(), batch.query_mask[i].bool()
+        for k in range(4):
+            fast = per_task_adapt(model, algo.engine.inner_names, batch.support_x[i][s], batch.support_y[i][s], kind,
+                                  0.01, k, algo.inner_adam())
+            with torch.no_grad():
+                want = functional_call(model, {**dict(model.named_parameters()), **fast}, (batch.query_x[i][q],))
+            assert torch.allclose(trace[k][i][q], want, atol=1e-10, rtol=0), (i, k)
+

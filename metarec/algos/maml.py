@@ -11,8 +11,16 @@ from metarec.tasks import TaskBatch
 class MAML:
     """theta'_i = theta - alpha * grad L_S(theta) (x inner_steps); meta-loss = mean_i L_Q(theta'_i)."""
 
+    inner_optimizers = ("sgd",)  # algo.inner_optimizer values this algorithm trains with
+
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
         self.cfg, self.model, self.kind = cfg, model, kind
+        optimizer = cfg.get("inner_optimizer", "sgd")
+        if optimizer not in self.inner_optimizers:
+            raise ValueError(f"algo.inner_optimizer={optimizer!r} is not one of {', '.join(self.inner_optimizers)} "
+                             f"for algo={type(self).__name__.lower()}" + ("" if "adam" in self.inner_optimizers else
+                                                                          " (the inner Adam is reptile's only)"))
+        self.inner_adam()  # bad betas fail here, not at the first step
         self.engine = Engine(model, model.inner_names(self.inner_params()), kind, compile=compile)
         # Meta-SGD: one learned inner rate per adapted weight, initialised at alpha.
         self.inner_lrs = nn.ParameterDict({
@@ -33,6 +41,15 @@ class MAML:
         if self.inner_lrs is None:
             return self.cfg.inner_lr
         return {k.replace("__", "."): v for k, v in self.inner_lrs.items()}
+
+    def inner_adam(self) -> tuple[float, float] | None:
+        """Adam's (beta1, beta2) when the inner loop is Adam (algo.inner_optimizer=adam); None: SGD."""
+        if self.cfg.get("inner_optimizer", "sgd") != "adam":
+            return None
+        betas = [float(b) for b in self.cfg.get("inner_betas", (0.0, 0.999))]
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"algo.inner_betas={betas} is not two numbers in [0, 1): use e.g. [0.0, 0.999]")
+        return betas[0], betas[1]
 
     def params(self) -> Params:
         return dict(self.model.named_parameters())
@@ -77,7 +94,7 @@ class MAML:
                 preds.append(self.engine.predict(params, {n: w.detach() for n, w in fast.items()}, h_query))
 
         self.engine.adapt(params, h_support, batch.support_y, batch.support_mask, lr, steps,
-                          first_order=True, track=False, on_step=record)
+                          first_order=True, track=False, on_step=record, adam=self.inner_adam())
         return preds
 
     def state_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""Reptile: several SGD steps per task from theta, then theta moves towards the mean adapted weights."""
+"""Reptile: several SGD (or Adam) steps per task from theta, then theta moves towards the mean adapted weights."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +11,11 @@ from metarec.tasks import TaskBatch
 
 class Reptile(MAML):
     """theta <- theta + beta * mean_i(theta'_i - theta): the difference is fed to the outer optimizer
-    as a gradient, plain SGD with lr beta (algo.outer=interpolate, the paper's update) or Adam."""
+    as a gradient, plain SGD with lr beta (algo.outer=interpolate, the paper's update) or Adam.
+    algo.inner_optimizer=adam: the inner steps (and the adaptation at evaluation) are Adam's, with
+    fresh moments per task."""
+
+    inner_optimizers = ("sgd", "adam")
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
         if cfg.learn_inner_lr:
@@ -28,7 +32,7 @@ class Reptile(MAML):
         data = batch.merged()  # Reptile trains each task on all of its data
         h = self.engine.features(params, data.support_x)
         fast = self.engine.adapt(params, h.detach(), data.support_y, data.support_mask, self.cfg.inner_lr,
-                                 self.cfg.inner_steps, first_order=True, track=False)
+                                 self.cfg.inner_steps, first_order=True, track=False, adam=self.inner_adam())
         fast = {n: w.detach() for n, w in fast.items()}
         # Weights the inner loop does not adapt (e.g. the encoder when only the head adapts) get
         # the ordinary gradient of the tasks' loss at the adapted weights.
