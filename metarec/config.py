@@ -51,6 +51,7 @@ class AlgoConfig:
     outer: str = "adam"  # reptile: interpolate (theta += beta * mean delta) | adam (delta as a gradient)
     inner_optimizer: str = "sgd"  # reptile: sgd | adam (lr inner_lr, moments fresh per task; also at evaluation)
     inner_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # inner Adam's betas (Reptile paper: beta1=0)
+    anneal_steps: Optional[int] = None  # reptile: beta decays linearly to 0 over N meta-steps (the paper); null = constant
     prompt_len: int = 0  # prompt: number of prompt vectors joined to the MLP input
     prompt_dim: int = 0  # prompt: size of each prompt vector
     adapt: str = "theta"  # prompt: theta (the seed's formulation) | prompt (inner loop adapts phi only)

@@ -166,3 +166,21 @@ def test_inner_adam_is_reptiles_only(name):
     with pytest.raises(ValueError, match=r"algo.inner_betas=\[0.9\] is not two numbers in \[0, 1\)"):
         make("reptile", inner_optimizer="adam", inner_betas=[0.9])
 
+
+def test_reptile_outer_step_anneals_linearly_to_zero():
+    """algo.anneal_steps=N: beta * (1 - k / N) at meta-step k (the paper's schedule); the clock is checkpointed."""
+    model, algo = make("reptile", inner_steps=2, anneal_steps=4)
+    batch = rating_batch(n_tasks=2)
+    lrs = []
+    for _ in range(4):
+        algo.step(batch)
+        lrs.append(algo.optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.5, 0.375, 0.25, 0.125])
+    _, resumed = make("reptile", inner_steps=2, anneal_steps=4)
+    resumed.load_state_dict(algo.state_dict())
+    before = [p.detach().clone() for p in model.parameters()]
+    for a in (algo, resumed):
+        a.step(batch)
+        assert a.optimizer.param_groups[0]["lr"] == 0.0 and a.meta_steps == 5
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # beta = 0: theta stays
+

@@ -13,7 +13,7 @@ class Reptile(MAML):
     """theta <- theta + beta * mean_i(theta'_i - theta): the difference is fed to the outer optimizer
     as a gradient, plain SGD with lr beta (algo.outer=interpolate, the paper's update) or Adam.
     algo.inner_optimizer=adam: the inner steps (and the adaptation at evaluation) are Adam's, with
-    fresh moments per task."""
+    fresh moments per task; algo.anneal_steps: beta decays linearly to 0 over that many meta-steps."""
 
     inner_optimizers = ("sgd", "adam")
 
@@ -25,6 +25,7 @@ class Reptile(MAML):
             self.optimizer = torch.optim.SGD(self.meta_parameters(), lr=cfg.meta_lr)
         elif cfg.outer != "adam":
             raise ValueError(f"algo.outer={cfg.outer!r} is not one of interpolate, adam")
+        self.meta_steps = 0  # meta-updates so far (the annealing's clock; saved with the checkpoint)
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -41,5 +42,17 @@ class Reptile(MAML):
             loss.backward()
         for n, w in fast.items():
             params[n].grad = params[n].detach() - w.mean(0)  # theta - mean theta'_i
+        anneal = self.cfg.get("anneal_steps")
+        if anneal:  # the paper's schedule: beta * (1 - step / anneal_steps), step counted from 0
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.meta_lr * max(0.0, 1.0 - self.meta_steps / anneal)
         self.apply_update()
+        self.meta_steps += 1
         return {"loss": loss.item()}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "meta_steps": self.meta_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.meta_steps = int(state.get("meta_steps", 0))
