@@ -74,17 +74,19 @@ def summarize(per_task: dict[str, Tensor]) -> dict[str, float]:
 
 
 def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chunk: int, seed: int = 0,
-                   floors: dict[str, Tensor] | None = None) -> dict:
-    """Metrics after 0..steps adaptation steps (chunks of tasks share one batched pass)."""
-    per_step: list[dict[str, list[Tensor]]] = [{} for _ in range(steps + 1)]
+                   floors: dict[str, Tensor] | None = None, only_last: bool = False) -> dict:
+    """Metrics after 0..steps adaptation steps, or only after `steps` with only_last=True (chunks of tasks
+    share one batched pass)."""
+    scored = [steps] if only_last else list(range(steps + 1))
+    per_step: dict[int, dict[str, list[Tensor]]] = {k: {} for k in scored}
     for start in range(0, batch.n_tasks, chunk):
         part = batch.select(slice(start, start + chunk))
-        for k, pred in enumerate(algo.adapt_trace(part, steps)):
+        for k, pred in zip(scored, algo.adapt_trace(part, steps, at=[steps] if only_last else None)):
             for name, v in task_metrics(pred.float(), part, kind, gain, seed + start).items():
                 per_step[k].setdefault(name, []).append(v.cpu())
-    per_step_cat = [{n: torch.cat(v) for n, v in d.items()} for d in per_step]
-    result = {"n_tasks": batch.n_tasks, "steps": {str(k): summarize(d) for k, d in enumerate(per_step_cat)},
-              "per_task": {str(k): _paired(d) for k, d in enumerate(per_step_cat)}}
+    per_step_cat = {k: {n: torch.cat(v) for n, v in d.items()} for k, d in per_step.items()}
+    result = {"n_tasks": batch.n_tasks, "steps": {str(k): summarize(d) for k, d in per_step_cat.items()},
+              "per_task": {str(k): _paired(d) for k, d in per_step_cat.items()}}
     if floors is not None:
         result["floors"], result["floors_per_task"] = {}, {}
         if kind == "rating":

@@ -93,7 +93,9 @@ def evaluate_all(cfg, source, algo, split: str) -> dict:
     states = {}
     for state, batch in source.eval_tasks(split).items():
         floors = source.floors(state) if split == "test" and hasattr(source, "floors") else None
-        r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors)
+        # validation selects on the headline step alone: no query forward for the steps before it
+        r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
+                           only_last=split != "test")
         r["headline_step"] = str(headline)
         states[state] = r
     result = {"states": states}

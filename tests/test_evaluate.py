@@ -49,3 +49,22 @@ def test_mae_rmse_and_ci_hand_computed():
 def test_paired_difference():
     mean, se = paired_difference([1.0, 2.0, 3.0], [0.5, 2.0, 2.0])
     assert mean == pytest.approx(0.5) and se == pytest.approx(0.5 / math.sqrt(3))
+
+
+def test_validation_scores_only_the_last_step_with_the_same_numbers():
+    """only_last=True (validation: the headline step) predicts the query set once, not after every step."""
+    from fixtures import SPEC, rating_batch
+    from omegaconf import OmegaConf
+
+    from metarec.algos.maml import MAML
+    from metarec.evaluate import evaluate_state
+    from metarec.models.melu import MeLU
+    torch.manual_seed(0)
+    cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=2, first_order=False, inner_params="mlp", meta_lr=1e-3,
+                                learn_inner_lr=False, weight_decay=0.0))
+    algo = MAML(cfg, MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double(), "rating")
+    batch = rating_batch(n_tasks=6, support=(1, 9))
+    full = evaluate_state(algo, batch, "rating", 3, "exp", chunk=4)
+    last = evaluate_state(algo, batch, "rating", 3, "exp", chunk=4, only_last=True)
+    assert list(full["steps"]) == ["0", "1", "2", "3"] and list(last["steps"]) == ["3"]
+    assert last["steps"]["3"] == full["steps"]["3"] and last["per_task"]["3"] == full["per_task"]["3"]

@@ -79,8 +79,9 @@ class MAML:
             self.sync(self.meta_parameters())
         self.optimizer.step()
 
-    def adapt_trace(self, batch: TaskBatch, steps: int) -> list[Tensor]:
-        """Query predictions after 0..steps adaptation steps on each task's support set (no meta-graph)."""
+    def adapt_trace(self, batch: TaskBatch, steps: int, at: list[int] | None = None) -> list[Tensor]:
+        """Query predictions after 0..steps adaptation steps on each task's support set (no meta-graph);
+        with `at`, only after the steps it lists (a query forward per step is what a long trace costs)."""
         params = {n: p.detach() for n, p in self.params().items()}
         lr = self.inner_lr()
         lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
@@ -89,7 +90,9 @@ class MAML:
             h_query = self.engine.features(params, batch.query_x)
         preds: list[Tensor] = []
 
-        def record(_k: int, fast: Params) -> None:
+        def record(k: int, fast: Params) -> None:
+            if at is not None and k not in at:
+                return
             with torch.no_grad():
                 preds.append(self.engine.predict(params, {n: w.detach() for n, w in fast.items()}, h_query))
 
