@@ -184,3 +184,10 @@ def test_reptile_outer_step_anneals_linearly_to_zero():
         assert a.optimizer.param_groups[0]["lr"] == 0.0 and a.meta_steps == 5
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # beta = 0: theta stays
 
+
+def test_reptile_omniglot_preset_uses_the_papers_inner_adam():
+    from metarec.bench import compose
+    from metarec.train import build_model
+    cfg = compose(["experiment=reptile_omniglot_5w1s", "trainer.max_steps=300"])
+    algo = ALGOS["reptile"](cfg.algo, build_model(cfg.model, cfg.algo, {"ways": 5}), "classification")
+    assert algo.inner_adam() == (0.0, 0.999) and cfg.algo.inner_lr == 1e-3 and cfg.algo.anneal_steps == 300
