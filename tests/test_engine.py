@@ -165,6 +165,32 @@ def test_compiled_engine_equals_the_oracle():
         assert torch.allclose(x, y, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("task_loop", [True, False])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_conv4_task_loop_and_vmap_equal_the_oracle(task_loop, first_order):
+    """Off the hand path a conv net on a CPU runs its forward one task at a time (the default there);
+    vmap stays available; both give the oracle's meta-gradient and the same evaluation trace."""
+    from metarec.engine import Engine
+    from metarec.models.conv4 import Conv4
+    torch.manual_seed(0)
+    model = Conv4({"ways": 3}, channels=4).double()
+    cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=2, first_order=first_order, inner_params="all",
+                                meta_lr=1e-3, learn_inner_lr=False, weight_decay=0.0))
+    algo = MAML(cfg, model, "classification")
+    assert algo.engine.task_loop  # the default for a conv net on a CPU
+    want_trace = algo.adapt_trace(image_batch(n_tasks=3), 2)
+    algo.engine = Engine(model, algo.engine.inner_names, "classification", task_loop=task_loop)
+    batch = image_batch(n_tasks=3)
+    params = list(model.parameters())
+    a = grads_of(algo.meta_loss(batch), params)
+    b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "classification", 0.3, 2, first_order), params)
+    for (name, _), x, y in zip(model.named_parameters(), a, b):
+        assert torch.allclose(x, y, atol=1e-10, rtol=0), name
+    for x, y in zip(algo.adapt_trace(batch, 2), want_trace):
+        assert torch.allclose(x, y, atol=1e-10, rtol=0)
+    assert not MAML(cfg, MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double(), "rating").engine.task_loop
+
+
 def reptile_case(case, **kw):
     """(algo, a copy of its model for the reference, batch, kind): MeLU's head or all of MeLU (hand path,
     ratings), the sinusoid MLP (hand path, regression), Conv4 (vmap, cross-entropy); float64."""
