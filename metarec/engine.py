@@ -68,14 +68,11 @@ class HandMLP:
         known = {n for layer in hand.layers for n in layer} | {"prompt"}
         if not set(dict(module.named_parameters())) <= known or not set(dict(module.named_buffers())) <= {"offset"}:
             return None
-        try:  # the written-out form must reproduce the module itself, or the engine uses vmap
+        try:
             p = layers[0].weight
-            with torch.no_grad():
-                g = torch.Generator(device=p.device).manual_seed(0)  # the global RNG stays untouched
-                h = torch.randn(2, 3, hand.in_dim, dtype=p.dtype, device=p.device, generator=g)
-                want = torch.stack([module(h[i]) for i in range(2)])
-                got = hand.forward(dict(module.named_parameters()), h)[0]
-            return hand if got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5) else None
+            g = torch.Generator(device=p.device).manual_seed(0)  # the global RNG stays untouched
+            h = torch.randn(2, 3, hand.in_dim, dtype=p.dtype, device=p.device, generator=g)
+            return hand if _reproduces(hand, module, h) else None
         except Exception:  # noqa: BLE001 (any mismatch means: not this shape of module)
             return None
 
@@ -180,15 +177,11 @@ class HandFieldsMLP:
         if set(dict(model.named_parameters())) - {f for f, _ in hand.fields} - {hand.multi} - {
                 f"head.{n}" for n, _ in model.head.named_parameters()}:
             return None
-        try:  # the written-out form must reproduce the model itself
+        try:
             g = torch.Generator().manual_seed(0)
             cols = [torch.randint(0, e.num_embeddings, (2, 3, 1), generator=g) for e in enc.embeddings.values()]
             x = torch.cat(cols + [torch.randint(0, 2, (2, 3, enc.multi.num_embeddings), generator=g)], -1)
-            x = x.to(enc.multi.weight.device)
-            with torch.no_grad():
-                want = torch.stack([model(x[i]) for i in range(2)])
-                got = hand.forward(dict(model.named_parameters()), x)[0]
-            return hand if got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5) else None
+            return hand if _reproduces(hand, model, x.to(enc.multi.weight.device)) else None
         except Exception:  # noqa: BLE001 (any mismatch means: not this shape of model)
             return None
 
@@ -248,6 +241,15 @@ class HandFieldsMLP:
             delta = out["input"][..., self.cols[-2]:self.cols[-1]]
             out[self.multi] = torch.bmm(self._pooling(x, delta.dtype).transpose(1, 2), delta)
         return out
+
+
+def _reproduces(hand: "HandMLP | HandFieldsMLP", module: nn.Module, x: Tensor) -> bool:
+    """Whether the written-out form gives the module's own output on x ([tasks, n, ...], the module run
+    task by task): otherwise the engine uses vmap."""
+    with torch.no_grad():
+        want = torch.stack([module(x[i]) for i in range(x.shape[0])])
+        got = hand.forward(dict(module.named_parameters()), x)[0]
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def _linear(a: Tensor, W: Tensor, b: Tensor) -> Tensor:
