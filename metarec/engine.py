@@ -259,6 +259,11 @@ def _linear(a: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(b.unsqueeze(1) if b.dim() == 2 else b, a, W.transpose(1, 2))
 
 
+def _lr_of(inner_lr: float | Params, name: str) -> float | Tensor:
+    """The inner rate of one adapted weight: one for all, or Meta-SGD's per weight."""
+    return inner_lr[name] if isinstance(inner_lr, dict) else inner_lr
+
+
 def _sgd(w: Tensor, g: Tensor, lr: float | Tensor) -> Tensor:
     return torch.add(w, g, alpha=-lr) if isinstance(lr, (int, float)) else w - lr * g
 
@@ -369,13 +374,9 @@ class Engine:
         """One inner SGD step on every task at once."""
         grads = self.inner_grads(params, fast, h, y, mask, create_graph)
         if self.hand is not None:  # the update keeps fast's own graph to theta (first order too)
-            return {n: _sgd(_shared_view(w), grads[n], inner_lr[n] if isinstance(inner_lr, dict) else inner_lr)
+            return {n: _sgd(_shared_view(w), grads[n], _lr_of(inner_lr, n))
                     for n, w in fast.items()}
-        new = {}
-        for n, w in fast.items():
-            lr = inner_lr[n] if isinstance(inner_lr, dict) else inner_lr
-            new[n] = w - lr * grads[n]
-        return new
+        return {n: w - _lr_of(inner_lr, n) * grads[n] for n, w in fast.items()}
 
     def adapt(self, params: Params, h: Tensor, y: Tensor, mask: Tensor, inner_lr: float | Params,
               steps: int, first_order: bool, track: bool = True,
@@ -428,8 +429,7 @@ class Engine:
             with torch.no_grad():
                 new = {}
                 for n, w in fast.items():
-                    lr = inner_lr[n] if isinstance(inner_lr, dict) else inner_lr
-                    g = grads[n]
+                    lr, g = _lr_of(inner_lr, n), grads[n]
                     m[n].lerp_(g, 1 - beta1)
                     v[n].mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     denom = (v[n].sqrt() / math.sqrt(1 - beta2 ** k)).add_(eps)
@@ -455,7 +455,7 @@ class Engine:
         create_graph = track and not first_order
         grad_mode = torch.enable_grad if create_graph else torch.no_grad  # first order: constant gradients
         update_mode = torch.enable_grad if track else torch.no_grad  # ...but fast keeps its graph to theta
-        lrs = {n: inner_lr[n] if isinstance(inner_lr, dict) else inner_lr for n in self.inner_names}
+        lrs = {n: _lr_of(inner_lr, n) for n in self.inner_names}
         theta = {n: params[n] if track else params[n].detach() for n in self.inner_names}
         shared = {k[p:]: v for k, v in params.items() if k.startswith(self.prefix) and k not in theta}
         w1, b1 = (self.prefix + n for n in self.hand.layers[0])
