@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import read_json, run_cli
 from PIL import Image
 
 from metarec.data import omniglot
@@ -269,7 +270,6 @@ def test_real_omniglot_counts(monkeypatch, tmp_path):
 def test_omniglot_presets_run_end_to_end(omniglot_dirs, tmp_path, preset):
     """Each Omniglot preset, as `metarec train experiment=...` runs it (the real console script), shrunk
     to the generated folders: a few meta-steps, validation, then test accuracy in eval.json."""
-    from conftest import read_json, run_cli
     folders, _ = omniglot_dirs
     run = tmp_path / "run"
     r = run_cli("train", f"experiment={preset}", f"data.root={folders}", "data.ways=3", "data.query_size=2",
@@ -286,7 +286,6 @@ def test_omniglot_presets_run_end_to_end(omniglot_dirs, tmp_path, preset):
 
 def test_sinusoid_preset_runs_end_to_end(tmp_path):
     """`metarec train experiment=maml_sinusoid`, shrunk: MSE after 0..10 steps on the fixed test tasks."""
-    from conftest import read_json, run_cli
     run = tmp_path / "run"
     r = run_cli("train", "experiment=maml_sinusoid", "trainer.max_steps=4", "trainer.val_every=2",
                 "data.n_val_tasks=4", "data.n_test_tasks=5", "trainer.progress=false", f"hydra.run.dir={run}",
