@@ -40,7 +40,7 @@ class ModelConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = MISSING  # maml | reptile | prompt | pretrain
+    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain
     inner_lr: float = 0.1  # alpha
     inner_steps: int = 1  # adaptation steps in meta-training
     eval_steps: Optional[int] = None  # adaptation steps for the headline metric; null = inner_steps
@@ -55,6 +55,9 @@ class AlgoConfig:
     prompt_len: int = 0  # prompt: number of prompt vectors joined to the MLP input
     prompt_dim: int = 0  # prompt: size of each prompt vector
     adapt: str = "theta"  # prompt: theta (the seed's formulation) | prompt (inner loop adapts phi only)
+    prior_precision: float = 10.0  # ridge: lambda, the pull of a user's last-layer weights towards w0 ...
+    prior_precision_bias: float = 3.0  # ridge: ... and of its bias (3: the bias floor's shrinkage)
+    learn_prior: bool = True  # ridge: meta-learn one log lambda per last-layer weight
     weight_decay: float = 0.0
 
 

@@ -3,5 +3,6 @@ from metarec.algos.maml import MAML
 from metarec.algos.pretrain import Pretrain
 from metarec.algos.prompt import Prompt
 from metarec.algos.reptile import Reptile
+from metarec.algos.ridge import Ridge
 
-ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "pretrain": Pretrain}
+ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain}

@@ -1,0 +1,91 @@
+"""Ridge: each user's last layer solved in closed form (R2-D2, Bertinetto et al. 2019, for a squared
+error; iMAML's proximal inner problem, solved exactly instead of by gradient steps).
+
+The inner problem of task i, over its support set:
+    w_i = argmin_w  sum_j m_j (r_j - phi_j . w)^2 + sum_d lambda_d (w_d - w0_d)^2
+with phi_j = [net[:-1](h_j), 1] (the head's last hidden layer and a 1 for the bias), r_j = y_j - offset,
+w0 the last layer's weights and bias (meta-learned: the prediction before any rating) and lambda
+their prior precisions (meta-learned in log space with algo.learn_prior). It is least squares:
+    w_i = (Phi^T M Phi + Lambda)^-1 (Phi^T M r + Lambda w0),
+one batched Cholesky solve for all tasks, no Python per task. The meta-gradient of the query loss
+flows through the solve to phi (encoder and hidden layers), w0 and lambda. With phi = [1] alone and
+lambda = 3 this is the bias floor's user bias; the hidden layer adds per-user taste.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metarec.algos.maml import MAML
+from metarec.engine import masked_task_loss
+from metarec.tasks import TaskBatch
+
+
+class Ridge(MAML):
+    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
+        if kind == "classification":
+            raise ValueError("algo=ridge solves a squared error: it fits ratings or regression, not classification")
+        head = getattr(model, "head", None)
+        net = getattr(head, "net", None)
+        if (not isinstance(net, nn.Sequential) or not isinstance(net[-1], nn.Linear) or net[-1].out_features != 1
+                or getattr(head, "prompt", None) is not None):
+            raise ValueError("algo=ridge needs a head MLP with one output and no prompt vectors "
+                             "(model=melu or model=mlp with algo.prompt_len=0)")
+        if min(cfg.prior_precision, cfg.prior_precision_bias) <= 0:
+            raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
+                             f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")
+        self.head, self.last = head, net[-1]
+        start = torch.full((net[-1].in_features + 1,), float(cfg.prior_precision))
+        start[-1] = float(cfg.prior_precision_bias)
+        self.log_prior = nn.Parameter(start.log().to(self.last.weight), requires_grad=bool(cfg.learn_prior))
+        super().__init__(cfg, model, kind, compile)
+
+    def meta_parameters(self) -> list[Tensor]:
+        return super().meta_parameters() + ([self.log_prior] if self.log_prior.requires_grad else [])
+
+    def _offset(self) -> Tensor | float:
+        return getattr(self.head, "offset", 0.0)
+
+    def features(self, x: Tensor) -> Tensor:
+        """phi [tasks, n, width + 1]: the last hidden layer of every example, and a 1."""
+        hidden = self.head.net[:-1](self.model.encoder(x))
+        return torch.cat([hidden, torch.ones_like(hidden[..., :1])], dim=-1)
+
+    def prior(self) -> Tensor:
+        """w0 [width + 1]: the last layer's weights, then its bias."""
+        return torch.cat([self.last.weight[0], self.last.bias])
+
+    def solve(self, phi: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """Each task's ridge solution [tasks, width + 1] on its support set (phi [tasks, n, width + 1])."""
+        lam, w0 = self.log_prior.exp(), self.prior()
+        weighted = (phi * mask.unsqueeze(-1)).transpose(1, 2)  # [tasks, width + 1, n]
+        gram = torch.baddbmm(torch.diag(lam).expand(phi.shape[0], -1, -1), weighted, phi)
+        rhs = torch.baddbmm((lam * w0).unsqueeze(-1).expand(phi.shape[0], -1, 1),
+                            weighted, (y - self._offset()).unsqueeze(-1))
+        return torch.cholesky_solve(rhs, torch.linalg.cholesky(gram)).squeeze(-1)
+
+    def predict(self, phi: Tensor, w: Tensor) -> Tensor:
+        """Predictions [tasks, n] of phi [tasks, n, width + 1] with weights w [tasks, width + 1] or [width + 1]."""
+        return self._offset() + (phi @ w.unsqueeze(-1)).squeeze(-1) if w.dim() == 2 else self._offset() + phi @ w
+
+    def meta_loss(self, batch: TaskBatch) -> Tensor:
+        w = self.solve(self.features(batch.support_x), batch.support_y, batch.support_mask)
+        pred = self.predict(self.features(batch.query_x), w)
+        return masked_task_loss(pred, batch.query_y, batch.query_mask, self.kind).mean()
+
+    def adapt_trace(self, batch: TaskBatch, steps: int, at: list[int] | None = None) -> list[Tensor]:
+        """Query predictions at 0..steps (or at `at`): the prior w0 at step 0, the solved weights after
+        (the solve is exact, so one step and five are the same)."""
+        with torch.no_grad():
+            phi_q = self.features(batch.query_x)
+            solved = self.predict(phi_q, self.solve(self.features(batch.support_x), batch.support_y, batch.support_mask))
+            before = self.predict(phi_q, self.prior()) if at is None or 0 in at else None
+        return [before if k == 0 else solved for k in range(steps + 1) if at is None or k in at]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "log_prior": self.log_prior.detach().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.log_prior.copy_(state["log_prior"])
