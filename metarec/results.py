@@ -39,6 +39,7 @@ METHODS: dict[str, list[str]] = {
     "reptile": ["experiment=melu_ml100k_reptile"],
     "prompt (adapt=theta)": ["experiment=melu_ml100k_prompt"],
     "prompt (adapt=prompt)": ["experiment=melu_ml100k_prompt_adapt"],
+    "ridge": ["experiment=melu_ml100k_ridge"],
     "pretrain": ["experiment=melu_ml100k_pretrain"],
 }
 BASELINE = "pretrain"  # not a meta-learner: never "the best meta-learner"
@@ -292,7 +293,10 @@ def preset_hparams(method: str) -> str:
     cfg = OmegaConf.create(compose(METHODS[method]))
     a = cfg.algo
     keys = ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"]
-    keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"]}.get(a.name, [])
+    if a.name == "ridge":  # no gradient steps in its inner loop
+        keys = ["inner_steps", "eval_steps", "meta_lr"]
+    keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
+             "ridge": ["prior_precision", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(METHODS[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
