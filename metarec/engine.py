@@ -352,7 +352,7 @@ class _SecondOrderMAML(torch.autograd.Function):
             dq = torch.ops.aten.threshold_backward(_times(dq, Ws_q[l - 1]), acts_q[l - 1], 0)
         # the first layer's tangent but for its Gram part: a0 V1^T + c1 for (V1, c1) = lr (dq^T aq0, sum of dq)
         P = torch.bmm(ctx.Gq.transpose(1, 2), dq)
-        R = C = None  # R: the sum of rho_1 over the steps after this one; C: a0_bar's [n, n] coefficient of a0
+        R = X = None  # R: the sum of rho_1 over the steps after this one; X: the sum of rho_1 D^T over them
         for acts, deltas, Ws, D in reversed(ctx.saved):  # D: the sum of delta_1 before this step
             # tangents along v = lr w_bar: z_dot [tasks, n, out], a_dot = relu' z_dot
             z_dot = P if R is None else torch.baddbmm(P, ctx.G, R, alpha=-1.0)
@@ -370,11 +370,11 @@ class _SecondOrderMAML(torch.autograd.Function):
                 bbar[l].sub_(rho.sum(1))
                 rho = torch.ops.aten.threshold_backward(back, a, 0)
             # a0_bar of this step, -(rho_1 W1_k + delta_1 V1_k), with W1_k = W1 - lr D^T a0 and
-            # V1_k = lr (dq^T aq0 - R^T a0): its a0 terms are lr (rho_1 D^T + delta_1 R^T) a0
+            # V1_k = lr (dq^T aq0 - R^T a0): its a0 terms are lr (rho_1 D^T + delta_1 R^T) a0, and summed
+            # over the steps the second is the transpose of the first (both: rho_1 of a step times the
+            # delta_1 of an earlier one), so C = X + X^T
             if D is not None:
-                C = _add_bmm(C, rho, D.transpose(1, 2))
-            if R is not None:
-                C = _add_bmm(C, deltas[0], R.transpose(1, 2))
+                X = _add_bmm(X, rho, D.transpose(1, 2))
             R = rho if R is None else R.add_(rho)
         # the query's first layer, aq0 (W1 - lr D^T a0)^T + b1 - lr_b 1 1^T D: with E = D dq^T [tasks, n, nq],
         # aq0_bar = dq W1 - lr E^T a0 and a0_bar gets -lr E aq0, besides -R W1 + lr C a0 from the steps
@@ -382,8 +382,8 @@ class _SecondOrderMAML(torch.autograd.Function):
         grad_a0 = grad_aq0 = None
         if ctx.needs_input_grad[4]:
             grad_a0 = torch.bmm(E, aq0)
-            if C is not None:
-                grad_a0.baddbmm_(C, a0, alpha=-1.0)
+            if X is not None:
+                grad_a0.baddbmm_(X + X.transpose(1, 2), a0, alpha=-1.0)
             grad_a0 = (R @ W1).add_(grad_a0, alpha=lr_w[0]).neg_()
         if ctx.needs_input_grad[5]:
             grad_aq0 = (dq @ W1).baddbmm_(E.transpose(1, 2), a0, alpha=-lr_w[0])
