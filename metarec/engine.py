@@ -7,7 +7,10 @@ hold both to the per-task oracle, float64 1e-10):
 
 - hand-batched (MeLU's head or the whole MeLU, the sinusoid MLP; squared error): the forward pass
   and the inner gradient are written out as bmm / baddbmm over [tasks, n, width]; tasks run in
-  groups of similar length; the first layer is kept in Gram form (see Engine._hand_adapt).
+  groups of similar length; the first layer is kept in Gram form (see Engine._hand_adapt). MAML's
+  second-order meta-loss, when every MLP layer adapts, has its pass back written out as well
+  (_SecondOrderMAML: Hessian-vector products by hand, where autograd would differentiate the
+  written-out inner loop node by node).
 - vmap (anything else, e.g. Conv4 with cross-entropy): torch.func.vmap over padded tasks, the
   per-task gradients from one autograd call on the sum of the tasks' losses (tasks are
   independent, so d(sum)/d(w_i) is task i's gradient).
@@ -43,7 +46,8 @@ class HandMLP:
     so step 0 is one plain GEMM. The inner gradient of the masked squared error is written out too
     (bmm / baddbmm on [tasks, n, width]): an inner step is a dozen kernels with no autograd.grad, and
     second order needs no double backward, since autograd differentiates the written-out gradient
-    like any other expression (relu' is a constant mask, as in autograd's own double backward)."""
+    like any other expression (relu' is a constant mask, as in autograd's own double backward);
+    Engine.adapt_predict leaves even that to _SecondOrderMAML where it can."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -275,6 +279,21 @@ def _times(delta: Tensor, W: Tensor) -> Tensor:
     return delta @ W
 
 
+def _add_times_(out: Tensor, delta: Tensor, W: Tensor, alpha: float) -> Tensor:
+    """out += alpha delta @ W for W per task ([tasks, out, in])."""
+    if delta.shape[-1] == 1:
+        return out.addcmul_(delta, W, value=alpha)
+    return out.baddbmm_(delta, W, alpha=alpha)
+
+
+_threshold_backward = torch.ops.aten.threshold_backward.default  # the overload: less dispatch than the packet
+
+
+def _relu_back(grad: Tensor, act: Tensor) -> Tensor:
+    """relu' applied as autograd applies it: grad where the relu's output act is > 0, else 0."""
+    return _threshold_backward(grad, act, 0)
+
+
 def _add_linear_(out: Tensor, a: Tensor, W: Tensor) -> Tensor:
     """out += a W^T, for W shared ([out, in]) or per task ([tasks, out, in])."""
     if W.dim() == 2:
@@ -320,7 +339,7 @@ class _SecondOrderMAML(torch.autograd.Function):
                 z = _linear(acts[-1], W, b)
             deltas = [torch.addcmul(target, z, scale)]  # dL/d(output), [tasks, n, 1]
             for l in range(n_layers - 1, 0, -1):
-                deltas.insert(0, torch.ops.aten.threshold_backward(_times(deltas[0], Ws[l]), acts[l], 0))
+                deltas.insert(0, _relu_back(_times(deltas[0], Ws[l]), acts[l]))
             saved.append((acts[1:], deltas, Ws[1:], D))
             for l in range(1, n_layers):
                 Ws[l] = _sgd(Ws[l], torch.bmm(deltas[l].transpose(1, 2), acts[l]), lr_w[l])
@@ -349,7 +368,7 @@ class _SecondOrderMAML(torch.autograd.Function):
         Wbar, bbar, dq = [None] * n_layers, [None] * n_layers, out_bar
         for l in range(n_layers - 1, 0, -1):
             Wbar[l], bbar[l] = torch.bmm(dq.transpose(1, 2), acts_q[l - 1]), dq.sum(1)
-            dq = torch.ops.aten.threshold_backward(_times(dq, Ws_q[l - 1]), acts_q[l - 1], 0)
+            dq = _relu_back(_times(dq, Ws_q[l - 1]), acts_q[l - 1])
         # the first layer's tangent but for its Gram part: a0 V1^T + c1 for (V1, c1) = lr (dq^T aq0, sum of dq)
         P = torch.bmm(ctx.Gq.transpose(1, 2), dq)
         R = X = None  # R: the sum of rho_1 over the steps after this one; X: the sum of rho_1 D^T over them
@@ -358,17 +377,17 @@ class _SecondOrderMAML(torch.autograd.Function):
             z_dot = P if R is None else torch.baddbmm(P, ctx.G, R, alpha=-1.0)
             a_dots = []
             for l in range(1, n_layers):
-                a_dots.append(torch.ops.aten.threshold_backward(z_dot, acts[l - 1], 0))
+                a_dots.append(_relu_back(z_dot, acts[l - 1]))
                 z_dot = torch.baddbmm(bbar[l].unsqueeze(1), acts[l - 1], Wbar[l].transpose(1, 2),
                                       beta=lr_b[l], alpha=lr_w[l])
                 z_dot = _add_linear_(z_dot, a_dots[-1], Ws[l - 1])
             rho = z_dot * scale  # R{delta} at the output
             for l in range(n_layers - 1, 0, -1):  # Wbar, bbar: fresh tensors, updated in place
                 a, a_dot, delta = acts[l - 1], a_dots[l - 1], deltas[l]
-                back = _times(rho, Ws[l - 1]).baddbmm_(delta, Wbar[l], alpha=lr_w[l])  # rho W + delta V
+                back = _add_times_(_times(rho, Ws[l - 1]), delta, Wbar[l], lr_w[l])  # rho W + delta V
                 Wbar[l].baddbmm_(rho.transpose(1, 2), a, alpha=-1.0).baddbmm_(delta.transpose(1, 2), a_dot, alpha=-1.0)
                 bbar[l].sub_(rho.sum(1))
-                rho = torch.ops.aten.threshold_backward(back, a, 0)
+                rho = _relu_back(back, a)
             # a0_bar of this step, -(rho_1 W1_k + delta_1 V1_k), with W1_k = W1 - lr D^T a0 and
             # V1_k = lr (dq^T aq0 - R^T a0): its a0 terms are lr (rho_1 D^T + delta_1 R^T) a0, and summed
             # over the steps the second is the transpose of the first (both: rho_1 of a step times the
@@ -407,7 +426,10 @@ class Engine:
     task_loop=None: off the hand path, a convolutional model on a CPU runs its forward pass one task
     at a time (vmap makes the per-task convolutions one grouped convolution, which the CPU kernels
     run about 2x slower: Conv4 on Omniglot, 3.8 against 6.2 tasks/s); the inner gradients still come
-    from one autograd call. True / False force the loop / vmap."""
+    from one autograd call. True / False force the loop / vmap.
+
+    compile=True (trainer.compile) compiles the inner loop that autograd runs through: first order,
+    evaluation, and second order where _SecondOrderMAML does not apply (it runs eagerly, and faster)."""
 
     def __init__(self, model: nn.Module, inner_names: list[str], kind: str, compile: bool = False,
                  hand: bool | None = None, task_loop: bool | None = None):
