@@ -328,7 +328,9 @@ class _SecondOrderMAML(torch.autograd.Function):
         n_layers = len(theta) // 2
         Ws, bs = list(theta[0::2]), list(theta[1::2])
         lr_w, lr_b = lrs[0::2], lrs[1::2]
-        G = torch.bmm(a0, a0.transpose(1, 2)).mul_(lr_w[0]).add_(lr_b[0])  # [tasks, n, n]
+        G = None  # [tasks, n, n], what moves z1 from one step to the next (one step: nothing)
+        if steps > 1:
+            G = torch.bmm(a0, a0.transpose(1, 2)).mul_(lr_w[0]).add_(lr_b[0])
         z1 = F.linear(a0, Ws[0], bs[0])  # [tasks, n, out]
         D = None  # the sum of the first layer's output gradients so far
         saved = []
