@@ -7,7 +7,10 @@ hold both to the per-task oracle, float64 1e-10):
 
 - hand-batched (MeLU's head or the whole MeLU, the sinusoid MLP; squared error): the forward pass
   and the inner gradient are written out as bmm / baddbmm over [tasks, n, width]; tasks run in
-  groups of similar length; the first layer is kept in Gram form (see Engine._hand_adapt).
+  groups of similar length; the first layer is kept in Gram form (see Engine._hand_adapt). MAML's
+  second-order meta-loss, when every MLP layer adapts, has its pass back written out as well
+  (_SecondOrderMAML: Hessian-vector products by hand, where autograd would differentiate the
+  written-out inner loop node by node).
 - vmap (anything else, e.g. Conv4 with cross-entropy): torch.func.vmap over padded tasks, the
   per-task gradients from one autograd call on the sum of the tasks' losses (tasks are
   independent, so d(sum)/d(w_i) is task i's gradient).
@@ -43,7 +46,8 @@ class HandMLP:
     so step 0 is one plain GEMM. The inner gradient of the masked squared error is written out too
     (bmm / baddbmm on [tasks, n, width]): an inner step is a dozen kernels with no autograd.grad, and
     second order needs no double backward, since autograd differentiates the written-out gradient
-    like any other expression (relu' is a constant mask, as in autograd's own double backward)."""
+    like any other expression (relu' is a constant mask, as in autograd's own double backward);
+    Engine.adapt_predict leaves even that to _SecondOrderMAML where it can."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -268,6 +272,154 @@ def _sgd(w: Tensor, g: Tensor, lr: float | Tensor) -> Tensor:
     return torch.add(w, g, alpha=-lr) if isinstance(lr, (int, float)) else w - lr * g
 
 
+def _times(delta: Tensor, W: Tensor) -> Tensor:
+    """delta [tasks, n, out] @ W (shared [out, in] or per task [tasks, out, in]): [tasks, n, in]."""
+    if delta.shape[-1] == 1:  # one output: an outer product, no matmul
+        return delta * W
+    return delta @ W
+
+
+def _add_times_(out: Tensor, delta: Tensor, W: Tensor, alpha: float) -> Tensor:
+    """out += alpha delta @ W for W per task ([tasks, out, in])."""
+    if delta.shape[-1] == 1:
+        return out.addcmul_(delta, W, value=alpha)
+    return out.baddbmm_(delta, W, alpha=alpha)
+
+
+_threshold_backward = torch.ops.aten.threshold_backward.default  # the overload: less dispatch than the packet
+
+
+def _relu_back(grad: Tensor, act: Tensor) -> Tensor:
+    """relu' applied as autograd applies it: grad where the relu's output act is > 0, else 0."""
+    return _threshold_backward(grad, act, 0)
+
+
+def _add_linear_(out: Tensor, a: Tensor, W: Tensor) -> Tensor:
+    """out += a W^T, for W shared ([out, in]) or per task ([tasks, out, in])."""
+    if W.dim() == 2:
+        return out.add_(F.linear(a, W))
+    return out.baddbmm_(a, W.transpose(1, 2))
+
+
+class _SecondOrderMAML(torch.autograd.Function):
+    """One length group's second-order MAML on a HandMLP whose every layer adapts: `steps` inner SGD
+    steps on the support set, the first layer in Gram form (see Engine._hand_adapt), then the query
+    forward at the adapted weights; the pass back through all of it is written out (a few dozen kernels
+    per step, where autograd through the written-out inner gradient runs hundreds of nodes).
+
+    apply(lrs, steps, target, scale, a0, aq0, W1, b1, ..., WL, bL) -> the query outputs [tasks, nq, 1]
+    (without the offset), for support inputs a0 [tasks, n, in] and query inputs aq0 [tasks, nq, in]
+    (fixed over the steps), target and scale as in Engine._hand_grads, the shared theta, and lrs one
+    float per weight in theta's order.
+
+    Backward: step k maps w to w - lr g(w, a0), so the gradient at its input is w_bar - H(w) v with
+    v = lr w_bar (the Hessian-vector product of the task's support loss), and a0 and theta pick up
+    -d<g(w, a0), v>/d(a0). Both come from Pearlmutter's R-pass through the MLP: tangents z_dot, a_dot
+    forward along v, then rho = R{delta} back (relu' a constant mask, as autograd has it):
+    (H v)_W = rho^T a + delta^T a_dot, (H v)_b = sum of rho, and the a0 part rho_1 W1_k + delta_1 V1_k.
+    W1 never appears per task: W1_k = W1 - lr D_k^T a0 (D_k: the sum of delta_1 before step k), the
+    query's W1_bar is dq^T aq0 (dq: the query's delta_1) and W1_bar after the steps back to k is
+    dq^T aq0 - R^T a0 (R: the sum of rho_1 over them), so every first-layer term is an [n, n] or
+    [n, nq] matrix product (G = lr a0 a0^T + lr_b, Gq = lr aq0 a0^T + lr_b) until a0_bar, aq0_bar and
+    W1's gradient, formed once at the end."""
+
+    @staticmethod
+    def forward(ctx, lrs, steps, target, scale, a0, aq0, *theta):
+        n_layers = len(theta) // 2
+        Ws, bs = list(theta[0::2]), list(theta[1::2])
+        lr_w, lr_b = lrs[0::2], lrs[1::2]
+        G = None  # [tasks, n, n], what moves z1 from one step to the next (one step: nothing)
+        if steps > 1:
+            G = torch.bmm(a0, a0.transpose(1, 2)).mul_(lr_w[0]).add_(lr_b[0])
+        z1 = F.linear(a0, Ws[0], bs[0])  # [tasks, n, out]
+        D = None  # the sum of the first layer's output gradients so far
+        saved = []
+        for k in range(steps):
+            acts, z = [a0], z1
+            for W, b in zip(Ws[1:], bs[1:]):
+                acts.append(torch.relu(z))
+                z = _linear(acts[-1], W, b)
+            deltas = [torch.addcmul(target, z, scale)]  # dL/d(output), [tasks, n, 1]
+            for l in range(n_layers - 1, 0, -1):
+                deltas.insert(0, _relu_back(_times(deltas[0], Ws[l]), acts[l]))
+            saved.append((acts[1:], deltas, Ws[1:], D))
+            for l in range(1, n_layers):
+                Ws[l] = _sgd(Ws[l], torch.bmm(deltas[l].transpose(1, 2), acts[l]), lr_w[l])
+                bs[l] = _sgd(bs[l], deltas[l].sum(1), lr_b[l])
+            D = deltas[0] if D is None else D + deltas[0]
+            if k + 1 < steps:
+                z1 = z1.baddbmm_(G, deltas[0], alpha=-1.0)  # z1 is not kept (its relu is)
+        Gq = torch.bmm(aq0, a0.transpose(1, 2)).mul_(lr_w[0]).add_(lr_b[0])  # [tasks, nq, n]
+        z = F.linear(aq0, theta[0], theta[1]).baddbmm_(Gq, D, alpha=-1.0)  # aq0 W1_K^T + b1_K
+        acts_q = []
+        for W, b in zip(Ws[1:], bs[1:]):
+            acts_q.append(torch.relu(z))
+            z = _linear(acts_q[-1], W, b)
+        ctx.lrs, ctx.saved, ctx.G, ctx.Gq, ctx.D, ctx.query = lrs, saved, G, Gq, D, (acts_q, Ws[1:])
+        ctx.save_for_backward(scale, a0, aq0, theta[0])
+        return z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, out_bar):
+        scale, a0, aq0, W1 = ctx.saved_tensors
+        lr_w, lr_b = ctx.lrs[0::2], ctx.lrs[1::2]
+        acts_q, Ws_q = ctx.query
+        n_layers = len(Ws_q) + 1
+        # the query forward back: W_bar, b_bar of the adapted weights [tasks, ...], dq = its delta_1
+        Wbar, bbar, dq = [None] * n_layers, [None] * n_layers, out_bar
+        for l in range(n_layers - 1, 0, -1):
+            Wbar[l], bbar[l] = torch.bmm(dq.transpose(1, 2), acts_q[l - 1]), dq.sum(1)
+            dq = _relu_back(_times(dq, Ws_q[l - 1]), acts_q[l - 1])
+        # the first layer's tangent but for its Gram part: a0 V1^T + c1 for (V1, c1) = lr (dq^T aq0, sum of dq)
+        P = torch.bmm(ctx.Gq.transpose(1, 2), dq)
+        R = X = None  # R: the sum of rho_1 over the steps after this one; X: the sum of rho_1 D^T over them
+        for acts, deltas, Ws, D in reversed(ctx.saved):  # D: the sum of delta_1 before this step
+            # tangents along v = lr w_bar: z_dot [tasks, n, out], a_dot = relu' z_dot
+            z_dot = P if R is None else torch.baddbmm(P, ctx.G, R, alpha=-1.0)
+            a_dots = []
+            for l in range(1, n_layers):
+                a_dots.append(_relu_back(z_dot, acts[l - 1]))
+                z_dot = torch.baddbmm(bbar[l].unsqueeze(1), acts[l - 1], Wbar[l].transpose(1, 2),
+                                      beta=lr_b[l], alpha=lr_w[l])
+                z_dot = _add_linear_(z_dot, a_dots[-1], Ws[l - 1])
+            rho = z_dot * scale  # R{delta} at the output
+            for l in range(n_layers - 1, 0, -1):  # Wbar, bbar: fresh tensors, updated in place
+                a, a_dot, delta = acts[l - 1], a_dots[l - 1], deltas[l]
+                back = _add_times_(_times(rho, Ws[l - 1]), delta, Wbar[l], lr_w[l])  # rho W + delta V
+                Wbar[l].baddbmm_(rho.transpose(1, 2), a, alpha=-1.0).baddbmm_(delta.transpose(1, 2), a_dot, alpha=-1.0)
+                bbar[l].sub_(rho.sum(1))
+                rho = _relu_back(back, a)
+            # a0_bar of this step, -(rho_1 W1_k + delta_1 V1_k), with W1_k = W1 - lr D^T a0 and
+            # V1_k = lr (dq^T aq0 - R^T a0): its a0 terms are lr (rho_1 D^T + delta_1 R^T) a0, and summed
+            # over the steps the second is the transpose of the first (both: rho_1 of a step times the
+            # delta_1 of an earlier one), so C = X + X^T
+            if D is not None:
+                X = _add_bmm(X, rho, D.transpose(1, 2))
+            R = rho if R is None else R.add_(rho)
+        # the query's first layer, aq0 (W1 - lr D^T a0)^T + b1 - lr_b 1 1^T D: with E = D dq^T [tasks, n, nq],
+        # aq0_bar = dq W1 - lr E^T a0 and a0_bar gets -lr E aq0, besides -R W1 + lr C a0 from the steps
+        E = torch.bmm(ctx.D, dq.transpose(1, 2))
+        grad_a0 = grad_aq0 = None
+        if ctx.needs_input_grad[4]:
+            grad_a0 = torch.bmm(E, aq0)
+            if X is not None:
+                grad_a0.baddbmm_(X + X.transpose(1, 2), a0, alpha=-1.0)
+            grad_a0 = (R @ W1).add_(grad_a0, alpha=lr_w[0]).neg_()
+        if ctx.needs_input_grad[5]:
+            grad_aq0 = (dq @ W1).baddbmm_(E.transpose(1, 2), a0, alpha=-lr_w[0])
+        rows = lambda t: t.flatten(0, 1)  # noqa: E731
+        grad_theta = [rows(dq).T @ rows(aq0) - rows(R).T @ rows(a0), rows(dq).sum(0) - rows(R).sum(0)]
+        for W, b in zip(Wbar[1:], bbar[1:]):
+            grad_theta += [W.sum(0), b.sum(0)]
+        return (None, None, None, None, grad_a0, grad_aq0, *grad_theta)
+
+
+def _add_bmm(out: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    """out + a @ b, batched; out=None: a @ b."""
+    return torch.bmm(a, b) if out is None else out.baddbmm_(a, b)
+
+
 class Engine:
     """Adapts a model's `inner_names` parameters per task; `kind` picks the loss.
 
@@ -276,7 +428,10 @@ class Engine:
     task_loop=None: off the hand path, a convolutional model on a CPU runs its forward pass one task
     at a time (vmap makes the per-task convolutions one grouped convolution, which the CPU kernels
     run about 2x slower: Conv4 on Omniglot, 3.8 against 6.2 tasks/s); the inner gradients still come
-    from one autograd call. True / False force the loop / vmap."""
+    from one autograd call. True / False force the loop / vmap.
+
+    compile=True (trainer.compile) compiles the inner loop that autograd runs through: first order,
+    evaluation, and second order where _SecondOrderMAML does not apply (it runs eagerly, and faster)."""
 
     def __init__(self, model: nn.Module, inner_names: list[str], kind: str, compile: bool = False,
                  hand: bool | None = None, task_loop: bool | None = None):
@@ -300,6 +455,8 @@ class Engine:
         self._first_names = {self.prefix + n for n in self.hand.layers[0]} if self.hand is not None else set()
         self.group_cost = 200  # what one more length group costs, in padded rows (measured: ~3 ms / ~15 us)
         self.gram = True  # first layer in Gram form where it is cheaper; False keeps W1 explicit (tests)
+        # second order in Gram form: the pass back through the inner steps written out, not autograd's (tests: False)
+        self.written_backward = True
         if compile:
             self._vmapped = torch.compile(self._vmapped, dynamic=True)
             self._group_steps = torch.compile(self._group_steps_eager, dynamic=True)
@@ -409,6 +566,15 @@ class Engine:
                     on_step(k, fast)
         return fast
 
+    def adapt_predict(self, params: Params, h: Tensor | None, y: Tensor, mask: Tensor, inner_lr: float | Params,
+                      steps: int, first_order: bool, h_query: Tensor, x: Tensor | None = None) -> Tensor:
+        """predict(params, adapt(params, h, y, mask, inner_lr, steps, first_order, x=x), h_query): the query
+        predictions [tasks, nq] that the meta-loss scores, with the graph back to theta. On the hand path
+        in second order they may come from _SecondOrderMAML, which never forms the per-task weights."""
+        if self.hand is not None:
+            return self._hand_adapt(params, h, y, mask, inner_lr, steps, first_order, True, None, x, query=h_query)
+        return self.predict(params, self.adapt(params, h, y, mask, inner_lr, steps, first_order, x=x), h_query)
+
     def _adam_adapt(self, params: Params, h: Tensor | None, y: Tensor, mask: Tensor, inner_lr: float | Params,
                     steps: int, betas: tuple[float, float], on_step: Callable[[int, Params], None] | None,
                     x: Tensor | None, eps: float = 1e-8) -> Params:
@@ -439,8 +605,9 @@ class Engine:
                 on_step(k, fast)
         return fast
 
-    def _hand_adapt(self, params, h, y, mask, inner_lr, steps, first_order, track, on_step, x=None) -> Params:
-        """adapt() on the hand-batched path.
+    def _hand_adapt(self, params, h, y, mask, inner_lr, steps, first_order, track, on_step, x=None,
+                    query=None) -> Params | Tensor:
+        """adapt() on the hand-batched path; with query (its h [tasks, nq, ...]) adapt_predict().
 
         - Tasks run in groups of similar length, each padded to its own longest task: padding costs
           FLOPs in every matmul of every step.
@@ -450,6 +617,8 @@ class Engine:
           its output by z0 -= (lr a0 a0^T + lr_b 1 1^T) delta_j, an [n, n] matmul instead of W1's
           [n, in] (MeLU: n <= 100 ratings against 192 inputs); W1 - lr (sum_j delta_j)^T a0 and
           b1 - lr_b sum_j delta_j are formed once, at the end (the same weights).
+        - Second order with every layer adapted and the first in Gram form in every group: each group's
+          steps and query forward are one _SecondOrderMAML, whose pass back is written out.
         What the caller sees is [tasks, ...] in the batch's order."""
         n_tasks, p = y.shape[0], len(self.prefix)
         create_graph = track and not first_order
@@ -464,6 +633,10 @@ class Engine:
         fixed_input = self.hand.input_fixed({n[p:] for n in theta})
         gram_ok = self.gram and w1 in theta and fixed_input and scalar(lr1) and scalar(lr_b)
         first = {w1, b1} & set(theta)  # what the Gram form adapts
+        layer_names = [self.prefix + n for layer in self.hand.layers for n in layer]
+        written = (self.written_backward and query is not None and create_graph and gram_ok and steps > 0
+                   and isinstance(self.hand, HandMLP) and set(layer_names) == set(theta)
+                   and all(scalar(lrs[n]) for n in layer_names))  # and every group in Gram form, below
         encode = h is None  # features per group, from the raw inputs
         source = x if encode else h
         if steps > 0 and bool((mask[:, 1:] > mask[:, :-1]).any()):
@@ -475,9 +648,11 @@ class Engine:
         order = torch.cat([index for index, _ in groups]) if len(groups) > 1 else None
         if order is not None and bool((order.diff() < 0).any()):  # callers that sort their tasks skip this gather
             source, y, mask = source.index_select(0, order), y.index_select(0, order), mask.index_select(0, order)
+            query = None if query is None else query.index_select(0, order)
         else:
             order = None
         sizes = [n_tasks if index is None else len(index) for index, _ in groups]
+        written = written and all(width < theta[w1].shape[-1] for _, width in groups)
         states = []
         # groups are slices of the sorted tasks (a split's backward is one cat, not a scatter)
         for hg, yg, mg, (_, width) in zip(source.split(sizes), y.split(sizes), mask.split(sizes), groups):
@@ -492,7 +667,7 @@ class Engine:
                 gram = gram_ok and steps > 0 and width < a0.shape[-1]
                 target, scale = self._loss_terms(yg, mg)
                 s = {"h": hg, "target": target, "scale": scale, "a0": a0, "gram": gram, "fast": dict(theta), "D": None}
-                if gram:
+                if gram and not written:
                     s["G"] = torch.bmm(a0, a0.transpose(1, 2)).mul_(lr1).add_(lr_b if b1 in theta else 0.0)
                     s["z0"] = F.linear(a0, theta[w1], theta[b1] if b1 in theta else shared[b1[p:]])
             states.append(s)
@@ -518,12 +693,22 @@ class Engine:
 
         inverse = None if order is None else order.argsort()
         loop = dict(shared=shared, lrs=lrs, create_graph=create_graph, track=track)
+        if written:
+            preds = []
+            for s, hq in zip(states, query.split(sizes)):
+                aq0 = self.hand.first_input({**shared, **{k[p:]: v for k, v in theta.items()}}, hq)
+                out = _SecondOrderMAML.apply(tuple(lrs[n] for n in layer_names), steps, s["target"], s["scale"],
+                                             s["a0"], aq0, *(theta[n] for n in layer_names))
+                preds.append(out.squeeze(-1))
+            pred = (preds[0] if len(preds) == 1 else torch.cat(preds)) + self.hand.offset()
+            return pred if inverse is None else pred.index_select(0, inverse)
         if on_step is None:  # each group's whole inner loop in one call (one graph under trainer.compile)
             for s in states:
                 s["fast"], s["z0"], s["D"] = self._group_steps(
                     fast=s["fast"], h=s["h"], a0=s["a0"], target=s["target"], scale=s["scale"], G=s.get("G"),
                     z0=s.get("z0"), D=None, steps=steps, gram=s["gram"], final=True, **loop)
-            return merged()
+            fast = merged()
+            return fast if query is None else self.predict(params, fast, query)
         on_step(0, merged())
         for k in range(1, steps + 1):
             for s in states:

@@ -150,6 +150,107 @@ def test_every_speed_option_equals_the_oracle_when_everything_adapts(option, fir
         assert torch.allclose(x, y, atol=1e-10, rtol=0), name
 
 
+
+# ---- second order with the pass back written out (_SecondOrderMAML) -----------------------------------
+
+def count_written(monkeypatch) -> list:
+    """Records each length group that the written-out second-order pass runs (its support input's shape)."""
+    from metarec import engine
+    calls, apply = [], engine._SecondOrderMAML.apply
+    monkeypatch.setattr(engine._SecondOrderMAML, "apply", lambda *args: calls.append(tuple(args[4].shape)) or apply(*args))
+    return calls
+
+
+def prompt_theta(steps):
+    """algo=prompt, adapt=theta: the MLP adapts, the prompt (joined to a0 and aq0) is meta-learned only."""
+    from metarec.algos.prompt import Prompt
+    model, algo = make("mlp", False, steps, prompt=(2, 3))
+    return model, Prompt(OmegaConf.merge(algo.cfg, {"adapt": "theta"}), model, "rating")
+
+
+WRITTEN_CASES = {  # name -> (steps, model and algo, engine options); ragged support (1-9) and query (2-5) sizes
+    "mlp, 1 step": (1, lambda s: make("mlp", False, s), {}),
+    "mlp, 3 steps": (3, lambda s: make("mlp", False, s), {}),
+    "mlp, 5 steps, one group per length": (5, lambda s: make("mlp", False, s), {"group_cost": 0}),
+    "prompt adapt=theta, 3 steps": (3, prompt_theta, {}),
+    "prompt adapt=theta, 2 steps, one group per length": (2, prompt_theta, {"group_cost": 0}),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITTEN_CASES))
+def test_written_second_order_equals_the_oracle(case, monkeypatch):
+    """Every meta-gradient (encoder tables through the support and query features, prompt, each MLP layer)
+    equals the per-task loop's, and autograd's through the written-out inner loop, to 1e-10; the
+    written pass ran, for every length group."""
+    steps, build, options = WRITTEN_CASES[case]
+    model, algo = build(steps)
+    for k, v in options.items():
+        setattr(algo.engine, k, v)
+    calls = count_written(monkeypatch)
+    batch = rating_batch(n_tasks=7, support=(1, 9))
+    params = list(model.parameters())
+    got = grads_of(algo.meta_loss(batch), params)
+    n_groups = len(algo.engine.length_groups(batch.support_mask))
+    assert len(calls) == n_groups and (n_groups > 1) == bool(options)
+    want = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, steps, False), params)
+    algo.engine.written_backward = False
+    autograd = grads_of(algo.meta_loss(batch), params)
+    assert len(calls) == n_groups
+    for (name, _), a, b, c in zip(model.named_parameters(), got, want, autograd):
+        assert b.abs().max() > 0, name  # every parameter gets a meta-gradient here
+        assert torch.allclose(a, b, atol=1e-10, rtol=0) and torch.allclose(a, c, atol=1e-10, rtol=0), name
+
+
+FALLBACK_CASES = {  # name -> make() arguments and engine options: the engine's other paths, as before
+    "first order": (dict(first_order=True), {}),
+    "meta-sgd learned rates": (dict(learn_inner_lr=True), {}),
+    "explicit first layer": ({}, {"gram": False}),
+    "inner_params=last": (dict(inner_params="last"), {}),
+    "inner_params=all": (dict(inner_params="all"), {}),
+    "prompt adapt=prompt": (dict(inner_params="prompt", prompt=(2, 3)), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(FALLBACK_CASES))
+def test_written_second_order_is_not_used_where_it_does_not_apply(case, monkeypatch):
+    kw, options = FALLBACK_CASES[case]
+    model, algo = make(**{"steps": 2, **kw})
+    for k, v in options.items():
+        setattr(algo.engine, k, v)
+    calls = count_written(monkeypatch)
+    batch = rating_batch(n_tasks=6, support=(1, 9))
+    params = list(model.parameters()) + (list(algo.inner_lrs.parameters()) if algo.inner_lrs is not None else [])
+    a = grads_of(algo.meta_loss(batch), params)
+    b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", algo.inner_lr(), 2,
+                                    algo.cfg.first_order), params)
+    assert calls == []
+    for x, y in zip(a, b):
+        x = torch.zeros(()) if x is None else x
+        y = torch.zeros(()) if y is None else y
+        assert torch.allclose(x, y, atol=1e-10, rtol=0)
+
+
+def test_adapt_predict_is_predict_after_adapt_on_unsorted_tasks(monkeypatch):
+    """Engine.adapt_predict on tasks in no particular order (the engine sorts them into groups and back):
+    the same query predictions and the same gradients, to theta and to the query features, as
+    predict(adapt(...)) with autograd through the written-out inner loop."""
+    model, algo = make("mlp", False, 3)
+    engine, params = algo.engine, algo.params()
+    engine.group_cost = 0
+    batch = rating_batch(n_tasks=8, support=(1, 9), seed=3)
+    assert bool((batch.support_mask.sum(1).diff() < 0).any())  # not sorted
+    h_query = engine.features(params, batch.query_x).detach().requires_grad_(True)
+    calls = count_written(monkeypatch)
+    args = (params, None, batch.support_y, batch.support_mask, 0.3, 3, False)
+    got = engine.adapt_predict(*args, h_query, x=batch.support_x)
+    assert len(calls) > 1
+    want = engine.predict(params, engine.adapt(*args, x=batch.support_x), h_query)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    weights = torch.randn(got.shape, dtype=got.dtype, generator=torch.Generator().manual_seed(0))
+    inputs = [h_query, *model.parameters()]
+    for a, b in zip(grads_of((got * weights).sum(), inputs), grads_of((want * weights).sum(), inputs)):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
 @pytest.mark.slow
 def test_compiled_engine_equals_the_oracle():
     """trainer.compile=true (torch.compile of the inner gradient): slow to compile on a CPU."""
@@ -158,6 +259,7 @@ def test_compiled_engine_equals_the_oracle():
     cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params="mlp", meta_lr=1e-3,
                                 learn_inner_lr=False, weight_decay=0.0))
     algo = MAML(cfg, model, "rating", compile=True)
+    algo.engine.written_backward = False  # second order through the compiled inner loop, not _SecondOrderMAML
     batch = rating_batch(n_tasks=6, support=(1, 9))
     a = grads_of(algo.meta_loss(batch), list(model.parameters()))
     b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, 3, False), list(model.parameters()))

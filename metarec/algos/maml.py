@@ -62,9 +62,8 @@ class MAML:
         batch = batch.select(batch.support_mask.sum(1).argsort(stable=True))
         h_query = self.engine.features(params, batch.query_x)
         # the engine encodes the support set itself, per group of similar size (x=, not h)
-        fast = self.engine.adapt(params, None, batch.support_y, batch.support_mask, self.inner_lr(),
-                                 self.cfg.inner_steps, self.cfg.first_order, x=batch.support_x)
-        pred = self.engine.predict(params, fast, h_query)
+        pred = self.engine.adapt_predict(params, None, batch.support_y, batch.support_mask, self.inner_lr(),
+                                         self.cfg.inner_steps, self.cfg.first_order, h_query, x=batch.support_x)
         return masked_task_loss(pred, batch.query_y, batch.query_mask, self.kind).mean()
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
