@@ -150,7 +150,6 @@ def test_every_speed_option_equals_the_oracle_when_everything_adapts(option, fir
         assert torch.allclose(x, y, atol=1e-10, rtol=0), name
 
 
-
 # ---- second order with the pass back written out (_SecondOrderMAML) -----------------------------------
 
 def count_written(monkeypatch) -> list:
@@ -250,6 +249,7 @@ def test_adapt_predict_is_predict_after_adapt_on_unsorted_tasks(monkeypatch):
     inputs = [h_query, *model.parameters()]
     for a, b in zip(grads_of((got * weights).sum(), inputs), grads_of((want * weights).sum(), inputs)):
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
 
 @pytest.mark.slow
 def test_compiled_engine_equals_the_oracle():
