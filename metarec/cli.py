@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -51,12 +52,25 @@ def _user_errors(fn):
             print(f"metarec: error: {e}", file=sys.stderr)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 FAILED_JOBS.append(str(e))
-                return float("nan")  # one failed job must not end the sweep; its status.json says why
+                return _failed_value()  # one failed job must not end the sweep; its status.json says why
             raise SystemExit(2) from None
     wrapper.__wrapped__ = fn
     wrapper.__name__ = fn.__name__
     wrapper.__module__ = fn.__module__
     return wrapper
+
+
+def _failed_value() -> float:
+    """What a failed sweep job returns: nan, or in an Optuna study the worst value of its direction, so
+    that the trial is recorded and the sampler steers away from it (hydra-optuna-sweeper 1.3 on
+    optuna 2 ends the whole study on a nan: it fails the trial, then fails telling it so)."""
+    direction = HydraConfig.get().sweeper.get("direction")
+    direction = getattr(direction, "name", direction)  # the sweeper's schema may give its Direction enum
+    if direction == "minimize":
+        return math.inf
+    if direction == "maximize":
+        return -math.inf
+    return float("nan")
 
 
 def _run_dir() -> Path:

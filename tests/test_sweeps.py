@@ -98,9 +98,13 @@ def test_optuna_sweep_on_sqlite_storage_resumes_the_study(tmp_path):
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     search = ["hparams_search=maml_movielens", *QUICK, f"hydra.sweeper.storage={db}",
               "hydra.sweeper.study_name=test_study"]
-    r = run_cli("train", "-m", *search, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path}/a", cwd=tmp_path)
+    # seeded samplers (another seed for the second invocation, which would otherwise repeat the first's
+    # random trials): the preset's ranges are ml-100k's, and an unlucky draw diverges on sinusoids
+    r = run_cli("train", "-m", *search, "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=0",
+                f"hydra.sweep.dir={tmp_path}/a", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("train", "-m", *search, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/b", cwd=tmp_path)
+    r = run_cli("train", "-m", *search, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1",
+                f"hydra.sweep.dir={tmp_path}/b", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
 
     trials = optuna.load_study(study_name="test_study", storage=db).trials
@@ -114,6 +118,23 @@ def test_optuna_sweep_on_sqlite_storage_resumes_the_study(tmp_path):
         assert trial.value == pytest.approx(_best_val(run), rel=1e-12)  # train() returned the best validation metric
     best = yaml.safe_load((tmp_path / "b" / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(t.value for t in trials))
+
+
+@needs["hydra_optuna_sweeper"]
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")
+def test_a_diverging_optuna_trial_is_recorded_as_the_worst_value_and_the_study_goes_on(tmp_path):
+    import optuna
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    r = run_cli("train", "-m", "hparams_search=maml_movielens", *QUICK, f"hydra.sweeper.storage={db}",
+                "hydra.sweeper.study_name=diverges", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0",
+                "data.amp_min=1e30", "data.amp_max=1e30", f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path)  # y^2 overflows
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "metarec: error: the loss became" in r.stderr and "2 job(s) of the sweep failed" in r.stderr
+    trials = optuna.load_study(study_name="diverges", storage=db).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(t.value == float("inf") for t in trials)  # minimize: the worst value, not nan
+    for run in _runs(tmp_path / "s").values():
+        assert read_json(run / "status.json")["status"] != "finished"
 
 
 def test_hparams_search_preset_is_an_optuna_study_of_maml_on_movielens(tmp_path):
