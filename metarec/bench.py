@@ -227,7 +227,7 @@ def ml1m_child(folder: str, steps: int, meta_batch: int, inner_steps: int) -> No
     for _ in range(steps):
         algo.step(source.sample_train(meta_batch, generator))
     train_s = time.perf_counter() - t0
-    evaluate_all(cfg, source, algo, "val")
+    evaluate_all(cfg, source, algo, "val", select=True)
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "load_s": load_s, "train_steps": steps, "meta_batch": meta_batch,
                       "inner_steps": inner_steps, "tasks_per_s": steps * meta_batch / train_s,
                       "ratings": int(len(source.raw.rating)), "users": int(len(source.raw.user_gender))}))

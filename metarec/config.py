@@ -80,6 +80,7 @@ class EvalConfig:
     ndcg_gain: str = "exp"  # exp (2^r - 1, as MeLU) | linear (r)
     chunk: int = 512  # evaluation tasks per batch
     checkpoint: Optional[str] = None  # metarec eval: the checkpoint to evaluate
+    split: str = "test"  # metarec eval: test (the test states) | val (validation users only; MovieLens: val, val_new)
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """`metarec eval checkpoint=PATH`: rebuild data and model from the checkpoint's own config, then
-evaluate; command-line overrides change the evaluation only (algo.inner_steps=5, data.shots=5)."""
+evaluate; command-line overrides change the evaluation only (algo.inner_steps=5, data.shots=5).
+eval.split=val scores validation users instead of test ones (MovieLens: val and val_new, the
+validation users' new items), for choices that must not look at a test user."""
 from __future__ import annotations
 
 import json
@@ -54,10 +56,13 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
         algo.load_state_dict(ck["algo"])
     except (RuntimeError, KeyError) as e:
         raise UserError(f"checkpoint {path} does not fit the model its config describes ({str(e).splitlines()[0][:160]})") from None
-    result = evaluate_all(cfg, source, algo, "test")
+    if cfg.eval.split not in ("test", "val"):
+        raise UserError(f"eval.split={cfg.eval.split!r} is not one of test, val (val: validation users only)")
+    result = evaluate_all(cfg, source, algo, cfg.eval.split)
     result["checkpoint"] = str(path)
     result["overrides"] = overrides
-    table = format_table(result, f"{cfg.algo.name} on {cfg.data.name}: {path}")
+    result["split"] = cfg.eval.split
+    table = format_table(result, f"{cfg.algo.name} on {cfg.data.name} ({cfg.eval.split}): {path}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")

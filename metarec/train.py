@@ -86,16 +86,19 @@ def eval_steps(cfg) -> int:
     return cfg.algo.eval_steps if cfg.algo.eval_steps is not None else cfg.algo.inner_steps
 
 
-def evaluate_all(cfg, source, algo, split: str) -> dict:
-    """eval.json's content: every state of `split`, floors beside the learned model."""
+def evaluate_all(cfg, source, algo, split: str, select: bool = False) -> dict:
+    """eval.json's content: every state of `split` ("test" or "val"), floors beside the learned model.
+    select=True (the trainer's model selection): the "val" state alone, at the headline step alone."""
     headline = eval_steps(cfg)
-    steps = max(cfg.eval.max_steps, headline) if split == "test" else headline
+    steps = headline if select else max(cfg.eval.max_steps, headline)
     states = {}
     for state, batch in source.eval_tasks(split).items():
-        floors = source.floors(state) if split == "test" and hasattr(source, "floors") else None
+        if select and state != "val":
+            continue
+        floors = source.floors(state) if not select and hasattr(source, "floors") else None
         # validation selects on the headline step alone: no query forward for the steps before it
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
-                           only_last=split != "test")
+                           only_last=select)
         r["headline_step"] = str(headline)
         states[state] = r
     result = {"states": states}
@@ -281,7 +284,7 @@ def _train(cfg: DictConfig, run: RunFolder, device: torch.device, rank: int, wor
             run.metrics({"step": step, "split": "train", "loss": stats["loss"], "tasks_per_s": rate})
             t_window, n_window = time.perf_counter(), 0
         if step % cfg.trainer.val_every == 0 or step == cfg.trainer.max_steps:
-            val = evaluate_all(cfg, source, algo, "val")  # fixed tasks: draws nothing from `generator`
+            val = evaluate_all(cfg, source, algo, "val", select=True)  # fixed tasks: draws nothing from `generator`
             if "val" not in val["states"]:
                 raise UserError("there are no validation tasks to select the best checkpoint with: "
                                 "give validation users a share (data.split) or loosen the data filter")

@@ -67,8 +67,25 @@ def test_data_info_prints_split_statistics(cache_env):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["ratings"] == 100_000 and info["users"] == 943 and info["items"] == 1682
-    assert set(info["states"]) == {"warm", "user_cold", "item_cold", "user_item_cold", "val"}
+    assert set(info["states"]) == {"warm", "user_cold", "item_cold", "user_item_cold", "val", "val_new"}
     assert 0.15 < info["new_item_ratings"] < 0.21
+
+
+@needs_ml100k()
+def test_validation_states_are_validation_users_on_existing_and_on_new_items():
+    from metarec.bench import compose
+    from metarec.train import build_source
+    source = build_source(compose(["data=movielens", f"data.root={ML100K}"]).data, torch.device("cpu"), 0, progress=False)
+    new_item = source.raw.item_year > source.cut
+    users = {}
+    for state, t in source.tasks.items():
+        users[state] = set(t.users.tolist())
+        items = source.rating_item[torch.cat([t.support[t.support_mask.bool()], t.query[t.query_mask.bool()]])]
+        assert set(new_item[items.numpy()].tolist()) == {state in ("item_cold", "user_item_cold", "val_new")}, state
+    role = source.user_role
+    assert {int(role[u]) for u in users["val"] | users["val_new"]} == {1}  # validation users, never a test one
+    assert {int(role[u]) for u in users["user_cold"] | users["user_item_cold"]} == {2}
+    assert len(users["val_new"]) > 20 and set(source.eval_tasks("val")) == {"val", "val_new"}
 
 
 @needs_ml100k()
@@ -109,6 +126,18 @@ def test_train_leaves_a_complete_run_folder_and_eval_reevaluates(tmp_path, cache
                 f"hydra.run.dir={out2}", env=cache_env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert_close(read_json(out2 / "eval.json")["states"], result["states"])
+
+    # eval.split=val: the same checkpoint on validation users only, floors beside it, no test state
+    out3 = tmp_path / "eval3"
+    r = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "eval.split=val", f"hydra.run.dir={out3}", env=cache_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    val = read_json(out3 / "eval.json")
+    assert val["split"] == "val" and set(val["states"]) == {"val", "val_new"}
+    assert set(val["states"]["val_new"]["steps"]) == {str(k) for k in range(6)} and "bias_transductive" in val["states"]["val_new"]["floors"]
+    best_val = min(l["mae"] for l in lines if l["split"] == "val")  # what the trainer selected on
+    assert val["states"]["val"]["steps"]["1"]["mae"] == pytest.approx(best_val, rel=1e-6)
+    r = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "eval.split=train", f"hydra.run.dir={tmp_path / 'e4'}", env=cache_env)
+    assert r.returncode == 2 and "eval.split='train' is not one of test, val" in r.stderr
 
 
 @needs_ml100k()

@@ -4,7 +4,8 @@ A task is one user. Users are split at random (seeded) into meta-train / validat
 released up to a cut year are "existing", later ones "new". Evaluation states:
 warm (meta-train users, existing items, held-out query ratings), user_cold (test users, existing
 items), item_cold (meta-train users, new items), user_item_cold (test users, new items), and val
-(validation users, existing items) for model selection.
+(validation users, existing items) for model selection, with val_new (validation users, new items)
+beside it for `metarec eval eval.split=val`: a new-item state that is never a test user.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from metarec.errors import UserError
 from metarec.tasks import TaskBatch
 
 STATES = ("warm", "user_cold", "item_cold", "user_item_cold")
+VAL_STATES = ("val", "val_new")  # validation users on existing items (model selection) and on new ones
 CUT_YEAR = {"ml-100k": 1996, "ml-1m": 1997}
 AGE_EDGES = [18, 25, 35, 45, 50, 56]  # GroupLens ml-1m age groups; ml-100k ages are bucketed the same way
 YEAR_EDGES = [1940, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998, 1999, 2000]
@@ -139,7 +141,7 @@ class MovieLensTasks:
         is_new = new_item[raw.rating_item]
         order = np.lexsort((np.arange(len(raw.rating_user)), is_new, raw.rating_user))
         q = cfg.query_size
-        tasks: dict[str, list] = {s: [] for s in (*STATES, "val")}
+        tasks: dict[str, list] = {s: [] for s in (*STATES, *VAL_STATES)}
         pools, pool_users = [], []
         lo, hi = cfg.min_ratings, cfg.max_ratings
         if q < 1:
@@ -156,7 +158,7 @@ class MovieLensTasks:
             group = rng.permutation(group)
             query, support = group[:q], group[q:]
             r = role[user]
-            state = {(0, False): "warm", (0, True): "item_cold", (1, False): "val", (1, True): None,
+            state = {(0, False): "warm", (0, True): "item_cold", (1, False): "val", (1, True): "val_new",
                      (2, False): "user_cold", (2, True): "user_item_cold"}[(r, new)]
             if state is not None:
                 tasks[state].append((user, support, query))
@@ -303,7 +305,7 @@ class MovieLensTasks:
         return TaskBatch(sx, self.y[support], support_mask, qx, self.y[query], query_mask)
 
     def eval_tasks(self, split: str) -> dict[str, TaskBatch]:
-        states = ("val",) if split == "val" else STATES
+        states = VAL_STATES if split == "val" else STATES
         out = {}
         for s in states:
             t = self.tasks[s]
