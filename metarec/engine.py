@@ -137,14 +137,9 @@ class HandMLP:
                 out["z0"] = delta
             if k == lowest:
                 break
-            W = w[wn]
-            if delta.shape[-1] == 1:  # one output: an outer product, no matmul
-                delta = delta * W  # [tasks, n, in]
-            else:
-                delta = delta @ W if W.dim() == 2 else torch.bmm(delta, W)
-            if k > 0:
-                # relu' as autograd applies it; the mask is a constant (relu'' = 0), so detached
-                delta = torch.ops.aten.threshold_backward(delta, acts[k].detach(), 0)
+            delta = _times(delta, w[wn])  # [tasks, n, in]
+            if k > 0:  # the mask is a constant (relu'' = 0), so detached
+                delta = _relu_back(delta, acts[k].detach())
         if "prompt" in names:
             out["prompt"] = delta[..., self.in_dim:].sum(1).reshape(delta.shape[0], *self.prompt_shape)
         if input_grad:
