@@ -66,7 +66,8 @@ class Ridge(MAML):
 
     def predict(self, phi: Tensor, w: Tensor) -> Tensor:
         """Predictions [tasks, n] of phi [tasks, n, width + 1] with weights w [tasks, width + 1] or [width + 1]."""
-        return self._offset() + (phi @ w.unsqueeze(-1)).squeeze(-1) if w.dim() == 2 else self._offset() + phi @ w
+        w = w.expand(phi.shape[0], -1)  # the prior w0: the same weights for every task
+        return self._offset() + (phi @ w.unsqueeze(-1)).squeeze(-1)
 
     def meta_loss(self, batch: TaskBatch) -> Tensor:
         w = self.solve(self.features(batch.support_x), batch.support_y, batch.support_mask)
