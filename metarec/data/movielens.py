@@ -160,8 +160,7 @@ class MovieLensTasks:
             r = role[user]
             state = {(0, False): "warm", (0, True): "item_cold", (1, False): "val", (1, True): "val_new",
                      (2, False): "user_cold", (2, True): "user_item_cold"}[(r, new)]
-            if state is not None:
-                tasks[state].append((user, support, query))
+            tasks[state].append((user, support, query))
             if r == 0 and not new:
                 pools.append(support)  # warm queries are held out of training for good
                 pool_users.append(user)
