@@ -292,9 +292,8 @@ def preset_hparams(method: str) -> str:
     from omegaconf import OmegaConf
     cfg = OmegaConf.create(compose(METHODS[method]))
     a = cfg.algo
-    keys = ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"]
-    if a.name == "ridge":  # no gradient steps in its inner loop
-        keys = ["inner_steps", "eval_steps", "meta_lr"]
+    keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name == "ridge"  # no gradient steps in its inner loop
+            else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
              "ridge": ["prior_precision", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
