@@ -28,6 +28,9 @@ class MovieLensConfig:
     item_id_dropout: float = 0.1  # share of training ids replaced by UNK so the UNK row is trained
     zip_prefix: int = 1  # leading zip-code characters used as a feature
     item_stats: bool = True  # item context from other users' ratings (training pool; + support sets at evaluation)
+    item_factors: int = 0  # rank of collaborative item factors fitted on the training ratings; 0 = none
+    factor_reg: float = 10.0  # their ridge penalty in the factorisation
+    factor_folds: int = 5  # meta-train users read factors fitted without their fold (cross-fitting)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class AlgoConfig:
     adapt: str = "theta"  # prompt: theta (the seed's formulation) | prompt (inner loop adapts phi only)
     prior_precision: float = 10.0  # ridge: lambda, the pull of a user's last-layer weights towards w0 ...
     prior_precision_bias: float = 3.0  # ridge: ... and of its bias (3: the bias floor's shrinkage)
+    prior_precision_factors: Optional[float] = None  # ridge: ... and of the item-factor weights (null = prior_precision)
     learn_prior: bool = True  # ridge: meta-learn one log lambda per last-layer weight
     weight_decay: float = 0.0
 

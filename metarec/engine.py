@@ -168,6 +168,7 @@ class HandFieldsMLP:
     def of(cls, model: nn.Module) -> "HandFieldsMLP | None":
         enc, head = getattr(model, "encoder", None), getattr(model, "head", None)
         if (head is None or HandMLP.of(head) is None or not isinstance(getattr(enc, "multi", None), nn.Embedding)
+                or getattr(enc, "factors", None) is not None  # a factor table is not written out here
                 or not isinstance(getattr(enc, "embeddings", None), nn.ModuleDict)
                 or list(enc.embeddings) != list(getattr(enc, "field_names", []))
                 or not all(isinstance(e, nn.Embedding) for e in enc.embeddings.values())):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from metarec.data.download import fingerprint, locate_movielens
+from metarec.data.factors import cross_fitted
 from metarec.data.movielens_io import MovieLensRaw, read_movielens
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
@@ -117,6 +118,9 @@ class MovieLensTasks:
         self.x = torch.from_numpy(feats.x).to(self.device)  # [ratings, F]
         self.y = torch.from_numpy(raw.rating.astype(np.float32)).to(self.device)  # [ratings]
         self._split(seed if cfg.split_seed is None else cfg.split_seed)
+        self.factor_table = None
+        if cfg.item_factors:
+            self._item_factors(seed if cfg.split_seed is None else cfg.split_seed)
         self.n_base = 5  # gender, age, occupation, zip, year: item context goes after them, item ids last
         if cfg.item_stats:
             self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
@@ -205,9 +209,31 @@ class MovieLensTasks:
         self.item_bias = self.item_total / (self.item_count + shrink)
         self.rating_item = torch.from_numpy(self.raw.rating_item).to(self.device)
 
+    def _item_factors(self, seed: int) -> None:
+        """Cross-fitted collaborative item factors (metarec/data/factors.py): one table
+        row per (fold, item), and a last input column naming each rating's row (0 = none)."""
+        cfg, raw = self.cfg, self.raw
+        if cfg.item_factors < 0 or cfg.factor_folds < 2 or cfg.factor_reg <= 0:
+            raise UserError(f"data.item_factors={cfg.item_factors}, data.factor_folds={cfg.factor_folds} and "
+                            f"data.factor_reg={cfg.factor_reg} must be >= 0, >= 2 and > 0")
+        n_users, n_items, folds = len(raw.user_gender), len(raw.item_year), cfg.factor_folds
+        fold = np.full(n_users, folds, dtype=np.int64)  # everyone outside the pool reads the full fit
+        fold[self.pool_users] = np.random.default_rng([seed, 7]).permutation(len(self.pool_users)) % folds
+        tr = self.train_ratings
+        tables = cross_fitted(torch.from_numpy(raw.rating_user[tr]), torch.from_numpy(raw.rating_item[tr]),
+                              torch.from_numpy(raw.rating[tr].astype(np.float64)), n_users, n_items, self.mu,
+                              torch.from_numpy(fold), folds, cfg.item_factors, cfg.factor_reg, seed=seed)
+        flat = tables.flatten(0, 1).float()
+        self.factor_table = torch.cat([flat.new_zeros(1, flat.shape[1]), flat])  # row 0: no factors
+        row = 1 + fold[raw.rating_user] * n_items + raw.rating_item
+        self.x = torch.cat([self.x, torch.from_numpy(row).to(self.device).unsqueeze(1)], dim=1)
+
     # ---- TaskSource -----------------------------------------------------------------------------
     def model_spec(self) -> dict:
-        return {"fields": [list(f) for f in self.fields], "multi_hot": ["genre", len(self.genres)], "offset": self.mu}
+        spec = {"fields": [list(f) for f in self.fields], "multi_hot": ["genre", len(self.genres)], "offset": self.mu}
+        if self.factor_table is not None:
+            spec["factors"] = self.factor_table  # [rows, rank], read through the input's last column
+        return spec
 
     def sample_train(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
         """Fresh episodes from meta-train users' existing-item ratings (warm queries excluded).

@@ -6,22 +6,33 @@ from torch import Tensor, nn
 
 
 class FieldEncoder(nn.Module):
-    """x [..., fields + multi_hot] (long) -> concatenated field embeddings [..., (fields + 1) * dim]."""
+    """x [..., fields + multi_hot (+ 1)] (long) -> concatenated field embeddings [..., (fields + 1) * dim
+    (+ factor width)]. With a factor table (data.item_factors) the last column of x is each rating's
+    row in it, and that row (the item's collaborative factors, fixed) is joined at the end."""
 
-    def __init__(self, fields: list[tuple[str, int]], multi_hot: tuple[str, int], dim: int):
+    def __init__(self, fields: list[tuple[str, int]], multi_hot: tuple[str, int], dim: int,
+                 factors: Tensor | None = None):
         super().__init__()
         self.field_names = [name for name, _ in fields]
         self.embeddings = nn.ModuleDict({name: nn.Embedding(size, dim) for name, size in fields})
         self.multi_name, multi_size = multi_hot
         self.multi = nn.Embedding(multi_size, dim)  # a weight matrix pooled by the multi-hot flags
-        self.out_dim = (len(fields) + 1) * dim
+        self.factors: Tensor | None
+        self.register_buffer("factors", None if factors is None else torch.as_tensor(factors, dtype=torch.float32).clone())
+        self.factor_dim = 0 if factors is None else self.factors.shape[1]
+        self.out_dim = (len(fields) + 1) * dim + self.factor_dim
+
+    def factor_features(self, x: Tensor) -> Tensor | None:
+        """The factor-table row of every rating [..., factor width], or None without a table."""
+        return None if self.factors is None else self.factors[x[..., -1]]
 
     def forward(self, x: Tensor) -> Tensor:
         n = len(self.field_names)
         parts = [self.embeddings[name](x[..., i]) for i, name in enumerate(self.field_names)]
-        flags = x[..., n:].to(self.multi.weight.dtype)  # [..., multi_size]
+        flags = x[..., n:x.shape[-1] - (self.factors is not None)].to(self.multi.weight.dtype)  # [..., multi_size]
         pooled = flags @ self.multi.weight / flags.sum(-1, keepdim=True).clamp(min=1.0)
-        return torch.cat(parts + [pooled], dim=-1)
+        q = self.factor_features(x)
+        return torch.cat(parts + [pooled] + ([] if q is None else [q.to(pooled.dtype)]), dim=-1)
 
 
 class PromptMLP(nn.Module):
@@ -53,7 +64,8 @@ class MeLU(nn.Module):
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64),
                  prompt_len: int = 0, prompt_dim: int = 0):
         super().__init__()
-        self.encoder = FieldEncoder([tuple(f) for f in spec["fields"]], tuple(spec["multi_hot"]), embedding_dim)
+        self.encoder = FieldEncoder([tuple(f) for f in spec["fields"]], tuple(spec["multi_hot"]), embedding_dim,
+                                    spec.get("factors"))
         self.head = PromptMLP(self.encoder.out_dim, list(hidden), spec["offset"], prompt_len, prompt_dim)
 
     def forward(self, x: Tensor) -> Tensor:
