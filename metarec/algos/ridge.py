@@ -10,6 +10,11 @@ their prior precisions (meta-learned in log space with algo.learn_prior). It is 
 one batched Cholesky solve for all tasks, no Python per task. The meta-gradient of the query loss
 flows through the solve to phi (encoder and hidden layers), w0 and lambda. With phi = [1] alone and
 lambda = 3 this is the bias floor's user bias; the hidden layer adds per-user taste.
+
+With data.item_factors, phi_j also holds the item's collaborative factors q_j (fixed, from the
+meta-train users' ratings: metarec/data/factors.py), with their own prior weights (meta-learned) and
+precision (algo.prior_precision_factors): the user's taste on them is a matrix factorisation's fold-in,
+solved together with the last layer.
 """
 from __future__ import annotations
 
@@ -35,37 +40,47 @@ class Ridge(MAML):
             raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
                              f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")
         self.head, self.last = head, net[-1]
-        start = torch.full((net[-1].in_features + 1,), float(cfg.prior_precision))
-        start[-1] = float(cfg.prior_precision_bias)
+        encoder = getattr(model, "encoder", None)
+        self.n_factors = getattr(encoder, "factor_dim", 0)
+        factor_precision = cfg.prior_precision if cfg.prior_precision_factors is None else cfg.prior_precision_factors
+        if factor_precision <= 0:
+            raise ValueError(f"algo.prior_precision_factors={factor_precision} must be > 0")
+        start = torch.cat([torch.full((net[-1].in_features,), float(cfg.prior_precision)),
+                           torch.full((self.n_factors,), float(factor_precision)),
+                           torch.tensor([float(cfg.prior_precision_bias)])])
         self.log_prior = nn.Parameter(start.log().to(self.last.weight), requires_grad=bool(cfg.learn_prior))
+        self.factor_prior = nn.Parameter(torch.zeros(self.n_factors).to(self.last.weight))  # a typical user's taste
         super().__init__(cfg, model, kind, compile)
 
     def meta_parameters(self) -> list[Tensor]:
-        return super().meta_parameters() + ([self.log_prior] if self.log_prior.requires_grad else [])
+        return (super().meta_parameters() + ([self.factor_prior] if self.n_factors else [])
+                + ([self.log_prior] if self.log_prior.requires_grad else []))
 
     def _offset(self) -> Tensor | float:
         return getattr(self.head, "offset", 0.0)
 
     def features(self, x: Tensor) -> Tensor:
-        """phi [tasks, n, width + 1]: the last hidden layer of every example, and a 1."""
+        """phi [tasks, n, width + factors + 1]: the last hidden layer of every example, its item's
+        collaborative factors (data.item_factors: a matrix factorisation's fold-in), and a 1."""
         hidden = self.head.net[:-1](self.model.encoder(x))
-        return torch.cat([hidden, torch.ones_like(hidden[..., :1])], dim=-1)
+        q = self.model.encoder.factor_features(x) if self.n_factors else None
+        return torch.cat([hidden] + ([] if q is None else [q.to(hidden)]) + [torch.ones_like(hidden[..., :1])], dim=-1)
 
     def prior(self) -> Tensor:
-        """w0 [width + 1]: the last layer's weights, then its bias."""
-        return torch.cat([self.last.weight[0], self.last.bias])
+        """w0 [width + factors + 1]: the last layer's weights, the factors' prior weights, the last layer's bias."""
+        return torch.cat([self.last.weight[0], self.factor_prior, self.last.bias])
 
     def solve(self, phi: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        """Each task's ridge solution [tasks, width + 1] on its support set (phi [tasks, n, width + 1])."""
+        """Each task's ridge solution [tasks, p] on its support set (phi [tasks, n, p])."""
         lam, w0 = self.log_prior.exp(), self.prior()
-        weighted = (phi * mask.unsqueeze(-1)).transpose(1, 2)  # [tasks, width + 1, n]
+        weighted = (phi * mask.unsqueeze(-1)).transpose(1, 2)  # [tasks, p, n]
         gram = torch.baddbmm(torch.diag(lam).expand(phi.shape[0], -1, -1), weighted, phi)
         rhs = torch.baddbmm((lam * w0).unsqueeze(-1).expand(phi.shape[0], -1, 1),
                             weighted, (y - self._offset()).unsqueeze(-1))
         return torch.cholesky_solve(rhs, torch.linalg.cholesky(gram)).squeeze(-1)
 
     def predict(self, phi: Tensor, w: Tensor) -> Tensor:
-        """Predictions [tasks, n] of phi [tasks, n, width + 1] with weights w [tasks, width + 1] or [width + 1]."""
+        """Predictions [tasks, n] of phi [tasks, n, p] with weights w [tasks, p] or [p]."""
         w = w.expand(phi.shape[0], -1)  # the prior w0: the same weights for every task
         return self._offset() + (phi @ w.unsqueeze(-1)).squeeze(-1)
 
@@ -84,9 +99,11 @@ class Ridge(MAML):
         return [before if k == 0 else solved for k in range(steps + 1) if at is None or k in at]
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "log_prior": self.log_prior.detach().clone()}
+        return {**super().state_dict(), "log_prior": self.log_prior.detach().clone(),
+                "factor_prior": self.factor_prior.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         with torch.no_grad():
             self.log_prior.copy_(state["log_prior"])
+            self.factor_prior.copy_(state.get("factor_prior", self.factor_prior))
