@@ -295,11 +295,11 @@ def preset_hparams(method: str) -> str:
     keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name == "ridge"  # no gradient steps in its inner loop
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
-             "ridge": ["prior_precision", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
+             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(METHODS[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
-            f"data.item_stats={cfg.data.item_stats}, data.item_ids={cfg.data.item_ids})")
+            f"data.item_stats={cfg.data.item_stats}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
 
 
 def main(argv: list[str] | None = None) -> int:
