@@ -7,6 +7,7 @@ from fixtures import SPEC, rating_batch, sinusoid_batch
 from omegaconf import OmegaConf
 
 from metarec.algos import ALGOS
+from metarec.errors import UserError
 from metarec.models.melu import MeLU
 from metarec.models.mlp import MLP
 
@@ -130,6 +131,16 @@ def test_regression_models_work_and_classification_and_prompts_are_refused():
         ALGOS["ridge"](ridge_cfg(prompt_len=2, prompt_dim=3), prompted, "rating")
     with pytest.raises(ValueError, match=r"algo.prior_precision=0.0 .* must be > 0"):
         make(prior_precision=0.0)
+
+
+def test_a_singular_system_is_one_clear_line():
+    """A learned lambda that collapsed to 0 on features that vanish: no solution, and the error says what to raise."""
+    _, algo = make()
+    with torch.no_grad():
+        algo.log_prior.fill_(-float("inf"))
+    phi = torch.zeros(2, 3, algo.log_prior.shape[0], dtype=torch.float64)
+    with pytest.raises(UserError, match=r"algo=ridge: a user's least-squares system is singular .* raise algo.prior_precision"):
+        algo.solve(phi, torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64))
 
 
 def test_ridge_trains_and_evaluates_through_the_console_script(tmp_path):

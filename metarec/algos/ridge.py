@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from metarec.algos.maml import MAML
 from metarec.engine import masked_task_loss
+from metarec.errors import UserError
 from metarec.tasks import TaskBatch
 
 
@@ -77,7 +78,13 @@ class Ridge(MAML):
         gram = torch.baddbmm(torch.diag(lam).expand(phi.shape[0], -1, -1), weighted, phi)
         rhs = torch.baddbmm((lam * w0).unsqueeze(-1).expand(phi.shape[0], -1, 1),
                             weighted, (y - self._offset()).unsqueeze(-1))
-        return torch.cholesky_solve(rhs, torch.linalg.cholesky(gram)).squeeze(-1)
+        try:
+            chol = torch.linalg.cholesky(gram)
+        except torch.linalg.LinAlgError:
+            raise UserError(f"algo=ridge: a user's least-squares system is singular (prior precisions "
+                            f"{lam.min().item():.3g} to {lam.max().item():.3g}): raise algo.prior_precision, "
+                            f"algo.prior_precision_bias or algo.prior_precision_factors") from None
+        return torch.cholesky_solve(rhs, chol).squeeze(-1)
 
     def predict(self, phi: Tensor, w: Tensor) -> Tensor:
         """Predictions [tasks, n] of phi [tasks, n, p] with weights w [tasks, p] or [p]."""
