@@ -131,6 +131,9 @@ def test_regression_models_work_and_classification_and_prompts_are_refused():
         ALGOS["ridge"](ridge_cfg(prompt_len=2, prompt_dim=3), prompted, "rating")
     with pytest.raises(ValueError, match=r"algo.prior_precision=0.0 .* must be > 0"):
         make(prior_precision=0.0)
+    for setting in ("learn_inner_lr", "first_order"):
+        with pytest.raises(ValueError, match="are gradient-step settings: algo=ridge solves"):
+            make(**{setting: True})
 
 
 def test_a_singular_system_is_one_clear_line():

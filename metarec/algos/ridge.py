@@ -37,6 +37,9 @@ class Ridge(MAML):
                 or getattr(head, "prompt", None) is not None):
             raise ValueError("algo=ridge needs a head MLP with one output and no prompt vectors "
                              "(model=melu or model=mlp with algo.prompt_len=0)")
+        if cfg.learn_inner_lr or cfg.first_order:
+            raise ValueError("algo.learn_inner_lr and algo.first_order are gradient-step settings: algo=ridge solves "
+                             "each user's problem exactly, so leave them false")
         if min(cfg.prior_precision, cfg.prior_precision_bias) <= 0:
             raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
                              f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")
