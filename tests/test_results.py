@@ -111,7 +111,7 @@ def write_run(folder: Path, run: SeedRun) -> None:
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_report_only_writes_the_page_from_run_folders(tmp_path, monkeypatch):
+def test_report_only_writes_the_page_from_run_folders(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(results, "METHODS", {"maml": ["experiment=melu_ml100k"], "pretrain": ["experiment=melu_ml100k_pretrain"],
                                              "reptile": ["experiment=melu_ml100k_reptile"]})
     monkeypatch.setattr(results, "preset_hparams", lambda m: f"preset of {m}")
@@ -124,6 +124,14 @@ def test_report_only_writes_the_page_from_run_folders(tmp_path, monkeypatch):
     assert "maml (best meta-learner)" in text and "| floor: bias_transductive" not in text
     assert "-0.0833 ± 0.0264" in text and "preset of reptile" in text
     assert json.loads((tmp_path / "runs" / "summary.json").read_text())["best"] == "maml"
+    for run in runs():  # each run records the copy of the data it read
+        info = results.folder_of(tmp_path / "runs", run.method, run.seed) / "run_info.json"
+        info.write_text(json.dumps({"data_fingerprint": "ab" * 32}))
+    assert results.main(["--report-only", "--out", str(tmp_path / "runs"), "--doc", str(doc), "--seeds", "0", "1"]) == 0
+    assert "fingerprint `abababababababab…`" in doc.read_text()
+    info.write_text(json.dumps({"data_fingerprint": "cd" * 32}))  # one run read another copy: no page from a mix
+    assert results.main(["--report-only", "--out", str(tmp_path / "runs"), "--doc", str(doc), "--seeds", "0", "1"]) == 1
+    assert "read 2 different copies of the data (run_info.json fingerprints abababababab, cdcdcdcdcdcd)" in capsys.readouterr().err
 
 
 def test_a_finished_run_is_reused_only_with_the_same_resolved_config(tmp_path):
