@@ -117,10 +117,11 @@ class MovieLensTasks:
         self.fields, self.genres = feats.fields, feats.genres
         self.x = torch.from_numpy(feats.x).to(self.device)  # [ratings, F]
         self.y = torch.from_numpy(raw.rating.astype(np.float32)).to(self.device)  # [ratings]
-        self._split(seed if cfg.split_seed is None else cfg.split_seed)
+        split_seed = seed if cfg.split_seed is None else cfg.split_seed
+        self._split(split_seed)
         self.factor_table = None
         if cfg.item_factors:
-            self._item_factors(seed if cfg.split_seed is None else cfg.split_seed)
+            self._item_factors(split_seed)
         self.n_base = 5  # gender, age, occupation, zip, year: item context goes after them, item ids last
         if cfg.item_stats:
             self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
@@ -218,7 +219,8 @@ class MovieLensTasks:
                             f"data.factor_reg={cfg.factor_reg} must be >= 0, >= 2 and > 0")
         n_users, n_items, folds = len(raw.user_gender), len(raw.item_year), cfg.factor_folds
         fold = np.full(n_users, folds, dtype=np.int64)  # everyone outside the pool reads the full fit
-        fold[self.pool_users] = np.random.default_rng([seed, 7]).permutation(len(self.pool_users)) % folds
+        deal = np.random.default_rng([seed, 7])  # a stream of its own: the split's draws stay as they were
+        fold[self.pool_users] = deal.permutation(len(self.pool_users)) % folds
         tr = self.train_ratings
         tables = cross_fitted(torch.from_numpy(raw.rating_user[tr]), torch.from_numpy(raw.rating_item[tr]),
                               torch.from_numpy(raw.rating[tr].astype(np.float64)), n_users, n_items, self.mu,
