@@ -472,6 +472,11 @@ class Engine:
         enc = {k[len("encoder."):]: v for k, v in params.items() if k.startswith("encoder.")}
         return functional_call(self.model.encoder, enc, (x,))
 
+    def _hand_weights(self, shared: Params, fast: Params) -> Params:
+        """The hand model's weights by its own names: the shared ones, with fast's (engine names) over them."""
+        p = len(self.prefix)
+        return {**shared, **{k[p:]: v for k, v in fast.items()}}
+
     def predict(self, params: Params, fast: Params, h: Tensor) -> Tensor:
         """Predictions for every task with its own fast weights: [tasks, n, ...]. Buffers and
         parameters missing from both dicts come from the module itself."""
@@ -480,7 +485,7 @@ class Engine:
         if self.hand is not None:
             # a task dimension of stride 0 (init_fast's views) is one shared weight: one GEMM, no bmm
             fast = {k: _shared_view(v) for k, v in fast.items()}
-            return self.hand.forward({**shared, **{k[p:]: v for k, v in fast.items()}}, h)[0]
+            return self.hand.forward(self._hand_weights(shared, fast), h)[0]
         return self._vmapped({k[p:]: v for k, v in fast.items()}, shared, h)
 
     def init_fast(self, params: Params, n_tasks: int, track: bool) -> Params:
@@ -516,7 +521,7 @@ class Engine:
             fast = {n: _shared_view(w) for n, w in fast.items()}
             # first order: the gradient is a constant
             with torch.enable_grad() if create_graph else torch.no_grad():
-                w = {**shared, **{k[p:]: v for k, v in fast.items()}}
+                w = self._hand_weights(shared, fast)
                 grads = self._hand_grads(w, h, None, *self._loss_terms(y, mask), [n[p:] for n in fast], None)
             return {n: grads[n[p:]] for n in fast}
         loss = masked_task_loss(self.predict(params, fast, h), y, mask, self.kind).sum()
@@ -649,6 +654,7 @@ class Engine:
             order = None
         sizes = [n_tasks if index is None else len(index) for index, _ in groups]
         written = written and all(width < theta[w1].shape[-1] for _, width in groups)
+        theta_weights = self._hand_weights(shared, theta)  # for the first layer's input a0 (and aq0)
         states = []
         # groups are slices of the sorted tasks (a split's backward is one cat, not a scatter)
         for hg, yg, mg, (_, width) in zip(source.split(sizes), y.split(sizes), mask.split(sizes), groups):
@@ -656,8 +662,7 @@ class Engine:
             with grad_mode():
                 if encode:
                     hg = self.features(params, hg)
-                a0 = None if not fixed_input else self.hand.first_input(
-                    {**shared, **{k[p:]: v for k, v in theta.items()}}, hg)
+                a0 = None if not fixed_input else self.hand.first_input(theta_weights, hg)
                 if a0 is not None and not create_graph:
                     a0 = a0.detach()  # may be hg itself, which no_grad does not detach
                 gram = gram_ok and steps > 0 and width < a0.shape[-1]
@@ -692,7 +697,7 @@ class Engine:
         if written:
             preds = []
             for s, hq in zip(states, query.split(sizes)):
-                aq0 = self.hand.first_input({**shared, **{k[p:]: v for k, v in theta.items()}}, hq)
+                aq0 = self.hand.first_input(theta_weights, hq)
                 out = _SecondOrderMAML.apply(tuple(lrs[n] for n in layer_names), steps, s["target"], s["scale"],
                                              s["a0"], aq0, *(theta[n] for n in layer_names))
                 preds.append(out.squeeze(-1))
@@ -725,7 +730,7 @@ class Engine:
         for k in range(steps):
             # first order: constant gradients, while fast keeps its graph to theta
             with torch.enable_grad() if create_graph else torch.no_grad():
-                w = {**shared, **{n[p:]: v for n, v in fast.items()}}
+                w = self._hand_weights(shared, fast)
                 grads = self._hand_grads(w, h, a0, target, scale, rel, z0 if gram else None)
                 if gram:
                     delta = grads["z0"]
