@@ -7,16 +7,15 @@ from fixtures import SPEC, rating_batch, sinusoid_batch
 from omegaconf import OmegaConf
 
 from metarec.algos import ALGOS
+from metarec.config import AlgoConfig
 from metarec.errors import UserError
 from metarec.models.melu import MeLU
 from metarec.models.mlp import MLP
 
 
 def ridge_cfg(**kw):
-    base = dict(inner_lr=0.1, inner_steps=1, first_order=False, inner_params="mlp", meta_lr=1e-3,
-                learn_inner_lr=False, weight_decay=0.0, prompt_len=0, prompt_dim=0,
-                prior_precision=10.0, prior_precision_bias=3.0, prior_precision_factors=None, learn_prior=True)
-    return OmegaConf.create({**base, **kw})
+    """algo=ridge's settings from the schema's defaults (lambda 10, lambda_b 3, learned), not a copy of them."""
+    return OmegaConf.structured(AlgoConfig(name="ridge", **kw))
 
 
 def make(**kw):
