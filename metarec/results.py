@@ -54,6 +54,7 @@ class SeedRun:
     seed: int
     states: dict
     best_val: float
+    fingerprint: str | None = None  # run_info.json's SHA-256 of the data files it read
 
 
 # ---- aggregation (no model code: reads eval.json and metrics.jsonl) -------------------------------
@@ -98,7 +99,9 @@ def load_run(path: Path, method: str, seed: int) -> SeedRun:
     doc = json.loads((path / "eval.json").read_text())
     vals = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     vals = [row["mae"] for row in vals if row.get("split") == "val" and "mae" in row]
-    return SeedRun(method, seed, doc["states"], min(vals) if vals else float("nan"))
+    info = path / "run_info.json"
+    fingerprint = json.loads(info.read_text()).get("data_fingerprint") if info.is_file() else None
+    return SeedRun(method, seed, doc["states"], min(vals) if vals else float("nan"), fingerprint)
 
 
 def summarize(runs: list[SeedRun]) -> dict:
@@ -193,16 +196,6 @@ def summary_tables(summary: dict) -> list[str]:
         out.append(f"| {name} | " + " | ".join(f"{c['ndcg@3'][0]:.3f} / {c['ndcg_lin@3'][0]:.3f}" if "ndcg@3" in c else ""
                                                for c in cells) + " |")
     return out + [""]
-
-
-def data_fingerprints(folders: list[Path]) -> set[str]:
-    """The data copies (run_info.json's SHA-256 fingerprint) the runs read; runs without one are skipped."""
-    out = set()
-    for folder in folders:
-        info = folder / "run_info.json"
-        if info.is_file():
-            out.add(json.loads(info.read_text()).get("data_fingerprint"))
-    return out - {None}
 
 
 def render(summary: dict, wall_s: float | None, hparams: dict[str, str], command: str,
@@ -350,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print("metarec results: error: no eval.json in " + ", ".join(missing), file=sys.stderr)
         return 1
-    copies = data_fingerprints([folder_of(args.out, m, s) for m in args.methods for s in args.seeds])
+    copies = {r.fingerprint for r in runs} - {None}  # the data copies the runs read
     if len(copies) > 1:
         print(f"metarec results: error: the runs in {args.out} read {len(copies)} different copies of the data "
               f"(run_info.json fingerprints {', '.join(sorted(f[:12] for f in copies))}): move that folder aside and "
