@@ -21,6 +21,7 @@ class MovieLensConfig:
     shots: Optional[int] = None  # support ratings per evaluation task; null = all the rest
     min_ratings: int = 13  # users keep a partition when they have min..max ratings in it (MeLU: 13-100)
     max_ratings: int = 100
+    heavy_users: bool = False  # meta-train users above max_ratings train too (MeLU drops them): see movielens.py
     cut_year: Optional[int] = None  # items released after it are new; null = 1996 (ml-100k) / 1997 (ml-1m)
     split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # meta-train / validation / test users
     split_seed: Optional[int] = None  # null = the run's seed

@@ -6,6 +6,12 @@ warm (meta-train users, existing items, held-out query ratings), user_cold (test
 items), item_cold (meta-train users, new items), user_item_cold (test users, new items), and val
 (validation users, existing items) for model selection, with val_new (validation users, new items)
 beside it for `metarec eval eval.split=val`: a new-item state that is never a test user.
+
+Training ratings: the support sets of the meta-train users' existing-item tasks (MeLU drops every
+user outside 13-100 ratings). With data.heavy_users, the meta-train users above data.max_ratings
+train too: all their existing-item ratings feed the item statistics, the item factors and the
+floors' item biases, and an episode draws a task of MeLU's size from them. The evaluation tasks
+are the same either way.
 """
 from __future__ import annotations
 
@@ -136,8 +142,10 @@ class MovieLensTasks:
         rng = np.random.default_rng(seed)
         n_users = len(raw.user_gender)
         perm = rng.permutation(n_users)
+        # Cut at the rounded cumulative shares: splits with the same test share (0.7/0.1/0.2 and
+        # 0.6/0.2/0.2) then hold out the same test users.
         n_train = int(round(cfg.split[0] * n_users))
-        n_val = int(round(cfg.split[1] * n_users))
+        n_val = int(round((cfg.split[0] + cfg.split[1]) * n_users)) - n_train
         role = np.empty(n_users, dtype=np.int64)
         role[perm[:n_train]], role[perm[n_train:n_train + n_val]], role[perm[n_train + n_val:]] = 0, 1, 2
         self.user_role = role
@@ -158,6 +166,10 @@ class MovieLensTasks:
             if len(group) == 0:
                 continue
             user, new = int(raw.rating_user[group[0]]), bool(is_new[group[0]])
+            if cfg.heavy_users and role[user] == 0 and not new and len(group) > hi:
+                pools.append(group)  # no task of its own: every rating trains (sample_train caps the support)
+                pool_users.append(user)
+                continue
             if not lo <= len(group) <= hi or len(group) <= q:
                 continue
             group = rng.permutation(group)
@@ -238,7 +250,8 @@ class MovieLensTasks:
         return spec
 
     def sample_train(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
-        """Fresh episodes from meta-train users' existing-item ratings (warm queries excluded).
+        """Fresh episodes from meta-train users' existing-item ratings (warm queries excluded). With
+        data.heavy_users a user above data.max_ratings trains on a random max_ratings of them per episode.
         A meta-batch holds distinct users: a trainer.meta_batch_size above the number of meta-train
         users is refused rather than sampled with replacement, so no user counts twice in one step."""
         n_users = len(self.pool_users)
@@ -251,7 +264,7 @@ class MovieLensTasks:
         perm = keys.argsort(dim=1)
         shuffled = pool.gather(1, perm)
         n_query = torch.clamp(length // 2, max=self.cfg.query_size, min=1)  # [T]
-        n_support = length - n_query
+        n_support = (length - n_query).clamp(max=self.cfg.max_ratings - self.cfg.query_size)  # a heavy user's too
         if self.cfg.shots is not None:
             n_support = n_support.clamp(max=self.cfg.shots)
         pos = torch.arange(pool.shape[1], device=self.device)[None]

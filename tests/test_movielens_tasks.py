@@ -1,0 +1,73 @@
+"""MovieLens tasks on the real ml-100k: what trains and what is held out, with and without the
+meta-train users above data.max_ratings (data.heavy_users)."""
+import numpy as np
+import torch
+from conftest import ML100K, needs_ml100k
+
+
+def source_of(*overrides):
+    from metarec.bench import compose
+    from metarec.train import build_source
+    cfg = compose(["data=movielens", f"data.root={ML100K}", *overrides]).data
+    return build_source(cfg, torch.device("cpu"), 0, progress=False)
+
+
+def rows(t, part):
+    index, mask = getattr(t, part), getattr(t, f"{part}_mask")
+    return set(index[mask.bool()].tolist())
+
+
+@needs_ml100k()
+def test_heavy_users_train_and_the_tasks_stay_melus():
+    melu, heavy = source_of(), source_of("data.heavy_users=true")
+    raw = melu.raw
+    for state, t in melu.tasks.items():  # the same users, support and query ratings in every state
+        h = heavy.tasks[state]
+        assert np.array_equal(t.users, h.users), state
+        for part in ("support", "support_mask", "query", "query_mask"):
+            assert torch.equal(getattr(t, part), getattr(h, part)), (state, part)
+
+    existing = raw.item_year[raw.rating_item] <= melu.cut
+    warm_queries = rows(melu.tasks["warm"], "query")
+    counts = np.bincount(raw.rating_user[existing], minlength=len(raw.user_gender))
+    meta_train = np.flatnonzero(melu.user_role == 0)
+    added = set(heavy.pool_users.tolist()) - set(melu.pool_users.tolist())
+    assert set(melu.pool_users.tolist()) < set(heavy.pool_users.tolist())
+    assert added == {int(u) for u in meta_train if counts[u] > melu.cfg.max_ratings} and len(added) > 150
+    # Every rating of theirs on an existing item trains; nothing of a validation or test user, no new
+    # item and no warm query ever does.
+    train, melu_train = set(heavy.train_ratings.tolist()), set(melu.train_ratings.tolist())
+    of_added = np.isin(raw.rating_user, list(added)) & existing
+    assert train == melu_train | set(np.flatnonzero(of_added).tolist())
+    assert not train & warm_queries and not melu_train & warm_queries
+    assert set(melu.user_role[raw.rating_user[heavy.train_ratings]]) == {0}
+    assert existing[heavy.train_ratings].all() and len(train) > 4 * len(melu_train)
+    # The floors' item biases read them: a hand count of training ratings per item.
+    items = raw.rating_item[heavy.train_ratings]
+    assert torch.equal(heavy.item_count, torch.from_numpy(np.bincount(items, minlength=len(raw.item_year)).astype(np.float32)))
+
+    # An episode of a heavy user is a task of MeLU's size: 10 query ratings, at most 90 support ones,
+    # drawn from its own training ratings.
+    g = torch.Generator().manual_seed(0)
+    batch = heavy.sample_train(len(heavy.pool_users), g)
+    n_support, n_query = batch.support_mask.sum(1), batch.query_mask.sum(1)
+    assert n_support.max() == melu.cfg.max_ratings - melu.cfg.query_size and n_query.max() == melu.cfg.query_size
+    assert (n_support == 90).sum() >= len(added)
+    drawn = heavy.pool[heavy.pool_mask.bool()]  # the rows episodes are drawn from: the training ratings
+    assert sorted(drawn.tolist()) == sorted(train)
+
+
+@needs_ml100k()
+def test_a_larger_validation_share_keeps_the_test_users_and_their_tasks():
+    """The split cuts at rounded cumulative shares: 0.6/0.2/0.2 takes its extra validation users from
+    the meta-train ones and leaves every test task as 0.7/0.1/0.2 has it."""
+    small, large = source_of("data.split=[0.7,0.1,0.2]"), source_of("data.split=[0.6,0.2,0.2]")
+    n = len(small.user_role)
+    assert (small.user_role == 2).sum() == (large.user_role == 2).sum() == n - round(0.8 * n)
+    assert np.array_equal(small.user_role == 2, large.user_role == 2)
+    assert set(np.flatnonzero(large.user_role == 1)) > set(np.flatnonzero(small.user_role == 1))
+    for state in ("user_cold", "user_item_cold"):
+        a, b = small.tasks[state], large.tasks[state]
+        assert np.array_equal(a.users, b.users)
+        assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query)
+    assert len(large.tasks["val"].users) > 1.6 * len(small.tasks["val"].users)
