@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from metarec import results
+from metarec.errors import UserError
 from metarec.results import SeedRun, combine, mean_ci, summarize, targets
 
 # per seed: per-task MAE on user_cold (identical tasks for every method of a seed)
@@ -122,7 +123,7 @@ def test_report_only_writes_the_page_from_run_folders(tmp_path, monkeypatch, cap
     text = doc.read_text()
     assert "nDCG@3 (gain 2^r-1)" in text and "nDCG@3 (gain linear)" in text
     assert "maml (best meta-learner)" in text and "| floor: bias_transductive" not in text
-    assert "-0.0833 ± 0.0264" in text and "preset of reptile" in text
+    assert "-0.0833 ± 0.0264" in text and "preset of reptile" in text and "Protocol: users 60/20/20" in text
     assert json.loads((tmp_path / "runs" / "summary.json").read_text())["best"] == "maml"
     for run in runs():  # each run records the copy of the data it read
         info = results.folder_of(tmp_path / "runs", run.method, run.seed) / "run_info.json"
@@ -149,3 +150,14 @@ def test_a_finished_run_is_reused_only_with_the_same_resolved_config(tmp_path):
     config["algo"]["inner_lr"] = 0.5  # a preset edited since: train again
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     assert not results.finished(folder, overrides)
+
+
+def test_the_page_names_the_protocol_and_refuses_methods_that_train_on_other_data(tmp_path, monkeypatch, capsys):
+    line = results.protocol(list(results.METHODS))  # the real presets share one protocol
+    assert line.startswith("Protocol: users 60/20/20 meta-train / validation / test") and "data.heavy_users=true" in line
+    monkeypatch.setitem(results.METHODS, "maml", ["experiment=melu_ml100k", "data.heavy_users=false"])
+    with pytest.raises(UserError, match="maml: split=.* heavy_users=False"):
+        results.protocol(list(results.METHODS))
+    assert results.main(["--report-only", "--out", str(tmp_path / "runs"), "--doc", str(tmp_path / "r.md")]) == 1
+    assert "split users or choose training ratings differently" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
