@@ -130,9 +130,11 @@ def test_regression_models_work_and_classification_and_prompts_are_refused():
         ALGOS["ridge"](ridge_cfg(prompt_len=2, prompt_dim=3), prompted, "rating")
     with pytest.raises(ValueError, match=r"algo.prior_precision=0.0 .* must be > 0"):
         make(prior_precision=0.0)
-    for setting in ("learn_inner_lr", "first_order"):
+    for setting, value in (("learn_inner_lr", True), ("first_order", True), ("inner_optimizer", "adam")):
         with pytest.raises(ValueError, match="are gradient-step settings: algo=ridge solves"):
-            make(**{setting: True})
+            make(**{setting: value})
+    _, algo = make()
+    assert not hasattr(algo, "engine")  # no inner gradient steps, so no engine to build
 
 
 def test_a_singular_system_is_one_clear_line():

@@ -4,17 +4,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metarec.algos.base import MetaLearner
 from metarec.engine import Engine, Params, masked_task_loss
 from metarec.tasks import TaskBatch
 
 
-class MAML:
+class MAML(MetaLearner):
     """theta'_i = theta - alpha * grad L_S(theta) (x inner_steps); meta-loss = mean_i L_Q(theta'_i)."""
 
     inner_optimizers = ("sgd",)  # algo.inner_optimizer values this algorithm trains with
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
-        self.cfg, self.model, self.kind = cfg, model, kind
+        self.cfg, self.model, self.kind = cfg, model, kind  # read by inner_params() and inner_adam()
         optimizer = cfg.get("inner_optimizer", "sgd")
         if optimizer not in self.inner_optimizers:
             raise ValueError(f"algo.inner_optimizer={optimizer!r} is not one of {', '.join(self.inner_optimizers)} "
@@ -27,15 +28,13 @@ class MAML:
             n.replace(".", "__"): nn.Parameter(torch.full_like(p, cfg.inner_lr))
             for n, p in model.named_parameters() if n in self.engine.inner_names
         }) if cfg.learn_inner_lr else None
-        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=cfg.meta_lr, weight_decay=cfg.weight_decay)
-        self.sync = None  # data-parallel training: averages the meta-gradients across ranks before a step
+        super().__init__(cfg, model, kind)
 
     def inner_params(self) -> str:
         return self.cfg.inner_params
 
     def meta_parameters(self) -> list[Tensor]:
-        extra = list(self.inner_lrs.parameters()) if self.inner_lrs is not None else []
-        return list(self.model.parameters()) + extra
+        return super().meta_parameters() + (list(self.inner_lrs.parameters()) if self.inner_lrs is not None else [])
 
     def inner_lr(self) -> float | Params:
         if self.inner_lrs is None:
@@ -66,18 +65,6 @@ class MAML:
                                          self.cfg.inner_steps, self.cfg.first_order, h_query, x=batch.support_x)
         return masked_task_loss(pred, batch.query_y, batch.query_mask, self.kind).mean()
 
-    def step(self, batch: TaskBatch) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.meta_loss(batch)
-        loss.backward()
-        self.apply_update()
-        return {"loss": loss.item()}
-
-    def apply_update(self) -> None:
-        if self.sync is not None:
-            self.sync(self.meta_parameters())
-        self.optimizer.step()
-
     def adapt_trace(self, batch: TaskBatch, steps: int, at: list[int] | None = None) -> list[Tensor]:
         """Query predictions after 0..steps adaptation steps on each task's support set (no meta-graph);
         with `at`, only after the steps it lists (a query forward per step is what a long trace costs)."""
@@ -100,12 +87,12 @@ class MAML:
         return preds
 
     def state_dict(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict()}
+        state = super().state_dict()
         if self.inner_lrs is not None:
             state["inner_lrs"] = self.inner_lrs.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        super().load_state_dict(state)
         if self.inner_lrs is not None:
             self.inner_lrs.load_state_dict(state["inner_lrs"])

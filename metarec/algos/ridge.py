@@ -21,14 +21,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.maml import MAML
+from metarec.algos.base import MetaLearner
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
 
 
-class Ridge(MAML):
-    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
+class Ridge(MetaLearner):
+    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):  # no inner steps to compile
         if kind == "classification":
             raise ValueError("algo=ridge solves a squared error: it fits ratings or regression, not classification")
         head = getattr(model, "head", None)
@@ -37,9 +37,9 @@ class Ridge(MAML):
                 or getattr(head, "prompt", None) is not None):
             raise ValueError("algo=ridge needs a head MLP with one output and no prompt vectors "
                              "(model=melu or model=mlp with algo.prompt_len=0)")
-        if cfg.learn_inner_lr or cfg.first_order:
-            raise ValueError("algo.learn_inner_lr and algo.first_order are gradient-step settings: algo=ridge solves "
-                             "each user's problem exactly, so leave them false")
+        if cfg.learn_inner_lr or cfg.first_order or cfg.get("inner_optimizer", "sgd") != "sgd":
+            raise ValueError("algo.learn_inner_lr, algo.first_order and algo.inner_optimizer are gradient-step settings: "
+                             "algo=ridge solves each user's problem exactly, so leave them at false, false and sgd")
         if min(cfg.prior_precision, cfg.prior_precision_bias) <= 0:
             raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
                              f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")
@@ -54,7 +54,7 @@ class Ridge(MAML):
                            torch.tensor([float(cfg.prior_precision_bias)])])
         self.log_prior = nn.Parameter(start.log().to(self.last.weight), requires_grad=bool(cfg.learn_prior))
         self.factor_prior = nn.Parameter(torch.zeros(self.n_factors).to(self.last.weight))  # a typical user's taste
-        super().__init__(cfg, model, kind, compile)
+        super().__init__(cfg, model, kind)
 
     def meta_parameters(self) -> list[Tensor]:
         return (super().meta_parameters() + ([self.factor_prior] if self.n_factors else [])

@@ -1,0 +1,45 @@
+"""What every algorithm shares: the model, the outer optimizer over its meta-parameters, the
+data-parallel hook, and a meta-step that is the backward of its meta-loss."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metarec.tasks import TaskBatch
+
+
+class MetaLearner:
+    """Subclasses give meta_loss (and adapt_trace for evaluation); they set their own parameters up
+    before calling this constructor, which builds Adam over meta_parameters()."""
+
+    def __init__(self, cfg, model: nn.Module, kind: str):
+        self.cfg, self.model, self.kind = cfg, model, kind
+        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=cfg.meta_lr, weight_decay=cfg.weight_decay)
+        self.sync = None  # data-parallel training: averages the meta-gradients across ranks before a step
+
+    def meta_parameters(self) -> list[Tensor]:
+        return list(self.model.parameters())
+
+    def meta_loss(self, batch: TaskBatch) -> Tensor:
+        raise NotImplementedError
+
+    def adapt_trace(self, batch: TaskBatch, steps: int, at: list[int] | None = None) -> list[Tensor]:
+        raise NotImplementedError
+
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.meta_loss(batch)
+        loss.backward()
+        self.apply_update()
+        return {"loss": loss.item()}
+
+    def apply_update(self) -> None:
+        if self.sync is not None:
+            self.sync(self.meta_parameters())
+        self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
