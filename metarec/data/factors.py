@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-USER_BIAS_PRECISION = 3.0  # the bias floor's shrinkage of a user's mean residual
+USER_BIAS_PRECISION = 3.0  # the bias floor's shrinkage of a user's mean residual (movielens.py reads it too)
 ITEM_BIAS_PRECISION = 5.0  # ... and of an item's
 
 

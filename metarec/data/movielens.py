@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from metarec.data.download import fingerprint, locate_movielens
-from metarec.data.factors import cross_fitted
+from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.movielens_io import MovieLensRaw, read_movielens
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
@@ -209,7 +209,7 @@ class MovieLensTasks:
         qy, qm = _pad([t[2] for t in tasks], self.cfg.query_size)
         return EvalTasks(users, s.to(self.device), sm.to(self.device), qy.to(self.device), qm.to(self.device))
 
-    def _item_bias(self, train_idx: np.ndarray, shrink: float = 5.0) -> None:
+    def _item_bias(self, train_idx: np.ndarray, shrink: float = ITEM_BIAS_PRECISION) -> None:
         """Item biases from training ratings, shrunk towards 0 (for the bias floor)."""
         n_items = len(self.raw.item_year)
         resid = self.raw.rating[train_idx] - self.mu
@@ -303,7 +303,7 @@ class MovieLensTasks:
         users, items = self.rating_user[members], self.rating_item[members]
         u_total = torch.zeros(n_users, device=self.device).index_add(0, users, resid[members])
         u_count = torch.zeros(n_users, device=self.device).index_add(0, users, torch.ones_like(resid[members]))
-        user_bias = u_total / (u_count + 3.0)
+        user_bias = u_total / (u_count + USER_BIAS_PRECISION)
         debiased = resid - user_bias[self.rating_user]  # [ratings]
         total = torch.zeros(n_items, device=self.device).index_add(0, items, debiased[members])
         count = torch.zeros(n_items, device=self.device).index_add(0, items, torch.ones_like(debiased[members]))
@@ -359,7 +359,7 @@ class MovieLensTasks:
         ys, yq = self.y[t.support] * t.support_mask, self.y[t.query]
         n_s = t.support_mask.sum(1, keepdim=True).clamp(min=1)
         b_si, b_qi = self.item_bias[self.rating_item[t.support]], self.item_bias[self.rating_item[t.query]]
-        user_bias = ((ys - (self.mu + b_si) * t.support_mask).sum(1, keepdim=True)) / (n_s + 3.0)
+        user_bias = ((ys - (self.mu + b_si) * t.support_mask).sum(1, keepdim=True)) / (n_s + USER_BIAS_PRECISION)
         user_mean = ys.sum(1, keepdim=True) / n_s
         # Transductive: item residuals pooled from training ratings and every support set of this
         # state (never a query), so new items get a bias from other users' support ratings.
@@ -369,7 +369,7 @@ class MovieLensTasks:
         count = self.item_count.index_add(0, items, t.support_mask.flatten())
         b_t = total / (count + self.bias_shrink)
         b_ts, b_tq = b_t[self.rating_item[t.support]], b_t[self.rating_item[t.query]]
-        user_bias_t = ((ys - (self.mu + b_ts) * t.support_mask).sum(1, keepdim=True)) / (n_s + 3.0)
+        user_bias_t = ((ys - (self.mu + b_ts) * t.support_mask).sum(1, keepdim=True)) / (n_s + USER_BIAS_PRECISION)
         return {
             "global_mean": torch.full_like(yq, self.mu),
             "user_mean": user_mean.expand_as(yq),
