@@ -13,6 +13,7 @@ error, combined over seeds as the mean of the seed means with SE = sqrt(sum SE_s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -265,6 +266,14 @@ def compose(overrides: list[str]) -> dict:
         return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
 
 
+@functools.lru_cache(maxsize=None)
+def preset(overrides: tuple[str, ...]):
+    """A method's preset as an OmegaConf config, composed once per invocation (the hyper-parameter
+    list and the protocol line both read it)."""
+    from omegaconf import OmegaConf
+    return OmegaConf.create(compose(list(overrides)))
+
+
 def finished(folder: Path, overrides: list[str]) -> bool:
     """A finished run of exactly this config (a rerun of `make results` reuses it; an edited preset
     changes the config, and the run is trained again)."""
@@ -296,8 +305,7 @@ def folder_of(out: Path, method: str, seed: int) -> Path:
 
 def preset_hparams(method: str) -> str:
     """The algorithm block a method's preset resolves to, read through Hydra's compose."""
-    from omegaconf import OmegaConf
-    cfg = OmegaConf.create(compose(METHODS[method]))
+    cfg = preset(tuple(METHODS[method]))
     a = cfg.algo
     keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name == "ridge"  # no gradient steps in its inner loop
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
@@ -312,8 +320,7 @@ def preset_hparams(method: str) -> str:
 def protocol(methods: list[str]) -> str:
     """One line on the users' split and the training data, which every method must share: the floors
     and the paired differences assume the same tasks and the same training ratings."""
-    from omegaconf import OmegaConf
-    data = {m: OmegaConf.create(compose(METHODS[m])).data for m in methods}
+    data = {m: preset(tuple(METHODS[m])).data for m in methods}
     seen = {(tuple(d.split), d.heavy_users, d.min_ratings, d.max_ratings, d.query_size) for d in data.values()}
     if len(seen) > 1:
         raise UserError("the methods' presets split users or choose training ratings differently "
