@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from metarec import checkpoint
 from metarec.errors import UserError
 from metarec.evaluate import format_table
-from metarec.train import _fingerprint, build, evaluate_all, resolve_device
+from metarec.train import _fingerprint, build, evaluate_all, setup_device
 
 log = logging.getLogger("metarec")
 
@@ -45,7 +45,7 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
         except Exception as e:  # noqa: BLE001 - a wrong type or unknown key, said in one line
             raise UserError(f"override {o} does not fit the checkpoint's config: {str(e).splitlines()[0]}") from None
     cfg.trainer.progress = False
-    device = resolve_device(cfg.device.name)
+    device = setup_device(cfg.device)
     source, model, algo = build(cfg, device, progress=False)
     if ck.get("fingerprint") != _fingerprint(source):
         where = f"data.root={cfg.data.root}" if cfg.data.get("root") else f"the {cfg.data.name} data this config loads"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import shlex
 import signal
@@ -27,6 +28,16 @@ from metarec.evaluate import evaluate_state, format_table
 
 log = logging.getLogger("metarec")
 VAL_METRIC = {"rating": "mae", "regression": "mse", "classification": "acc"}
+
+
+def setup_device(device_cfg) -> torch.device:
+    """The torch device `device=...` names, with its thread count and determinism applied."""
+    if device_cfg.threads:
+        torch.set_num_threads(device_cfg.threads)
+    if device_cfg.get("deterministic", False):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' own condition, read when it starts
+        torch.use_deterministic_algorithms(True)
+    return resolve_device(device_cfg.name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,9 +212,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     state = {"step": 0, "best": None, "best_step": None, "stale": 0, "train_time_s": 0.0}
     run = None
     try:
-        if cfg.device.threads:
-            torch.set_num_threads(cfg.device.threads)
-        device = resolve_device(cfg.device.name)
+        device = setup_device(cfg.device)
         rank, world = distributed.setup(device)  # torchrun: this process's rank and the number of ranks; else 0, 1
         run_dir = distributed.rank_dir(run_dir, rank, world)  # rank 0 writes the run folder, other ranks a scratch one
         run = RunFolder(run_dir, cfg.trainer.tensorboard)
@@ -368,10 +377,10 @@ def _resume(cfg, path: Path, run: RunFolder, fingerprint: str, model, algo, gene
                         f"with another config by naming it: trainer.resume={path}")
     if changes:
         log.warning("starting from %s with a changed config (%s): not an exact continuation", path, ", ".join(changes))
-    same_place = [ck["config"].get("device", {}).get(k) == cfg.device.get(k) for k in ("name", "threads")]
-    if not all(same_place):
-        log.warning("resuming on another device or thread count than %s was written with: the run continues, "
-                    "but not bit for bit", path)
+    written = {"threads": None, "deterministic": False, **ck["config"].get("device", {})}
+    if any(written[k] != cfg.device.get(k) for k in ("name", "threads", "deterministic")):
+        log.warning("resuming on another device, thread count or device.deterministic than %s was written with: "
+                    "the run continues, but not bit for bit", path)
     try:
         model.load_state_dict(ck["model"])
         algo.load_state_dict(ck["algo"])

@@ -1,5 +1,6 @@
 """The real installed console script, end to end on real ml-100k."""
 import json
+import os
 
 import pytest
 import torch
@@ -54,6 +55,22 @@ def test_cuda_without_gpu_is_one_clear_line(tmp_path):
     assert r.returncode == 2
     assert "device=cuda" in r.stderr and "Traceback" not in r.stderr
     assert len([l for l in r.stderr.splitlines() if l.startswith("metarec: error")]) == 1
+
+
+def test_device_settings_apply_threads_and_deterministic_kernels(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from metarec.train import setup_device
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        device = setup_device(OmegaConf.create({"name": "cpu", "threads": 1, "deterministic": True}))
+        assert device == torch.device("cpu") and torch.get_num_threads() == 1
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # what cuBLAS needs to be deterministic
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
 def test_missing_data_root_is_one_clear_line(tmp_path):
