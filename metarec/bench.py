@@ -3,6 +3,7 @@ path users run) against the per-task reference loop and one plain supervised ste
 
     metarec bench --out bench.json      # the full grid (~10 min on 2 cores)
     metarec bench --quick               # a small grid (< 1 min)
+    metarec bench --device cuda         # the same grid on a GPU (the episodes live on it too)
 """
 from __future__ import annotations
 
@@ -89,7 +90,13 @@ def supervised_step(algo) -> Callable:
     return step
 
 
-def time_interleaved(steps: dict[str, Callable], batches: list, repeats: int, min_time: float) -> dict[str, list[float]]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Waits for the device's queued work (a GPU runs asynchronously: a clock read without it times the launch)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def time_interleaved(steps: dict[str, Callable], batches: list, repeats: int, min_time: float,
+                     sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
     """Seconds per step of each callable: one warm-up step, then `repeats` rounds that time every
     callable in turn (so load from elsewhere hits them alike), each round >= min_time per callable."""
     per_round = {}
@@ -97,14 +104,17 @@ def time_interleaved(steps: dict[str, Callable], batches: list, repeats: int, mi
         t0 = time.perf_counter()
         fn(batches[0])  # warm-up
         fn(batches[1 % len(batches)])
+        sync()
         per_round[name] = max(1, int(min_time / max((time.perf_counter() - t0) / 2, 1e-6)))
     out: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(repeats):
         for name, fn in steps.items():
             n = per_round[name]
+            sync()
             t0 = time.perf_counter()
             for k in range(n):
                 fn(batches[(r * n + k) % len(batches)])
+            sync()
             out[name].append((time.perf_counter() - t0) / n)
     return out
 
@@ -122,7 +132,8 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
                 engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
                                                  build_algo(cfg, source, "pretrain"))
                 times = time_interleaved({"reference": reference_step(reference), "engine": engine.step,
-                                          "supervised": supervised_step(supervised)}, batches, repeats, min_time)
+                                          "supervised": supervised_step(supervised)}, batches, repeats, min_time,
+                                         synchronizer(source.device))
                 for impl, ts in times.items():
                     rows.append({"algo": algo_name, "meta_batch": meta_batch, "inner_steps": steps,
                                  "first_order": first_order, "impl": impl,
@@ -133,7 +144,7 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
 
 def base_overrides(source) -> list[str]:
     root = source.cfg.root
-    return ["device=cpu", "trainer.progress=false", *([f"data.root={root}"] if root else [])]
+    return [f"device={source.device.type}", "trainer.progress=false", *([f"data.root={root}"] if root else [])]
 
 
 def bench_eval(source, repeats: int, steps: int = 5) -> dict:
@@ -146,10 +157,12 @@ def bench_eval(source, repeats: int, steps: int = 5) -> dict:
     def run():
         evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed)
     run()
-    times = []
+    sync, times = synchronizer(source.device), []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - t0)
     return {"state": "user_cold", "tasks": batch.n_tasks, "steps": steps, "seconds": statistics.median(times)}
 
@@ -162,10 +175,12 @@ def bench_compile(source, meta_batch: int, steps: int, repeats: int, min_time: f
     generator = torch.Generator().manual_seed(0)
     batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
     algo = build_algo(cfg, source)
+    sync = synchronizer(source.device)
     t0 = time.perf_counter()
     algo.step(batches[0])
+    sync()
     first = time.perf_counter() - t0
-    times = time_interleaved({"engine": algo.step}, batches, repeats, min_time)["engine"]
+    times = time_interleaved({"engine": algo.step}, batches, repeats, min_time, sync)["engine"]
     step = statistics.median(times)
     return {"algo": "maml", "meta_batch": meta_batch, "inner_steps": steps, "first_order": True,
             "compile_s": max(first - step, 0.0), "tasks_per_s": meta_batch / step}
@@ -272,6 +287,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per measurement (the median is reported)")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds each timed round lasts at least")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the models and episodes live (the ml-1m-sized RSS run stays on the CPU)")
     parser.add_argument("--quick", action="store_true", help="a small grid (maml, meta-batch 32, 5 steps), no ml-1m run")
     parser.add_argument("--no-compile", action="store_true", help="skip the trainer.compile=true measurement")
     parser.add_argument("--no-ml1m", action="store_true", help="skip the ml-1m-sized peak RSS run")
@@ -294,17 +311,19 @@ def run(args: argparse.Namespace, threads: int) -> int:
     else:
         grid, batch_sizes, inner_steps, repeats, min_time = ALGO_GRID, [32, 256], [1, 5], args.repeats, args.min_time
 
-    from metarec.train import build_source
+    from metarec.train import build_source, resolve_device
     try:
-        cfg = compose(["device=cpu", *([f"data.root={args.data_root}"] if args.data_root else [])])
-        source = build_source(cfg.data, torch.device("cpu"), cfg.seed, progress=False)
+        device = resolve_device(args.device)
+        cfg = compose([f"device={args.device}", *([f"data.root={args.data_root}"] if args.data_root else [])])
+        source = build_source(cfg.data, device, cfg.seed, progress=False)
     except UserError as e:
         print(f"metarec: error: {e}", file=sys.stderr)
         return 2
     machine = {"torch": torch.__version__, "python": platform.python_version(), "threads": threads,
-               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "device": str(device),
+               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "metarec": metarec.__version__, "data": str(source.folder), "load_before": os.getloadavg()[0]}
-    log(f"metarec bench: torch {machine['torch']}, {threads} threads, data {machine['data']}, "
+    log(f"metarec bench: torch {machine['torch']}, {machine['gpu'] or 'CPU'}, {threads} threads, data {machine['data']}, "
         f"load average {machine['load_before']:.1f} (other work on the machine slows every row)")
     if machine["load_before"] > 0.5 * len(os.sched_getaffinity(0)) and threads > 1:
         log(f"warning: the machine is busy (load {machine['load_before']:.1f}): {threads} threads wait on each other "

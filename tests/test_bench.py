@@ -44,3 +44,13 @@ def test_synthetic_ml1m_reads_as_ml1m(tmp_path):
     assert {g for gs in raw.item_genres for g in gs} <= set(
         "Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir Horror "
         "Musical Mystery Romance Sci-Fi Thriller War Western".split())
+
+
+def test_device_cuda_without_a_gpu_is_one_clear_line(capsys):
+    import pytest
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA (tests/test_cuda.py runs there)")
+    assert main(["--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("metarec: error: device=cuda, but this torch sees no CUDA GPU")
