@@ -57,10 +57,10 @@ def assert_same_run(a, b):
     assert read_json(b / "status.json")["status"] == "finished"
 
 
-def start(run, *extra):
+def start(run, *extra, base=QUICK, steps=STEPS):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([str(METAREC), "train", *QUICK, f"trainer.max_steps={STEPS}", f"hydra.run.dir={run}",
+    return subprocess.Popen([str(METAREC), "train", *base, f"trainer.max_steps={steps}", f"hydra.run.dir={run}",
                              *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
