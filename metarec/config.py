@@ -92,9 +92,9 @@ class EvalConfig:
 class DeviceConfig:
     name: str = "auto"  # cpu | cuda | auto
     threads: Optional[int] = None  # torch threads; null = all cores (recorded in run_info.json)
-    # deterministic kernels (torch.use_deterministic_algorithms): on a GPU, index_add and other atomic
-    # sums otherwise differ in their last bits from run to run, so only with this does a resumed CUDA
-    # run equal an uninterrupted one bit for bit; slower. The CPU is deterministic either way.
+    # deterministic kernels (torch.use_deterministic_algorithms): on a GPU, index_add and scatter-adds
+    # otherwise sum with atomics in no fixed order, so only this guarantees that a resumed CUDA run
+    # equals an uninterrupted one bit for bit; about a third slower (H200). The CPU is deterministic either way.
     deterministic: bool = False
 
 

@@ -117,8 +117,8 @@ RESUME_RUNS = {  # overrides besides device=cuda and device.deterministic=true
 
 @pytest.mark.parametrize("data", list(RESUME_RUNS))
 def test_a_resumed_deterministic_gpu_run_equals_the_straight_run(tmp_path, data):
-    """device.deterministic=true: MeLU's embedding and index_add gradients sum in a fixed order, so a run
-    stopped by SIGTERM and resumed ends bit for bit where an uninterrupted one does."""
+    """device.deterministic=true (no atomic sums in a free order): a run stopped by SIGTERM and resumed
+    ends bit for bit where an uninterrupted one does."""
     if data == "movielens" and not (ML100K / "u.data").exists():
         pytest.skip("../shared/data/ml-100k is absent")
     steps = 400  # a GPU step takes milliseconds: enough of them that the signal lands mid-run
