@@ -188,16 +188,18 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch)
         RunFolder(tmp_path, tensorboard=True)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
 def test_cli_tensorboard_without_the_package_is_one_line(tmp_path):
-    r = run_cli("train", *QUICK, "trainer.tensorboard=true", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    hidden = tmp_path / "hide" / "tensorboard"  # first on the path: `import tensorboard` fails as if it were absent
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorboard'\", name='tensorboard')\n")
+    r = run_cli("train", *QUICK, "trainer.tensorboard=true", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
+                env={"PYTHONPATH": str(hidden.parent)})
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert [line for line in r.stderr.splitlines() if line.startswith("metarec: error")] == [
         "metarec: error: trainer.tensorboard=true needs the tensorboard package: pip install 'metarec[tensorboard]' "
         "(or pip install tensorboard), or leave trainer.tensorboard=false"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is absent (extra)")
 @pytest.mark.slow
 def test_cli_tensorboard_events_match_metrics_jsonl(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
