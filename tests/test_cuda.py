@@ -8,7 +8,7 @@ if not torch.cuda.is_available():
     pytest.skip("torch sees no CUDA GPU", allow_module_level=True)
 
 from conftest import ML100K, needs_ml100k, read_json, run_cli  # noqa: E402
-from fixtures import image_batch, rating_batch, sinusoid_batch  # noqa: E402
+from fixtures import SPEC, image_batch, rating_batch, sinusoid_batch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from test_engine import SPEED_OPTIONS, grads_of, make, with_option  # noqa: E402
 from test_resume import assert_same_run, start, wait_for  # noqa: E402
@@ -68,7 +68,6 @@ def test_reptile_on_the_gpu_equals_the_loop(case):
     from metarec.models.conv4 import Conv4
     from metarec.models.melu import MeLU
     from metarec.models.mlp import MLP
-    from test_engine import SPEC
     torch.manual_seed(0)
     build, kind, batch, inner_params = {
         "melu all": (lambda: MeLU(SPEC, embedding_dim=6, hidden=[8, 8]), "rating", rating_batch(n_tasks=6, support=(1, 9)), "all"),
