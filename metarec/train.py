@@ -34,7 +34,7 @@ def setup_device(device_cfg) -> torch.device:
     """The torch device `device=...` names, with its thread count and determinism applied."""
     if device_cfg.threads:
         torch.set_num_threads(device_cfg.threads)
-    if device_cfg.get("deterministic", False):
+    if device_cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' own condition, read when it starts
         torch.use_deterministic_algorithms(True)
     return resolve_device(device_cfg.name)
@@ -367,7 +367,8 @@ def _resume(cfg, path: Path, run: RunFolder, fingerprint: str, model, algo, gene
             _keep_record(run.path, ck)
         raise UserError(f"checkpoint {path} was trained on other data (its data fingerprint differs from this "
                         f"data's): resume it with the data it was trained on")
-    changes = _config_changes(checkpoint.config(ck, path), cfg)
+    written = checkpoint.config(ck, path)  # checked against the schema: keys it predates hold their defaults
+    changes = _config_changes(written, cfg)
     if changes and cfg.trainer.resume == "auto":
         _keep_record(run.path, ck)
         again = ["metarec train", *map(shlex.quote, ck.get("overrides", [])), shlex.quote(f"hydra.run.dir={run.path}"),
@@ -377,8 +378,7 @@ def _resume(cfg, path: Path, run: RunFolder, fingerprint: str, model, algo, gene
                         f"with another config by naming it: trainer.resume={path}")
     if changes:
         log.warning("starting from %s with a changed config (%s): not an exact continuation", path, ", ".join(changes))
-    written = {"threads": None, "deterministic": False, **ck["config"].get("device", {})}
-    if any(written[k] != cfg.device.get(k) for k in ("name", "threads", "deterministic")):
+    if any(written.device[k] != cfg.device[k] for k in ("name", "threads", "deterministic")):
         log.warning("resuming on another device, thread count or device.deterministic than %s was written with: "
                     "the run continues, but not bit for bit", path)
     try:

@@ -102,9 +102,16 @@ def test_a_finished_run_extended_by_raising_max_steps_equals_the_straight_run(tm
     run = tmp_path / "run"
     train(run, steps=STEPS // 2)
     assert read_json(run / "status.json") == {"status": "finished", "reason": None, "step": STEPS // 2}
-    train(run, "trainer.resume=auto", steps=STEPS)
+    r = train(run, "trainer.resume=auto", steps=STEPS)
+    assert "not bit for bit" not in r.stdout + r.stderr
     assert_same_run(straight, run)
 
+
+def test_resuming_with_other_device_settings_warns_that_it_is_not_bit_exact(tmp_path):
+    run = tmp_path / "run"
+    train(run, steps=20)
+    r = train(run, "trainer.resume=auto", "device.deterministic=true", steps=30)
+    assert "resuming on another device, thread count or device.deterministic than" in r.stdout + r.stderr
 
 
 def test_resume_refuses_other_settings_and_a_fresh_start_never_overwrites_a_run(straight):
