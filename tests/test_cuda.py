@@ -8,9 +8,8 @@ if not torch.cuda.is_available():
     pytest.skip("torch sees no CUDA GPU", allow_module_level=True)
 
 from conftest import ML100K, needs_ml100k, read_json, run_cli  # noqa: E402
-from fixtures import SPEC, image_batch, rating_batch, sinusoid_batch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from test_engine import SPEED_OPTIONS, grads_of, make, with_option  # noqa: E402
+from fixtures import rating_batch  # noqa: E402
+from test_engine import SPEED_OPTIONS, grads_of, make, reptile_case, with_option  # noqa: E402
 from test_resume import assert_same_run, start, wait_for  # noqa: E402
 from test_ridge import make as make_ridge  # noqa: E402
 
@@ -65,27 +64,13 @@ def test_ridge_meta_gradient_on_the_gpu_equals_the_cpu():
 @pytest.mark.parametrize("case", ["melu all", "sinusoid mlp", "conv4"])
 def test_reptile_on_the_gpu_equals_the_loop(case):
     """Off the CPU, conv4 runs its tasks through vmap, not the CPU's per-task loop."""
-    from metarec.models.conv4 import Conv4
-    from metarec.models.melu import MeLU
-    from metarec.models.mlp import MLP
-    torch.manual_seed(0)
-    build, kind, batch, inner_params = {
-        "melu all": (lambda: MeLU(SPEC, embedding_dim=6, hidden=[8, 8]), "rating", rating_batch(n_tasks=6, support=(1, 9)), "all"),
-        "sinusoid mlp": (lambda: MLP({"in_dim": 1}, hidden=(8, 8)), "regression", sinusoid_batch(), "all"),
-        "conv4": (lambda: Conv4({"ways": 3}, channels=4), "classification", image_batch(n_tasks=3), "all"),
-    }[case]
-    cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params=inner_params, meta_lr=1e-3,
-                                learn_inner_lr=False, weight_decay=0.0, outer="adam", inner_optimizer="sgd"))
-    model, reference = build().double().to(GPU), build().double().to(GPU)
-    reference.load_state_dict(model.state_dict())
-    algo = ALGOS["reptile"](cfg, model, kind)
+    algo, reference, batch, kind = reptile_case(case, GPU, inner_optimizer="sgd")
     assert not algo.engine.task_loop
     algo.optimizer.step = lambda: None  # compare the gradients the update is made of
-    batch = batch.to(GPU)
     algo.step(batch)
     per_task_reptile_step(reference, algo.engine.inner_names, batch, kind, 0.3, 3)
-    assert_close([p.grad for p in model.parameters()], [q.grad for q in reference.parameters()],
-                 [n for n, _ in model.named_parameters()], atol=1e-9)
+    assert_close([p.grad for p in algo.model.parameters()], [q.grad for q in reference.parameters()],
+                 [n for n, _ in algo.model.named_parameters()], atol=1e-9)
 
 
 @needs_ml100k()

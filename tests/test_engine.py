@@ -293,9 +293,9 @@ def test_conv4_task_loop_and_vmap_equal_the_oracle(task_loop, first_order):
     assert not MAML(cfg, MeLU(SPEC, embedding_dim=6, hidden=[8, 8]).double(), "rating").engine.task_loop
 
 
-def reptile_case(case, **kw):
+def reptile_case(case, device="cpu", **kw):
     """(algo, a copy of its model for the reference, batch, kind): MeLU's head or all of MeLU (hand path,
-    ratings), the sinusoid MLP (hand path, regression), Conv4 (vmap, cross-entropy); float64."""
+    ratings), the sinusoid MLP (hand path, regression), Conv4 (vmap, cross-entropy); float64, on `device`."""
     from metarec.algos.reptile import Reptile
     from metarec.models.conv4 import Conv4
     from metarec.models.mlp import MLP
@@ -308,11 +308,11 @@ def reptile_case(case, **kw):
     }[case]
     cfg = OmegaConf.create({**dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params=inner_params,
                                    meta_lr=1e-3, learn_inner_lr=False, weight_decay=0.0, outer="adam"), **kw})
-    model, reference_model = build().double(), build().double()
+    model, reference_model = build().double().to(device), build().double().to(device)
     reference_model.load_state_dict(model.state_dict())
-    algo = Reptile(cfg, model, kind)
+    algo = Reptile(cfg, model, kind)  # built on the device: off the CPU conv4 runs through vmap
     assert (algo.engine.hand is None) == (case == "conv4")  # both paths of the engine are covered
-    return algo, reference_model, batch, kind
+    return algo, reference_model, batch.to(device), kind
 
 
 REPTILE_CASES = ["melu mlp", "melu all", "sinusoid mlp", "conv4"]
