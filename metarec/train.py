@@ -66,17 +66,11 @@ def build_source(data_cfg, device: torch.device, seed: int, progress: bool = Tru
 
 
 def build_model(model_cfg, algo_cfg, spec: dict) -> torch.nn.Module:
-    prompt = dict(prompt_len=algo_cfg.prompt_len, prompt_dim=algo_cfg.prompt_dim)
-    if model_cfg.name == "melu":
-        from metarec.models.melu import MeLU
-        return MeLU(spec, model_cfg.embedding_dim, list(model_cfg.hidden), **prompt)
-    if model_cfg.name == "mlp":
-        from metarec.models.mlp import MLP
-        return MLP(spec, hidden=tuple(model_cfg.hidden), **prompt)
-    if model_cfg.name == "conv4":
-        from metarec.models.conv4 import Conv4
-        return Conv4(spec, channels=model_cfg.channels)
-    raise UserError(f"model={model_cfg.name!r} is not one of melu, mlp, conv4")
+    from metarec.models import MODELS
+    if model_cfg.name not in MODELS:
+        raise UserError(f"model={model_cfg.name!r} is not one of {', '.join(MODELS)}")
+    options = ALGOS[algo_cfg.name].model_options(algo_cfg) if algo_cfg.name in ALGOS else {}
+    return MODELS[model_cfg.name].from_config(spec, model_cfg, **options)
 
 
 def build(cfg: DictConfig, device: torch.device, progress: bool = True):

@@ -126,7 +126,7 @@ def test_pretrain_step_is_plain_supervised_training():
 def test_inner_params_all_adapts_small_tables_not_item_ids():
     spec = {**SPEC, "fields": SPEC["fields"] + [["item", 50]]}
     model = MeLU(spec, embedding_dim=4, hidden=[8])
-    names = model.inner_names("all")
+    names = model.param_groups()["all"]
     assert "encoder.embeddings.item.weight" not in names and "encoder.embeddings.age.weight" in names
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
+from metarec.algos.base import adapted_names
 from metarec.models.conv4 import Conv4
 from metarec.models.mlp import MLP
 
@@ -38,11 +39,12 @@ def test_mlp_shapes_and_names():
     assert names == ["head.net.0.weight", "head.net.0.bias", "head.net.2.weight", "head.net.2.bias",
                      "head.net.4.weight", "head.net.4.bias"]
     assert model.head.net[0].weight.shape == (40, 1) and model.head.net[2].weight.shape == (40, 40)
-    assert model.inner_names("all") == names == model.inner_names("mlp")
+    groups = model.param_groups()
+    assert groups["all"] == names == groups["mlp"]
     with pytest.raises(ValueError, match="prompt"):
-        model.inner_names("prompt")
-    with pytest.raises(ValueError, match="unknown inner_params"):
-        model.inner_names("decoder")
+        adapted_names(model, "prompt")
+    with pytest.raises(ValueError, match="no such parameter group"):
+        adapted_names(model, "decoder")
 
 
 def test_mlp_prompt_is_a_parameter_and_is_used():
@@ -51,8 +53,8 @@ def test_mlp_prompt_is_a_parameter_and_is_used():
     assert model.head.prompt.shape == (2, 3)
     assert 0.02 < model.head.prompt.std().item() < 0.3  # N(0, 0.1) init
     assert model.head.net[0].weight.shape == (16, 1 + 6)
-    assert model.inner_names("prompt") == ["head.prompt"]
-    assert "head.prompt" in model.inner_names("all")
+    assert model.param_groups()["prompt"] == ["head.prompt"]
+    assert "head.prompt" in model.param_groups()["all"]
     x = torch.randn(5, 1)
     before = model(x)
     with torch.no_grad():
@@ -77,10 +79,10 @@ def test_conv4_shapes_and_names():
     assert Conv4({"ways": 20}, channels=32)(torch.rand(3, 1, 28, 28)).shape == (3, 20)
     assert list(model.buffers()) == []  # batch statistics only: nothing to carry per task
     names = [n for n, _ in model.named_parameters()]
-    assert model.inner_names("all") == names == model.inner_names("mlp")
+    assert model.param_groups()["all"] == names == model.param_groups()["mlp"]
     assert len(names) == 4 * 4 + 2 and names[-2:] == ["head.fc.weight", "head.fc.bias"]
-    with pytest.raises(ValueError, match="no prompt"):
-        model.inner_names("prompt")
+    with pytest.raises(ValueError, match="no such parameter group"):
+        adapted_names(model, "prompt")
 
 
 def test_conv4_uses_batch_statistics_in_eval_mode():

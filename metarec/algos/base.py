@@ -8,6 +8,17 @@ from torch import Tensor, nn
 from metarec.tasks import TaskBatch
 
 
+def adapted_names(model: nn.Module, group: str) -> list[str]:
+    """The parameters of the model's group `group` (algo.inner_params), or one line naming the groups it has."""
+    groups = model.param_groups()
+    if group in groups:
+        return groups[group]
+    hint = (" (prompt vectors: algo=prompt with algo.prompt_len and algo.prompt_dim > 0)"
+            if group == "prompt" else "")
+    raise ValueError(f"algo.inner_params={group!r}: model {type(model).__name__.lower()} has no such parameter group; "
+                     f"it has {', '.join(groups)}{hint}")
+
+
 class MetaLearner:
     """Subclasses give meta_loss (and adapt_trace for evaluation); they set their own parameters up
     before calling this constructor, which builds Adam over meta_parameters()."""
@@ -16,6 +27,11 @@ class MetaLearner:
         self.cfg, self.model, self.kind = cfg, model, kind
         self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=cfg.meta_lr, weight_decay=cfg.weight_decay)
         self.sync = None  # data-parallel training: averages the meta-gradients across ranks before a step
+
+    @classmethod
+    def model_options(cls, cfg) -> dict:
+        """What this algorithm asks of the model it trains (e.g. prompt vectors), passed to from_config."""
+        return {}
 
     def meta_parameters(self) -> list[Tensor]:
         return list(self.model.parameters())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.base import MetaLearner
+from metarec.algos.base import MetaLearner, adapted_names
 from metarec.engine import Engine, Params, masked_task_loss
 from metarec.tasks import TaskBatch
 
@@ -22,7 +22,7 @@ class MAML(MetaLearner):
                              f"for algo={type(self).__name__.lower()}" + ("" if "adam" in self.inner_optimizers else
                                                                           " (the inner Adam is reptile's only)"))
         self.inner_adam()  # bad betas fail here, not at the first step
-        self.engine = Engine(model, model.inner_names(self.inner_params()), kind, compile=compile)
+        self.engine = Engine(model, adapted_names(model, self.inner_params()), kind, compile=compile)
         # Meta-SGD: one learned inner rate per adapted weight, initialised at alpha.
         self.inner_lrs = nn.ParameterDict({
             n.replace(".", "__"): nn.Parameter(torch.full_like(p, cfg.inner_lr))

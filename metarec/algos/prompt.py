@@ -10,6 +10,10 @@ from metarec.algos.maml import MAML
 
 
 class Prompt(MAML):
+    @classmethod
+    def model_options(cls, cfg) -> dict:
+        return {"prompt_len": cfg.prompt_len, "prompt_dim": cfg.prompt_dim}
+
     def inner_params(self) -> str:
         if self.cfg.adapt == "prompt":
             return "prompt"

@@ -41,9 +41,13 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
 
-    def inner_names(self, inner_params: str) -> list[str]:
-        if inner_params in ("all", "mlp"):  # no separate decision layers: adapt everything
-            return [name for name, _ in self.named_parameters()]
-        if inner_params == "prompt":
-            raise ValueError("conv4 has no prompt parameters: use algo.inner_params=all (or a model with a prompt)")
-        raise ValueError(f"unknown inner_params {inner_params!r}: choose all, mlp or prompt")
+    @classmethod
+    def from_config(cls, spec: dict, cfg, prompt_len: int = 0, prompt_dim: int = 0) -> "Conv4":
+        if prompt_len or prompt_dim:
+            raise ValueError("model=conv4 has no prompt vectors: use model=melu or model=mlp with algo=prompt")
+        return cls(spec, channels=cfg.channels)
+
+    def param_groups(self) -> dict[str, list[str]]:
+        """No separate decision layers: every group adapts everything."""
+        names = [name for name, _ in self.named_parameters()]
+        return {"all": names, "mlp": names}

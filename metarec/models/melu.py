@@ -71,19 +71,17 @@ class MeLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
 
-    def inner_names(self, inner_params: str) -> list[str]:
-        """Parameters the inner loop adapts. Item ids are never adapted per user: a user rates an
-        item once, so a support item's row can never reach a query prediction."""
+    @classmethod
+    def from_config(cls, spec: dict, cfg, prompt_len: int = 0, prompt_dim: int = 0) -> "MeLU":
+        return cls(spec, cfg.embedding_dim, list(cfg.hidden), prompt_len, prompt_dim)
+
+    def param_groups(self) -> dict[str, list[str]]:
+        """Named sets of parameters an algorithm may adapt per user. Item ids are never in one: a user
+        rates an item once, so a support item's row can never reach a query prediction."""
         names = [n for n, _ in self.named_parameters()]
-        if inner_params == "mlp":
-            return [n for n in names if n.startswith("head.net.")]
-        if inner_params == "last":  # ANIL: only the output layer, a per-user linear model on learned features
-            last = [n for n in names if n.startswith("head.net.")][-2:]
-            return last
-        if inner_params == "all":
-            return [n for n in names if n != "head.prompt" and n != "encoder.embeddings.item.weight"]
-        if inner_params == "prompt":
-            if self.head.prompt is None:
-                raise ValueError("algo.inner_params=prompt needs prompt vectors: set algo.prompt_len and algo.prompt_dim")
-            return ["head.prompt"]
-        raise ValueError(f"algo.inner_params={inner_params!r} is not one of mlp, last, all, prompt")
+        mlp = [n for n in names if n.startswith("head.net.")]
+        groups = {"mlp": mlp, "last": mlp[-2:],  # last: ANIL, a per-user linear model on learned features
+                  "all": [n for n in names if n != "head.prompt" and n != "encoder.embeddings.item.weight"]}
+        if self.head.prompt is not None:
+            groups["prompt"] = ["head.prompt"]
+        return groups

@@ -41,12 +41,14 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
 
-    def inner_names(self, inner_params: str) -> list[str]:
+    @classmethod
+    def from_config(cls, spec: dict, cfg, prompt_len: int = 0, prompt_dim: int = 0) -> "MLP":
+        return cls(spec, tuple(cfg.hidden), prompt_len, prompt_dim)
+
+    def param_groups(self) -> dict[str, list[str]]:
+        """Named sets of parameters an algorithm may adapt per user; the whole model is the MLP."""
         names = [name for name, _ in self.named_parameters()]
-        if inner_params in ("all", "mlp"):  # the whole model is the MLP
-            return names
-        if inner_params == "prompt":
-            if "head.prompt" not in names:
-                raise ValueError("inner_params=prompt needs a prompt: set prompt_len and prompt_dim > 0")
-            return ["head.prompt"]
-        raise ValueError(f"unknown inner_params {inner_params!r}: choose all, mlp or prompt")
+        groups = {"all": names, "mlp": names}
+        if "head.prompt" in names:
+            groups["prompt"] = ["head.prompt"]
+        return groups
