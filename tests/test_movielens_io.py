@@ -78,8 +78,10 @@ def test_ml100k_real_counts_and_features():
     assert raw.item_year[0] == 1995
     assert raw.item_title[542] == "Misérables, Les (1995)"  # latin-1 é
     assert raw.item_title[1103] == "C'est arrivé près de chez vous (1992)"
-    assert raw.item_title[266] == "unknown" and raw.item_year[266] == -1  # the one item with no date
-    assert raw.item_year[1251] == 1997  # release date, not the (1963) in its title
+    assert raw.item_title[266] == "unknown" and raw.item_year[266] == -1  # the one item with no year
+    assert raw.item_year[1251] == 1963  # the title's year, not its release date (27-Jun-1997)
+    assert raw.item_year[22] == 1976  # Taxi Driver (1976), released 16-Feb-1996
+    assert raw.item_year[1411] == 1995  # "... (1995) (V)": the last (yyyy) in the title
     assert (raw.user_age[0], raw.user_gender[0], raw.user_occupation[0], raw.user_zip[0]) == (24, "M", "technician", "85711")
     assert raw.user_zip[7] == "05201"  # zips stay strings, leading zero kept
     assert (raw.rating_user[0], raw.rating_item[0], raw.rating[0], raw.timestamp[0]) == (195, 241, 3.0, 881250949)
@@ -103,7 +105,7 @@ def test_ml100k_fixture_with_blank_line_and_unknown_date(tmp_path):
     raw = read_ml100k(tmp_path)
     check_consistent(raw)
     assert raw.item_title[0] == "Misérables, Les (1995)" and raw.item_genres[0] == ["Drama"]
-    assert list(raw.item_year) == [1995, 1950]  # no release date: the title's year
+    assert list(raw.item_year) == [1995, 1950]  # the title's year, with or without a release date
     assert raw.item_genres[1] == []
     assert list(raw.rating) == [5.0, 1.0]
 
