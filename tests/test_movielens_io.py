@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from metarec.data.movielens_io import (
-    ML100K_GENRES, MovieLensRaw, detect_format, read_atomic, read_ml1m, read_ml100k, read_movielens,
+    ML100K_GENRES, MovieLensRaw, detect_format, read_atomic, read_ml1m, read_ml100k, read_movielens, title_year,
 )
 from metarec.errors import UserError
 
@@ -175,6 +175,28 @@ def test_atomic_rating_off_scale(tmp_path):
         f.write("u3\tm1\t0\t1\n")
     with pytest.raises(UserError, match=r"toy\.inter line 6.*rating 0"):
         read_atomic(tmp_path)
+
+
+def test_atomic_year_not_a_year_falls_back_to_the_title(tmp_path):
+    """RecBole's ml-100k.item has release_year "V" for "Land Before Time III: ... (1995) (V)" and keeps
+    "(1995)" in the title: the title's year still counts, as u.item's copy reads it."""
+    write_atomic(tmp_path)
+    (tmp_path / "toy.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "m1\tLand Before Time III: The Time of the Great Giving (1995)\tV\tAnimation\n"
+        "m2\tunkonwn\tunkonwn\tunknown\n")
+    assert list(read_atomic(tmp_path).item_year) == [1995, -1]
+
+
+# ----------------------------------------------------------------------------- an item's year
+
+def test_title_year_is_the_last_year_in_parentheses():
+    assert title_year("Toy Story (1995)") == 1995
+    assert title_year("Heidi Fleiss: Hollywood Madam (1995) ") == 1995  # u.item keeps a trailing space
+    assert title_year("Land Before Time III: The Time of the Great Giving (1995) (V)") == 1995
+    assert title_year("1900 (Novecento) (1976)") == 1976
+    assert title_year("Cité des enfants perdus, La (City of Lost Children, The) (1995)") == 1995
+    assert title_year("unknown") == title_year("Untitled (V)") == title_year("") == -1
 
 
 # ----------------------------------------------------------------------------- errors
