@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from metarec import results
+from metarec.compose import compose_plain
 from metarec.errors import UserError
-from metarec.results import SeedRun, combine, mean_ci, summarize, targets
+from metarec.results_page import SeedRun, combine, mean_ci, summarize, targets
 
 # per seed: per-task MAE on user_cold (identical tasks for every method of a seed)
 MAML = {0: [0.7, 0.8, 0.9], 1: [0.6, 0.7, 0.8, 0.9]}
@@ -140,7 +141,7 @@ def test_a_finished_run_is_reused_only_with_the_same_resolved_config(tmp_path):
     assert overrides[:2] == ["experiment=melu_ml100k", "seed=1"] and "data.root=/data/ml-100k" in overrides
     folder = tmp_path / "maml" / "seed1"
     (folder / ".hydra").mkdir(parents=True)
-    config = results.compose(overrides)
+    config = compose_plain(overrides)  # what .hydra/config.yaml of a run holds
     assert config["data"]["split_seed"] is None and config["seed"] == 1  # the split follows the seed
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / "status.json").write_text(json.dumps({"status": "finished"}))
