@@ -219,7 +219,7 @@ def render(summary: dict, wall_s: float | None, hparams: dict[str, str], command
         lines.append("")
     if hparams:
         lines += ["## Hyper-parameters", "", "Chosen on validation users only (the trainer's best validation MAE); "
-                  "each preset's header says how. Per method, the preset and its algorithm settings:", ""]
+                  "docs/tuning.md says how, per preset. Per method, the preset and its algorithm settings:", ""]
         lines += [f"- {m}: {h}" for m, h in hparams.items()]
         lines.append("")
     return "\n".join(lines)
