@@ -20,7 +20,6 @@ from pathlib import Path
 
 from metarec.errors import UserError
 from metarec.runs import Run, find_runs, headline, is_run_folder, load_run, lookup, number
-from metarec.runs import headline_step  # noqa: F401  (part of this module's interface since before metarec.runs)
 
 SWEEP_HINT = "point metarec report at a sweep folder such as outputs/multirun/DATE/TIME"
 # Table columns: the first group with a metric present wins (MovieLens, then sinusoid / omniglot).
