@@ -25,6 +25,7 @@ import torch
 
 import metarec
 from metarec.algos import ALGOS
+from metarec.compose import compose
 from metarec.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,15 +38,6 @@ ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
 def peak_rss_mb() -> float:
     """This process's peak resident set so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def compose(overrides: list[str]):
-    """The config `metarec train OVERRIDES` would run with."""
-    from hydra import compose as hydra_compose, initialize_config_module
-    from metarec.config import register
-    register()
-    with initialize_config_module("metarec.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
 
 
 def build_algo(cfg, source, name: str | None = None):

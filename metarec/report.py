@@ -4,121 +4,27 @@
     metarec report RUN_A RUN_B --out reports/a_vs_b           # several folders, one report
 
 Reads only what training and evaluation leave on disk (.hydra/, status.json, run_info.json,
-metrics.jsonl, eval.json), so it needs no model code and works on runs copied off a cluster.
+metrics.jsonl, eval.json), through metarec.runs' loader, so it needs no model code and works on runs
+copied off a cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import os
 import re
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from metarec.errors import UserError
+from metarec.runs import Run, find_runs, headline, is_run_folder, load_run, lookup, number
 
 SWEEP_HINT = "point metarec report at a sweep folder such as outputs/multirun/DATE/TIME"
 # Table columns: the first group with a metric present wins (MovieLens, then sinusoid / omniglot).
 PREFERRED = (("mae", "ndcg@3"), ("mse", "acc"))
-VAL_SPLITS = ("val", "valid", "validation")
 RUN_COLUMNS = ["run", "overrides", "algo", "data", "status", "reason"]  # then metrics, train_time_s
-
-
-@dataclass
-class Run:
-    path: Path  # the folder as found under the DIR the user gave
-    name: str  # path shown in the report: relative to the report folder when inside it
-    overrides: list[str]  # from .hydra/overrides.yaml, e.g. ["algo=maml", "seed=1"]
-    config: dict  # .hydra/config.yaml, {} when missing
-    status: str  # finished | failed | running | unfinished
-    reason: str | None  # why it is not finished
-    step: int | None  # last training step status.json recorded
-    info: dict  # run_info.json, {} when missing
-    val: list[dict]  # metrics.jsonl rows of the validation split
-    states: dict  # eval.json "states", {} when there is none
-
-    @property
-    def seed(self) -> str | None:
-        for item in self.overrides:
-            if _override_key(item) == "seed":
-                return item.split("=", 1)[1]
-        return None if self.config.get("seed") is None else str(self.config["seed"])
-
-    @property
-    def configuration(self) -> str:
-        """The overrides without the seed: runs that share it are seeds of one configuration."""
-        return " ".join(o for o in self.overrides if _override_key(o) != "seed") or "(defaults)"
-
-
-def headline_step(steps: dict) -> str | None:
-    """The key of the last adaptation step in an eval.json "steps" dict ("10" of "0", "2", "10")."""
-    keys = [k for k in steps if re.fullmatch(r"-?\d+", str(k))]
-    return max(keys, key=int) if keys else None
-
-
-def headline(state: dict) -> dict:
-    """A state's headline metrics: those at its "headline_step" (the adaptation steps the run was
-    evaluated for), else at its last adaptation step."""
-    steps = state.get("steps") if isinstance(state, dict) else None
-    key = headline_step(steps) if isinstance(steps, dict) else None
-    if isinstance(steps, dict) and str(state.get("headline_step")) in steps:
-        key = str(state["headline_step"])
-    return dict(steps[key]) if key is not None and isinstance(steps[key], dict) else {}
-
-
-def is_run_folder(path: Path) -> bool:
-    return (path / ".hydra").is_dir() or (path / "status.json").is_file() or (path / "eval.json").is_file()
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Every run folder at or under root (runs do not nest, so a run folder is not descended)."""
-    if is_run_folder(root):
-        return [root]
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        here = Path(dirpath)
-        if here != root and is_run_folder(here):
-            found.append(here)
-            dirnames.clear()
-        else:
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
-
-
-def load_run(path: Path, name: str | None = None) -> Run:
-    overrides = _read_yaml(path / ".hydra" / "overrides.yaml")
-    config = _read_yaml(path / ".hydra" / "config.yaml")
-    status_doc, _ = _read_json(path / "status.json")
-    info, _ = _read_json(path / "run_info.json")
-    eval_doc, eval_error = _read_json(path / "eval.json")
-    states = eval_doc.get("states") if isinstance(eval_doc, dict) else None
-    if not isinstance(states, dict) or not states:
-        states, eval_error = {}, eval_error or "eval.json has no states"
-    status_doc = status_doc if isinstance(status_doc, dict) else {}
-    status, reason, step = status_doc.get("status"), status_doc.get("reason"), status_doc.get("step")
-    if status in (None, "finished") and not states:
-        status, reason = "unfinished", reason or eval_error
-    elif status is None:
-        status = "finished"  # evaluated, but written by a version that kept no status.json
-    return Run(
-        path=path,
-        name=name or str(path),
-        overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
-        config=config if isinstance(config, dict) else {},
-        status=str(status),
-        reason=None if reason is None else str(reason),
-        step=step if isinstance(step, int) else None,
-        info=info if isinstance(info, dict) else {},
-        val=[row for row in _read_jsonl(path / "metrics.jsonl") if row.get("split") in VAL_SPLITS],
-        states=states,
-    )
 
 
 def state_metrics(runs: list[Run]) -> dict[str, list[str]]:
@@ -128,7 +34,7 @@ def state_metrics(runs: list[Run]) -> dict[str, list[str]]:
         for state, doc in run.states.items():
             names = seen.setdefault(state, [])
             names += [m for m, v in headline(doc).items()
-                      if not m.endswith("_ci") and m not in names and _num(v) is not None]
+                      if not m.endswith("_ci") and m not in names and number(v) is not None]
     return {state: _preferred(names) + [m for m in names if m not in _preferred(names)]
             for state, names in seen.items()}
 
@@ -145,12 +51,12 @@ def run_rows(runs: list[Run], metrics: dict[str, list[str]]) -> tuple[list[str],
     rows = []
     for run in runs:
         row = {"run": run.name, "overrides": " ".join(run.overrides), "status": run.status,
-               "reason": run.reason, "algo": _get(run.config, "algo", "name"),
-               "data": _get(run.config, "data", "name"), "train_time_s": _num(run.info.get("train_time_s"))}
+               "reason": run.reason, "algo": lookup(run.config, "algo", "name"),
+               "data": lookup(run.config, "data", "name"), "train_time_s": number(run.info.get("train_time_s"))}
         for state in metrics:
             for m, v in headline(run.states.get(state, {})).items():
                 if f"{state}_{m}" in header:
-                    row[f"{state}_{m}"] = _num(v)
+                    row[f"{state}_{m}"] = number(v)
         rows.append({k: row.get(k) for k in header})
     return header, rows
 
@@ -239,8 +145,8 @@ def plot_val_curves(runs: list[Run], labels: dict[str, str], path: Path) -> Path
         return None
     fig, ax = _figure(1)
     for run in runs:
-        points = sorted((row["step"], _num(row.get(metric))) for row in run.val
-                        if isinstance(row.get("step"), (int, float)) and _num(row.get(metric)) is not None)
+        points = sorted((row["step"], number(row.get(metric))) for row in run.val
+                        if isinstance(row.get("step"), (int, float)) and number(row.get(metric)) is not None)
         if points:
             ax[0].plot(*zip(*points), marker="o" if len(points) < 20 else None, ms=3, label=labels[run.name])
     ax[0].set(xlabel="training step", ylabel=f"validation {metric}", title=f"validation {metric}")
@@ -259,9 +165,9 @@ def plot_adaptation(runs: list[Run], labels: dict[str, str], metrics: dict[str, 
         metric = names[0]
         for run in runs:
             steps = run.states.get(state, {}).get("steps") or {}
-            points = sorted((int(k), _num(v.get(metric)), _num(v.get(f"{metric}_ci")) or 0.0)
+            points = sorted((int(k), number(v.get(metric)), number(v.get(f"{metric}_ci")) or 0.0)
                             for k, v in steps.items()
-                            if re.fullmatch(r"-?\d+", str(k)) and isinstance(v, dict) and _num(v.get(metric)) is not None)
+                            if re.fullmatch(r"-?\d+", str(k)) and isinstance(v, dict) and number(v.get(metric)) is not None)
             if points:
                 x, y, ci = zip(*points)
                 line, = ax.plot(x, y, marker="o", ms=3, label=labels[run.name])
@@ -270,7 +176,7 @@ def plot_adaptation(runs: list[Run], labels: dict[str, str], metrics: dict[str, 
         floors = next((run.states[state].get("floors") for run in runs
                        if isinstance(run.states.get(state, {}).get("floors"), dict)), {})
         for name, values in floors.items():
-            value = _num(values.get(metric)) if isinstance(values, dict) else None
+            value = number(values.get(metric)) if isinstance(values, dict) else None
             if value is not None:
                 ax.axhline(value, color="gray", ls="--", lw=0.8)
                 ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom",
@@ -328,10 +234,6 @@ def _collect(dirs: list[Path], out: Path) -> list[Run]:
     return runs
 
 
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def _preferred(names: list[str]) -> list[str]:
     for group in PREFERRED:
         if any(m in names for m in group):
@@ -341,11 +243,11 @@ def _preferred(names: list[str]) -> list[str]:
 
 def _val_metric(runs: list[Run]) -> str | None:
     rows = [row for run in runs for row in run.val]
-    if any(_num(row.get("mae")) is not None for row in rows):
+    if any(number(row.get("mae")) is not None for row in rows):
         return "mae"
     for row in rows:
         for key, value in row.items():
-            if key not in ("step", "split") and not key.endswith("_ci") and _num(value) is not None:
+            if key not in ("step", "split") and not key.endswith("_ci") and number(value) is not None:
                 return key
     return None
 
@@ -364,7 +266,7 @@ def _labels(runs: list[Run]) -> dict[str, str]:
 def _floor_rows(runs: list[Run]) -> list[list]:
     rows, seen = [], set()
     for run in runs:
-        data = _get(run.config, "data", "name") or ""
+        data = lookup(run.config, "data", "name") or ""
         for state, doc in run.states.items():
             floors = doc.get("floors") if isinstance(doc, dict) else None
             if not isinstance(floors, dict) or (data, state) in seen:
@@ -372,7 +274,7 @@ def _floor_rows(runs: list[Run]) -> list[list]:
             seen.add((data, state))
             for name, values in floors.items():
                 if isinstance(values, dict):
-                    text = ", ".join(f"{m} {_fmt(_num(v))}" for m, v in values.items() if _num(v) is not None)
+                    text = ", ".join(f"{m} {_fmt(number(v))}" for m, v in values.items() if number(v) is not None)
                     rows.append([data, state, name, text])
     return rows
 
@@ -399,48 +301,6 @@ def _legend(ax, n_lines: int) -> None:
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     return path
-
-
-def _read_json(path: Path) -> tuple[object, str | None]:
-    if not path.is_file():
-        return None, f"no {path.name}"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        return None, f"{path.name} unreadable ({type(err).__name__}: {err})"
-
-
-def _read_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:  # a running job may have left a half-written last line
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def _get(doc: dict, *keys: str):
-    for key in keys:
-        doc = doc.get(key) if isinstance(doc, dict) else None
-    return doc
-
-
-def _num(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return None
-    return float(value)
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metarec.data.download import DEFAULT_SOURCES, Source, fingerprint, locate_movielens
+from metarec.data.download import DEFAULT_SOURCES, Source, atomic_write, fetch_file, fingerprint, locate_movielens, verify
 from metarec.data.movielens_io import read_movielens
 from metarec.errors import UserError
 
@@ -279,3 +279,22 @@ def test_fingerprint_ignores_location_and_order_but_not_bytes(tmp_path):
     assert fa == fingerprint([b / "u.item", b / "u.data", b / "u.user"])
     (b / "u.data").write_bytes(ML100K_FILES["u.data"] + b"3\t1\t1\t1\n")
     assert fa != fingerprint([b / "u.item", b / "u.data", b / "u.user"])
+
+
+# ----------------------------------------------------------------------------- the shared machinery
+
+def test_fetch_file_verifies_and_writes_atomically(server, tmp_path):
+    """What Omniglot's zips use: one checksum check (sha256 or md5), one os.replace, nothing half-written."""
+    body = b"some bytes"
+    url = server.add("/part.zip", body)
+    dest = tmp_path / "cache" / "part.zip"
+    with pytest.raises(ValueError, match=r"checksum mismatch \(got MD5 "):
+        fetch_file(url, dest, "0" * 32, algo="md5", timeout=2.0, progress=False)
+    assert list(dest.parent.iterdir()) == []
+    assert fetch_file(url, dest, hashlib.md5(body).hexdigest(), algo="md5", timeout=2.0, progress=False) == dest
+    assert dest.read_bytes() == body and list(dest.parent.iterdir()) == [dest]
+    verify(dest, sha(body))
+    with pytest.raises(RuntimeError, match="stop"), atomic_write(tmp_path / "cache" / "other.bin") as out:
+        out.write(b"half")
+        raise RuntimeError("stop")
+    assert list(dest.parent.iterdir()) == [dest]

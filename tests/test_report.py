@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metarec.report import headline, headline_step, main
+from metarec.report import main
+from metarec.runs import headline, headline_step
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,12 +1,15 @@
 """Find MovieLens on disk or fetch it into the cache: data.root, the cache, the GroupLens zip, a mirror.
 
-Every download is verified by SHA-256 and moved into the cache with one os.replace, so the cache
-never holds a half-written data set.
+Also the fetching every data set shares (Omniglot's zips use it too): a download is verified by its
+checksum (verify) and reaches its real name with one os.replace (atomic_write for a file, a staged
+folder for MovieLens), so the cache never holds a half-written data set; a failure is one line
+(one_line) that names what was tried.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 import os
 import shutil
 import subprocess
@@ -16,6 +19,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from tqdm import tqdm
 
@@ -101,7 +105,7 @@ def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Pat
         try:
             _fetch_into_cache(source, cache, target, timeout=timeout, progress=progress)
         except Exception as e:  # any failure: note it and try the next source
-            failures.append(f"{source.describe()}: {_one_line(e)}")
+            failures.append(f"{source.describe()}: {one_line(e)}")
             log.warning("could not get %s from %s", variant, failures[-1])
             continue
         if detect_format(target) is not None:
@@ -126,9 +130,54 @@ def fingerprint(files: list[Path]) -> str:
 
 # ----------------------------------------------------------------------------- fetching
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An error as one short line, for a message that names every source tried."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def fetch_file(url: str, dest: Path, digest: str, *, algo: str = "sha256", timeout: float = 10.0,
+               progress: bool = True) -> Path:
+    """Download `url` to `dest`, checked against `digest`; only a verified file gets its real name."""
+    with atomic_write(dest) as out:
+        _download(url, out, timeout=timeout, progress=progress)
+        out.flush()
+        verify(Path(out.name), digest, algo)
+    return dest
+
+
+@contextmanager
+def atomic_write(dest: Path) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at `dest`, with the umask's permissions, only when the block
+    ends without error: written beside it under a hidden temp name, synced, then one os.replace."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as out:  # opened by name, so out.name is the temp file's path
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        umask = os.umask(0)  # mkstemp makes the file 0600; give it what an ordinary open would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def verify(path: Path, expected: str, algo: str = "sha256", what: str = "") -> None:
+    """Raise ValueError unless the file's `algo` digest (sha256, md5) is `expected`; `what` names it."""
+    digest = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != expected.lower():
+        name = {"sha256": "SHA-256", "md5": "MD5"}.get(algo, algo)
+        raise ValueError(f"checksum mismatch{' for ' + what if what else ''} "
+                         f"(got {name} {actual[:12]}..., expected {expected[:12]}...)")
 
 
 def _fetch_into_cache(source: Source, cache: Path, target: Path, *, timeout: float, progress: bool) -> None:
@@ -155,11 +204,7 @@ def _fetch_into_cache(source: Source, cache: Path, target: Path, *, timeout: flo
 
 
 def _fetch_zip(source: Source, work: Path, staged: Path, *, timeout: float, progress: bool) -> None:
-    archive = work / "download.zip"
-    _download(source.url, archive, timeout=timeout, progress=progress)
-    actual = _sha256(archive)
-    if actual != source.sha256.lower():
-        raise ValueError(f"checksum mismatch (got sha256 {actual[:12]}..., expected {source.sha256[:12]}...)")
+    archive = fetch_file(source.url, work / "download.zip", source.sha256, timeout=timeout, progress=progress)
     with zipfile.ZipFile(archive) as zf:
         for member in zf.infolist():
             dest = (staged / member.filename).resolve()
@@ -168,9 +213,10 @@ def _fetch_zip(source: Source, work: Path, staged: Path, *, timeout: float, prog
         zf.extractall(staged)
 
 
-def _download(url: str, dest: Path, *, timeout: float, progress: bool) -> None:
+def _download(url: str, out: BinaryIO, *, timeout: float, progress: bool) -> None:
+    """Stream `url` into `out`; a response shorter than its Content-Length is an error."""
     request = urllib.request.Request(url, headers={"User-Agent": "metarec"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         done = 0
@@ -180,8 +226,6 @@ def _download(url: str, dest: Path, *, timeout: float, progress: bool) -> None:
                 out.write(chunk)
                 done += len(chunk)
                 bar.update(len(chunk))
-        out.flush()
-        os.fsync(out.fileno())
     if total is not None and done != total:
         raise ValueError(f"download cut short ({done} of {total} bytes)")
 
@@ -206,11 +250,9 @@ def _fetch_wheel(source: Source, work: Path, staged: Path, *, timeout: float) ->
         for member, expected in source.files.items():
             if member not in names:
                 raise ValueError(f"{member} is not in {found[0].name}")
-            data = zf.read(member)
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != expected.lower():
-                raise ValueError(f"checksum mismatch for {member} (got sha256 {actual[:12]}..., expected {expected[:12]}...)")
-            (staged / Path(member).name).write_bytes(data)
+            dest = staged / Path(member).name
+            dest.write_bytes(zf.read(member))
+            verify(dest, expected, what=member)
 
 
 def _data_folder(staged: Path) -> Path:
@@ -223,10 +265,3 @@ def _data_folder(staged: Path) -> Path:
             return sub
     raise ValueError(f"the archive holds no MovieLens data ({EXPECTED_HINT})")
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

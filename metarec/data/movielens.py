@@ -26,9 +26,9 @@ from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.movielens_io import MovieLensRaw, read_movielens
 from metarec.errors import UserError
+from metarec.states import STATES
 from metarec.tasks import TaskBatch
 
-STATES = ("warm", "user_cold", "item_cold", "user_item_cold")
 VAL_STATES = ("val", "val_new")  # validation users on existing items (model selection) and on new ones
 CUT_YEAR = {"ml-100k": 1996, "ml-1m": 1997}
 AGE_EDGES = [18, 25, 35, 45, 50, 56]  # GroupLens ml-1m age groups; ml-100k ages are bucketed the same way

@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import time
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metarec.data.download import default_cache_dir
+from metarec.data.download import atomic_write, default_cache_dir, fetch_file, one_line
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
 
@@ -67,37 +64,9 @@ def _part_path(folder: Path, part: str) -> Optional[Path]:
     return None
 
 
-def _publish(tmp: str, dest: Path) -> None:
-    """Give a finished temp file ordinary permissions (mkstemp makes it 0600) and its real name."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, dest)
-
-
 def _download(part: str, folder: Path, timeout: float = 10.0) -> Path:
     """Fetch one official zip into `folder`, MD5-checked; only a verified file gets its real name."""
-    from tqdm import tqdm
-
-    url, dest = URL.format(part=part), folder / f"{part}.zip"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{part}.", suffix=".part")
-    try:
-        md5 = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"{part}.zip", disable=None) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    md5.update(chunk)
-                    bar.update(len(chunk))
-        if md5.hexdigest() != MD5[part]:
-            raise OSError(f"MD5 {md5.hexdigest()} != {MD5[part]}")
-        _publish(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return fetch_file(URL.format(part=part), folder / f"{part}.zip", MD5[part], algo="md5", timeout=timeout)
 
 
 def find_sources(root: Optional[str]) -> list[Path]:
@@ -118,7 +87,7 @@ def find_sources(root: Optional[str]) -> list[Path]:
                 path = _download(part, folder)
             except Exception as err:  # network, disk, checksum: all end the same way for the user
                 raise UserError(f"could not get Omniglot {part}: not in data.root (unset), not in the cache {folder}, "
-                                f"download {URL.format(part=part)} failed ({' '.join(str(err).split())}); "
+                                f"download {URL.format(part=part)} failed ({one_line(err)}); "
                                 "get the zips from github.com/brendenlake/omniglot and set data.root=FOLDER") from None
         sources.append(path)
     return sources
@@ -195,17 +164,8 @@ def load_images(root: Optional[str], image_size: int = 28) -> tuple[np.ndarray, 
     images, names = decode_all(sources, image_size)
     log.info("decoded %d Omniglot images in %.1f s", images.shape[0] * images.shape[1], time.perf_counter() - start)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".decoded-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images, names=np.array(names))
-                f.flush()
-                os.fsync(f.fileno())
-            _publish(tmp, cached)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(cached) as f:
+            np.savez(f, images=images, names=np.array(names))
     except OSError as err:  # a read-only cache only costs the next run a decode
         log.warning("could not write the decoded Omniglot cache %s: %s", cached, err)
     return images, names, meta

@@ -1,0 +1,20 @@
+"""The config `metarec train OVERRIDES` resolves to, composed by Hydra outside a run.
+
+The bench, the results page and the tests compose presets this way instead of starting a run.
+"""
+from __future__ import annotations
+
+
+def compose(overrides: list[str]):
+    """The DictConfig `metarec train OVERRIDES` would run with (schemas registered, interpolations kept)."""
+    from hydra import compose as hydra_compose, initialize_config_module
+    from metarec.config import register
+    register()
+    with initialize_config_module("metarec.conf", version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def compose_plain(overrides: list[str]) -> dict:
+    """The same config as plain containers with interpolations resolved (what .hydra/config.yaml holds)."""
+    from omegaconf import OmegaConf
+    return OmegaConf.to_container(compose(overrides), resolve=True)

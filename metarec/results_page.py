@@ -1,0 +1,225 @@
+"""The page of `make results`: runs over split seeds aggregated into plain numbers, then markdown.
+
+summarize() turns the runs' eval.json states into per-state means ± 95% CI over seeds and the best
+meta-learner's paired per-task differences (per seed the mean over identical tasks and its SE,
+combined over seeds as the mean of the seed means with SE = sqrt(sum SE_s^2) / n_seeds); render()
+writes docs/results.md from them. No model code and no file reading: metarec.results does that.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from metarec.evaluate import paired_difference
+from metarec.runs import headline
+from metarec.states import STATES
+
+FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive")
+BASELINE = "pretrain"  # not a meta-learner: never "the best meta-learner"
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+@dataclass
+class SeedRun:
+    """What one finished run left: eval.json's states and the trainer's best validation MAE."""
+    method: str
+    seed: int
+    states: dict
+    best_val: float
+    fingerprint: str | None = None  # run_info.json's SHA-256 of the data files it read
+    data_root: str | None = None  # the data.root it was configured with (None: the cache)
+
+
+# ---- aggregation -------------------------------------------------------------------------------------
+def per_task(state: dict, metric: str) -> list[float]:
+    return state["per_task"][str(state["headline_step"])][metric]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean over seeds and the half-width of its 95% t-interval (nan for one seed)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def combine(seed_diffs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Per-seed paired differences (mean, SE) -> (mean of the means, sqrt(sum SE^2) / n)."""
+    n = len(seed_diffs)
+    return sum(d for d, _ in seed_diffs) / n, math.sqrt(sum(se ** 2 for _, se in seed_diffs)) / n
+
+
+def paired(a: dict[int, dict], b: dict[int, dict] | None, state: str, metric: str,
+           floor: str | None = None) -> tuple[float, float]:
+    """a - b over identical tasks, per seed, combined: a and b map seed -> eval.json states; b's side
+    is the floor `floor` of a's own eval.json when b is None."""
+    diffs = []
+    for seed in sorted(a):
+        sa = a[seed][state]
+        vb = sa["floors_per_task"][floor][metric] if b is None else per_task(b[seed][state], metric)
+        va = per_task(sa, metric)
+        if len(va) != len(vb):
+            raise ValueError(f"seed {seed} {state}: {len(va)} vs {len(vb)} tasks: not the same tasks")
+        diffs.append(paired_difference(va, vb))
+    return combine(diffs)
+
+
+def summarize(runs: list[SeedRun]) -> dict:
+    """Everything the page shows, as plain numbers (the tests check these by hand)."""
+    by_method: dict[str, dict[int, dict]] = {}
+    val: dict[str, list[float]] = {}
+    for r in runs:
+        by_method.setdefault(r.method, {})[r.seed] = r.states
+        val.setdefault(r.method, []).append(r.best_val)
+    methods = list(by_method)
+    seeds = sorted(set.intersection(*(set(v) for v in by_method.values())))
+    by_method = {m: {s: v[s] for s in seeds} for m, v in by_method.items()}
+    first = by_method[methods[0]]
+    states = [s for s in STATES if all(s in first[k] for k in seeds)]
+    table: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    for state in states:
+        rows: dict[str, dict[str, tuple[float, float]]] = {}
+        for m in methods:
+            rows[m] = {k: mean_ci([headline(by_method[m][s][state])[k] for s in seeds])
+                       for k in ("mae", "ndcg@3", "ndcg_lin@3")}
+        for f in (*FLOORS, "random"):
+            if all(f in first[s][state].get("floors", {}) for s in seeds):
+                rows[f"floor: {f}"] = {k: mean_ci([first[s][state]["floors"][f][k] for s in seeds])
+                                       for k in ("mae", "ndcg@3", "ndcg_lin@3") if k in first[seeds[0]][state]["floors"][f]}
+        table[state] = rows
+    meta = [m for m in methods if m != BASELINE]
+    best = min(meta, key=lambda m: statistics.fmean(val[m])) if meta else None
+    comparisons: dict[str, dict[str, dict]] = {}
+    if best is not None:
+        for state in states:
+            floors = [f for f in FLOORS if f"floor: {f}" in table[state]]
+            best_floor = min(floors, key=lambda f: table[state][f"floor: {f}"]["mae"][0])
+            out = {"best_floor": best_floor}
+            for metric in ("mae", "ndcg@3"):
+                if BASELINE in by_method:
+                    out[f"{metric} vs {BASELINE}"] = paired(by_method[best], by_method[BASELINE], state, metric)
+                out[f"{metric} vs bias"] = paired(by_method[best], None, state, metric, "bias")
+                out[f"{metric} vs {best_floor}"] = paired(by_method[best], None, state, metric, best_floor)
+            out["ndcg@3 vs random"] = paired(by_method[best], None, state, "ndcg@3", "random")
+            comparisons[state] = out
+    return {"methods": methods, "seeds": seeds, "states": states, "table": table,
+            "val_mae": {m: mean_ci(v) for m, v in val.items()}, "best": best, "comparisons": comparisons}
+
+
+def targets(summary: dict) -> list[tuple[str, bool, str]]:
+    """The issue's ml-100k targets: (what, reached, the numbers)."""
+    out = []
+    comp = summary["comparisons"]
+    for state in ("user_cold", "user_item_cold"):
+        if state not in comp:
+            continue
+        for other in (BASELINE, "bias"):
+            key = f"mae vs {other}"
+            if key not in comp[state]:
+                continue
+            d, se = comp[state][key]
+            out.append((f"{state}: MAE of {summary['best']} below {other} by more than 2 SE", d < -2 * se,
+                        f"difference {d:+.4f} ± {se:.4f} SE ({_z(d, se)} SE)"))
+    for state in summary["states"]:
+        d, se = comp[state]["ndcg@3 vs random"]
+        out.append((f"{state}: nDCG@3 (2^r-1) of {summary['best']} above random order by more than 0.1", d > 0.1,
+                    f"difference {d:+.4f} ± {se:.4f} SE"))
+    return out
+
+
+# ---- the page ---------------------------------------------------------------------------------------
+def _z(d: float, se: float) -> str:
+    return f"{d / se:+.1f}" if se > 0 else ("+inf" if d > 0 else "-inf" if d < 0 else "0")
+
+
+def _pm(pair: tuple[float, float] | None) -> str:
+    if pair is None:
+        return ""
+    mean, ci = pair
+    return f"{mean:.4f}" if math.isnan(ci) else f"{mean:.4f} ± {ci:.4f}"
+
+
+def summary_tables(summary: dict) -> list[str]:
+    """Two compact tables (MAE; nDCG@3 with gain 2^r-1 / linear), one column per state: README shows them."""
+    states = summary["states"]
+    rows = list(summary["table"][states[0]])
+    out = ["## Summary", "", "MAE (mean over 3 seeds; lower is better):", "",
+           "| method | " + " | ".join(states) + " |", "|---" * (len(states) + 1) + "|"]
+    for name in rows:
+        cells = [summary["table"][s].get(name, {}).get("mae") for s in states]
+        if any(c is not None for c in cells):
+            out.append(f"| {name} | " + " | ".join("" if c is None else f"{c[0]:.4f}" for c in cells) + " |")
+    out += ["", "nDCG@3, gain 2^r-1 / gain linear (mean over seeds; higher is better):", "",
+            "| method | " + " | ".join(states) + " |", "|---" * (len(states) + 1) + "|"]
+    for name in rows:
+        cells = [summary["table"][s].get(name, {}) for s in states]
+        out.append(f"| {name} | " + " | ".join(f"{c['ndcg@3'][0]:.3f} / {c['ndcg_lin@3'][0]:.3f}" if "ndcg@3" in c else ""
+                                               for c in cells) + " |")
+    return out + [""]
+
+
+def shown_command(argv: list[str], data_folder: str | None) -> str:
+    """The command that made the page, as anyone could type it: no --report-only, the data named by
+    the folder the runs read (PATH/ml-100k, as `make help` writes it), no absolute path of this machine."""
+    shown, rest = ["python -m metarec.results"], iter(argv)
+    if data_folder:
+        shown += ["--data-root", f"PATH/{data_folder}"]
+    for arg in rest:
+        if arg == "--data-root":
+            next(rest, None)  # the runs' own data.root is shown above
+        elif arg != "--report-only" and not arg.startswith("--data-root="):
+            shown.append(f"PATH/{Path(arg).name}" if Path(arg).expanduser().is_absolute() else arg)
+    return " ".join(shown)
+
+
+def render(summary: dict, wall_s: float | None, hparams: dict[str, str], command: str,
+           fingerprint: str | None = None, protocol: str = "", data_folder: str | None = None) -> str:
+    seeds = ", ".join(map(str, summary["seeds"]))
+    copy = f"folder `{data_folder}`, " if data_folder else ""
+    lines = ["# Results on MovieLens-100K (MeLU's cold-start protocol)", "", *([protocol, ""] if protocol else []),
+             f"Generated by `make results` (`{command}`)"
+             + (f"; training and evaluating every run took {wall_s / 60:.1f} min wall time." if wall_s is not None else ".")
+             + (f" Every run read the same copy of the data ({copy}SHA-256 fingerprint `{fingerprint[:16]}…` in each "
+                "run_info.json)." if fingerprint else ""),
+             f"Split seeds {seeds} (one run per method and seed: `metarec train experiment=... seed=K`; the split "
+             "follows the seed). Cells: mean ± 95% CI over seeds (t-interval) of each run's mean over tasks. "
+             "nDCG@3 is given with both gains: **2^r-1** (MeLU's) and **linear** (r). Floors are computed on "
+             "the same tasks; `random` is the random-order nDCG.", ""]
+    lines += summary_tables(summary)
+    for state in summary["states"]:
+        lines += [f"## {state}", "", "| method | MAE | nDCG@3 (gain 2^r-1) | nDCG@3 (gain linear) |", "|---|---|---|---|"]
+        for name, row in summary["table"][state].items():
+            mark = " (best meta-learner)" if name == summary["best"] else ""
+            lines.append(f"| {name}{mark} | {_pm(row.get('mae'))} | {_pm(row.get('ndcg@3'))} | {_pm(row.get('ndcg_lin@3'))} |")
+        lines.append("")
+    best = summary["best"]
+    if best is not None:
+        lines += ["## Paired differences of the best meta-learner", "",
+                  f"Best meta-learner by mean validation MAE over seeds: **{best}**. Validation MAE (the trainer's "
+                  "best, mean ± 95% CI over seeds): " + ", ".join(f"{m} {_pm(v)}" for m, v in summary["val_mae"].items()) + ".",
+                  "", f"{best} minus the other method on identical tasks: per seed the mean over tasks and its SE, "
+                  "combined over seeds (mean of the seed means, SE = sqrt(sum SE_s^2) / n). Negative MAE and "
+                  "positive nDCG differences favour the meta-learner; z = difference / SE.", "",
+                  "| state | vs | MAE diff ± SE (z) | nDCG@3 (2^r-1) diff ± SE (z) |", "|---|---|---|---|"]
+        for state, comp in summary["comparisons"].items():
+            for other in (BASELINE, comp["best_floor"], "bias"):
+                if f"mae vs {other}" not in comp or (other == "bias" and comp["best_floor"] == "bias"):
+                    continue
+                label = other if other == BASELINE else f"floor: {other}" + (" (best floor)" if other == comp["best_floor"] else "")
+                cells = []
+                for metric in ("mae", "ndcg@3"):
+                    d, se = comp[f"{metric} vs {other}"]
+                    cells.append(f"{d:+.4f} ± {se:.4f} ({_z(d, se)})")
+                lines.append(f"| {state} | {label} | {cells[0]} | {cells[1]} |")
+        lines += ["", "## Targets (ml-100k)", ""]
+        for what, ok, numbers in targets(summary):
+            lines.append(f"- {'reached' if ok else '**not reached**'}: {what}: {numbers}")
+        lines.append("")
+    if hparams:
+        lines += ["## Hyper-parameters", "", "Chosen on validation users only (the trainer's best validation MAE); "
+                  "docs/tuning.md says how, per preset. Per method, the preset and its algorithm settings:", ""]
+        lines += [f"- {m}: {h}" for m, h in hparams.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Read what a run left on disk: one run folder as a Run, and the run folders under a sweep folder.
+
+Training and evaluation leave .hydra/, status.json, run_info.json, metrics.jsonl and eval.json in a
+run folder; this reads them without model code (runs copied off a cluster read the same), tolerating
+what a failed or running job leaves half-written. `metarec report` and metarec.results both read
+runs through load_run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+VAL_SPLITS = ("val", "valid", "validation")
+
+
+@dataclass
+class Run:
+    """One run folder as read from disk; a missing or unreadable file leaves its field empty."""
+    path: Path  # the folder as found under the DIR the user gave
+    name: str  # path shown in the report: relative to the report folder when inside it
+    overrides: list[str]  # from .hydra/overrides.yaml, e.g. ["algo=maml", "seed=1"]
+    config: dict  # .hydra/config.yaml, {} when missing
+    status: str  # finished | failed | running | unfinished
+    reason: str | None  # why it is not finished
+    step: int | None  # last training step status.json recorded
+    info: dict  # run_info.json, {} when missing
+    val: list[dict]  # metrics.jsonl rows of the validation split
+    states: dict  # eval.json "states", {} when there is none
+
+    @property
+    def seed(self) -> str | None:
+        for item in self.overrides:
+            if _override_key(item) == "seed":
+                return item.split("=", 1)[1]
+        return None if self.config.get("seed") is None else str(self.config["seed"])
+
+    @property
+    def configuration(self) -> str:
+        """The overrides without the seed: runs that share it are seeds of one configuration."""
+        return " ".join(o for o in self.overrides if _override_key(o) != "seed") or "(defaults)"
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        """run_info.json's SHA-256 of the data files the run read (None for runs without one)."""
+        value = self.info.get("data_fingerprint")
+        return None if value is None else str(value)
+
+    @property
+    def data_root(self) -> str | None:
+        """The data.root the run was configured with (None: the cache, or generated data)."""
+        value = lookup(self.config, "data", "root")
+        return None if value in (None, "") else str(value)
+
+    def best_val(self, metric: str = "mae") -> float:
+        """The best (lowest) validation `metric` the trainer logged; nan when it logged none."""
+        values = [v for v in (number(row.get(metric)) for row in self.val) if v is not None]
+        return min(values) if values else float("nan")
+
+
+def headline_step(steps: dict) -> str | None:
+    """The key of the last adaptation step in an eval.json "steps" dict ("10" of "0", "2", "10")."""
+    keys = [k for k in steps if re.fullmatch(r"-?\d+", str(k))]
+    return max(keys, key=int) if keys else None
+
+
+def headline(state: dict) -> dict:
+    """A state's headline metrics: those at its "headline_step" (the adaptation steps the run was
+    evaluated for), else at its last adaptation step."""
+    steps = state.get("steps") if isinstance(state, dict) else None
+    key = headline_step(steps) if isinstance(steps, dict) else None
+    if isinstance(steps, dict) and str(state.get("headline_step")) in steps:
+        key = str(state["headline_step"])
+    return dict(steps[key]) if key is not None and isinstance(steps[key], dict) else {}
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / ".hydra").is_dir() or (path / "status.json").is_file() or (path / "eval.json").is_file()
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run folder at or under root (runs do not nest, so a run folder is not descended)."""
+    if is_run_folder(root):
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        if here != root and is_run_folder(here):
+            found.append(here)
+            dirnames.clear()
+        else:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    """The run in `path`: its status is "unfinished" when it claims to be finished without eval.json states."""
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml")
+    config = _read_yaml(path / ".hydra" / "config.yaml")
+    status_doc, _ = _read_json(path / "status.json")
+    info, _ = _read_json(path / "run_info.json")
+    eval_doc, eval_error = _read_json(path / "eval.json")
+    states = eval_doc.get("states") if isinstance(eval_doc, dict) else None
+    if not isinstance(states, dict) or not states:
+        states, eval_error = {}, eval_error or "eval.json has no states"
+    status_doc = status_doc if isinstance(status_doc, dict) else {}
+    status, reason, step = status_doc.get("status"), status_doc.get("reason"), status_doc.get("step")
+    if status in (None, "finished") and not states:
+        status, reason = "unfinished", reason or eval_error
+    elif status is None:
+        status = "finished"  # evaluated, but written by a version that kept no status.json
+    return Run(
+        path=path,
+        name=name or str(path),
+        overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
+        config=config if isinstance(config, dict) else {},
+        status=str(status),
+        reason=None if reason is None else str(reason),
+        step=step if isinstance(step, int) else None,
+        info=info if isinstance(info, dict) else {},
+        val=[row for row in _read_jsonl(path / "metrics.jsonl") if row.get("split") in VAL_SPLITS],
+        states=states,
+    )
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _read_json(path: Path) -> tuple[object, str | None]:
+    if not path.is_file():
+        return None, f"no {path.name}"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return None, f"{path.name} unreadable ({type(err).__name__}: {err})"
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:  # a running job may have left a half-written last line
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def lookup(doc: dict, *keys: str):
+    """doc[k1][k2]..., or None where a level is missing or not a dict."""
+    for key in keys:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc
+
+
+def number(value) -> float | None:
+    """A finite-or-infinite float from a JSON number; None for bools, strings, None and nan."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
