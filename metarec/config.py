@@ -32,6 +32,10 @@ class MovieLensConfig:
     item_factors: int = 0  # rank of collaborative item factors fitted on the training ratings; 0 = none
     factor_reg: float = 10.0  # their ridge penalty in the factorisation
     factor_folds: int = 5  # meta-train users read factors fitted without their fold (cross-fitting)
+    mf_rank: int = 10  # the mf_foldin / mf_transductive floors' rank (metarec/data/mf_floors.py) ...
+    mf_reg: float = 10.0  # ... the ridge penalty of their factors fitted on the training ratings ...
+    mf_foldin_reg: float = 3.0  # ... of a task's own factors in mf_foldin ...
+    mf_transductive_reg: float = 10.0  # ... and of every factor in mf_transductive's joint fit
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from metarec.data.download import fingerprint, locate_movielens
+from metarec.data import mf_floors
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.movielens_io import MovieLensRaw, read_movielens
 from metarec.errors import UserError
@@ -126,6 +127,7 @@ class MovieLensTasks:
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
         self._split(split_seed)
         self.factor_table = None
+        self._mf_fit: tuple[mf_floors.MFSettings, mf_floors.MFFit] | None = None  # mf_foldin's training fit
         if cfg.item_factors:
             self._item_factors(split_seed)
         self.n_base = 5  # gender, age, occupation, zip, year: item context goes after them, item ids last
@@ -375,7 +377,32 @@ class MovieLensTasks:
             "user_mean": user_mean.expand_as(yq),
             "bias": self.mu + user_bias + b_qi,
             "bias_transductive": self.mu + user_bias_t + b_tq,
+            **self._mf_floors(t),
         }
+
+    def mf_settings(self) -> mf_floors.MFSettings:
+        c = self.cfg
+        if c.mf_rank < 1 or min(c.mf_reg, c.mf_foldin_reg, c.mf_transductive_reg) <= 0:
+            raise UserError(f"data.mf_rank={c.mf_rank} must be >= 1 and data.mf_reg={c.mf_reg}, data.mf_foldin_reg="
+                            f"{c.mf_foldin_reg}, data.mf_transductive_reg={c.mf_transductive_reg} > 0")
+        return mf_floors.MFSettings(c.mf_rank, c.mf_reg, c.mf_foldin_reg, c.mf_transductive_reg)
+
+    def _mf_floors(self, t: EvalTasks) -> dict[str, Tensor]:
+        """mf_foldin and mf_transductive (metarec/data/mf_floors.py) on the tasks t: [tasks, Q] each."""
+        settings, raw, tr = self.mf_settings(), self.raw, self.train_ratings
+        train = (torch.from_numpy(raw.rating_user[tr]), torch.from_numpy(raw.rating_item[tr]),
+                 torch.from_numpy(raw.rating[tr].astype(np.float64)))
+        n_users, n_items = len(raw.user_gender), len(raw.item_year)
+        if self._mf_fit is None or self._mf_fit[0] != settings:  # the training fit, once per settings
+            self._mf_fit = (settings, mf_floors.fit(*train, n_users, n_items, self.mu, settings.rank, settings.reg,
+                                                    settings.iters))
+        item = torch.from_numpy(raw.rating_item)
+        y = torch.from_numpy(raw.rating.astype(np.float64))
+        s, sm, q = t.support.cpu(), t.support_mask.cpu().double(), t.query.cpu()
+        support = (item[s], y[s] * sm, sm)
+        foldin = mf_floors.foldin_floor(self._mf_fit[1], support, item[q], settings.foldin_reg)
+        trans = mf_floors.transductive_floor(train, n_users, n_items, self.mu, support, item[q], settings)
+        return {"mf_foldin": foldin.to(self.y), "mf_transductive": trans.to(self.y)}
 
     def info(self) -> dict:
         out = {"folder": str(self.folder), "files": [str(p) for p in self.source_files],
