@@ -16,7 +16,7 @@ from metarec.evaluate import paired_difference
 from metarec.runs import headline
 from metarec.states import STATES
 
-FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive")
+FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive", "mf_foldin", "mf_transductive")
 BASELINE = "pretrain"  # not a meta-learner: never "the best meta-learner"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
