@@ -45,7 +45,8 @@ def build_algo(cfg, source, name: str | None = None):
     from metarec.train import build_model
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.algo, source.model_spec()).to(source.device)
-    return ALGOS[name or cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile)
+    return ALGOS[name or cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile,
+                                        fast_paths=cfg.trainer.fast_paths)
 
 
 def reference_step(algo) -> Callable:
@@ -160,7 +161,7 @@ def bench_eval(source, repeats: int, steps: int = 5) -> dict:
 
 
 def bench_compile(source, meta_batch: int, steps: int, repeats: int, min_time: float) -> dict:
-    """trainer.compile=true (maml, first order: second order runs the written-out _SecondOrderMAML, which
+    """trainer.compile=true (maml, first order: second order runs the written-out SecondOrderMAML, which
     stays eager): the one-off compile time apart from tasks/s."""
     cfg = compose(base_overrides(source) + ["algo=maml", "algo.first_order=true", f"algo.inner_steps={steps}",
                                             f"trainer.meta_batch_size={meta_batch}", "trainer.compile=true"])

@@ -79,6 +79,7 @@ class TrainerConfig:
     patience: Optional[int] = None  # stop after N validations without improvement; null = never
     resume: Optional[str] = None  # auto (newest last.pt of this run dir) | PATH
     compile: bool = False  # torch.compile the inner loop
+    fast_paths: bool = True  # the engine's written-out paths for models that declare them; false: the core path alone (debugging, new models)
     tensorboard: bool = False
     progress: bool = True  # tqdm bar
 

@@ -81,7 +81,7 @@ def build(cfg: DictConfig, device: torch.device, progress: bool = True):
     if cfg.algo.name not in ALGOS:
         raise UserError(f"algo={cfg.algo.name!r} is not one of {', '.join(ALGOS)}")
     try:
-        algo = ALGOS[cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile)
+        algo = ALGOS[cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile, fast_paths=cfg.trainer.fast_paths)
     except ValueError as e:
         raise UserError(str(e)) from None
     return source, model, algo

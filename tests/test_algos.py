@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from metarec.algos import ALGOS
-from metarec.engine import masked_task_loss
+from metarec.engine import InnerLoop, masked_task_loss
 from metarec.models.melu import MeLU
 from metarec.reference import per_task_meta_loss
 
@@ -98,7 +98,7 @@ def test_prompt_adapt_prompt_leaves_theta_untouched_in_the_inner_loop():
     batch = rating_batch()
     params = algo.params()
     h = algo.engine.features(params, batch.support_x)
-    fast = algo.engine.adapt(params, h, batch.support_y, batch.support_mask, 0.3, 3, first_order=False)
+    fast = algo.engine.adapt(params, h, batch.support_y, batch.support_mask, InnerLoop(0.3, 3))
     assert set(fast) == {"head.prompt"} and fast["head.prompt"].shape == (batch.n_tasks, 2, 3)
     # every task has its own prompt after adaptation, theta is shared and unchanged
     assert not torch.allclose(fast["head.prompt"][0], fast["head.prompt"][1])

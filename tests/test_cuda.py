@@ -26,14 +26,15 @@ def assert_close(got, want, names, atol=1e-10):
         assert torch.allclose(a, b, atol=atol, rtol=0), name
 
 
-MAML_CASES = [(option, "mlp") for option in SPEED_OPTIONS] + [("hand, Gram first layer", "all"), ("vmap", "all")]
+MAML_CASES = ([(option, "mlp") for option in SPEED_OPTIONS]
+              + [("fast: Gram first layer, written second order", "all"), ("core only", "all")])
 
 
 @pytest.mark.parametrize("option, inner_params", MAML_CASES)
 @pytest.mark.parametrize("first_order", [False, True])
 def test_maml_meta_gradient_on_the_gpu_equals_the_loop_and_the_cpu(option, inner_params, first_order):
-    """Every engine path (hand-batched Gram / explicit / one group per length, the fields' hand path for
-    inner_params=all, vmap; the written-out second order included), float64, 3 inner steps, ragged tasks."""
+    """Every engine path (the fast path: Gram / explicit / one group per length, the hand fields for
+    inner_params=all, the written-out second order; the core path alone), float64, 3 inner steps, ragged tasks."""
     batch = rating_batch(n_tasks=6, support=(1, 9))
     model, algo = make(inner_params, first_order, 3)
     cpu = grads_of(with_option(algo, SPEED_OPTIONS[option]).meta_loss(batch), list(model.parameters()))

@@ -6,6 +6,8 @@ from metarec.reference import per_task_meta_loss
 from omegaconf import OmegaConf
 
 from metarec.algos.maml import MAML
+from metarec.engine import InnerLoop
+from metarec.engine.groups import length_groups
 from metarec.models.melu import MeLU
 
 
@@ -21,11 +23,14 @@ def grads_of(loss, params):
     return torch.autograd.grad(loss, params, allow_unused=True)
 
 
+@pytest.mark.parametrize("path", ["fast", "core only"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("inner_params", ["mlp", "all"])
-def test_vectorized_meta_gradient_equals_per_task_loop(steps, first_order, inner_params):
+def test_vectorized_meta_gradient_equals_per_task_loop(steps, first_order, inner_params, path):
+    """The fast path here is the hand MLP (mlp) or the hand fields (all); second order, the written pass back."""
     model, algo = make(inner_params, first_order, steps)
+    algo = with_option(algo, "core" if path == "core only" else {})
     batch = rating_batch()
     params = list(model.parameters())
     fast_grads = grads_of(algo.meta_loss(batch), params)
@@ -78,22 +83,23 @@ def test_encoder_runs_once_when_only_the_head_adapts():
 
 # ---- every speed option of the engine against the same oracle ---------------------------------------
 
-SPEED_OPTIONS = {
-    "hand, Gram first layer": {},
-    "hand, explicit first layer": {"gram": False},
-    "hand, one group per length": {"group_cost": 0},
-    "vmap": "vmap",
+SPEED_OPTIONS = {  # the engine's paths: the core alone (trainer.fast_paths=false) and the fast path's variants
+    "fast: Gram first layer, written second order": {},
+    "fast: explicit first layer": {"gram": False},
+    "fast: one group per length": {"group_cost": 0},
+    "core only": "core",
 }
 
 
 def with_option(algo, option):
     from metarec.engine import Engine
-    if option == "vmap":
-        algo.engine = Engine(algo.model, algo.engine.inner_names, "rating", hand=False)
+    if option == "core":
+        algo.engine = Engine(algo.model, algo.engine.inner_names, algo.kind, fast_paths=False)
+        assert algo.engine.fast is None
     else:
-        assert algo.engine.hand is not None
+        assert algo.engine.fast is not None
         for k, v in option.items():
-            setattr(algo.engine, k, v)
+            setattr(algo.engine.fast, k, v)
     return algo
 
 
@@ -116,20 +122,51 @@ def test_evaluation_trace_is_the_same_on_every_path(option):
     model, algo = make("mlp", False, 2)
     batch = rating_batch(n_tasks=6, support=(1, 9))
     want = MAML(algo.cfg, model, "rating").adapt_trace(batch, 3)
-    want_vmap = with_option(MAML(algo.cfg, model, "rating"), "vmap").adapt_trace(batch, 3)
+    want_core = with_option(MAML(algo.cfg, model, "rating"), "core").adapt_trace(batch, 3)
     got = with_option(algo, SPEED_OPTIONS[option]).adapt_trace(batch, 3)
-    for a, b, c in zip(want, want_vmap, got):
+    for a, b, c in zip(want, want_core, got):
         assert torch.allclose(a, b, atol=1e-10, rtol=0) and torch.allclose(a, c, atol=1e-10, rtol=0)
 
 
-def test_hand_path_is_used_only_where_it_reproduces_the_module():
-    from metarec.engine import Engine, HandFieldsMLP, HandMLP
+def test_fast_path_is_used_where_the_model_declares_it():
+    from metarec.engine import Engine
+    from metarec.engine.groups import HandPath
+    from metarec.engine.hand import HandFieldsMLP, HandMLP
+    from metarec.models.conv4 import Conv4
     model, algo = make("mlp")
-    assert isinstance(algo.engine.hand, HandMLP)
-    assert isinstance(make("all")[1].engine.hand, HandFieldsMLP)
-    assert Engine(model, ["head.net.0.weight"], "classification").hand is None  # cross-entropy: vmap
+    assert isinstance(algo.engine.fast.hand, HandMLP)
+    assert isinstance(make("all")[1].engine.fast.hand, HandFieldsMLP)
+    assert Engine(model, ["head.net.0.weight"], "classification").fast is None  # cross-entropy: the core path
+    assert Engine(model, ["head.net.0.weight"], "rating", fast_paths=False).fast is None
     with pytest.raises(ValueError):
-        Engine(model, ["head.net.0.weight"], "classification", hand=True)
+        HandPath(model, ["head.net.0.weight"], "classification", features=None)
+    conv = Conv4({"ways": 3}, channels=4)
+    assert Engine(conv, [n for n, _ in conv.named_parameters()], "rating").fast is None  # declares no form
+    factors = MeLU({**SPEC, "factors": torch.randn(7, 2)}, embedding_dim=6, hidden=[8, 8])
+    assert Engine(factors, factors.param_groups()["all"], "rating").fast is None  # a factor table: not written out
+    assert Engine(factors, factors.param_groups()["mlp"], "rating").fast is not None
+
+
+@pytest.mark.parametrize("prompt", [(0, 0), (2, 3)])
+@pytest.mark.parametrize("inner_params", ["mlp", "all"])
+def test_the_declared_form_computes_what_the_model_computes(inner_params, prompt):
+    """What the engine writes out from the model's declaration (forms.py) gives the module's own output."""
+    model, algo = make(inner_params, prompt=prompt)
+    engine, params, batch = algo.engine, algo.params(), rating_batch()
+    h = engine.features(params, batch.support_x)
+    want = torch.stack([engine.module(h[i]) for i in range(batch.n_tasks)])
+    assert torch.allclose(engine.fast.predict(params, {}, h), want, atol=1e-12, rtol=0)
+
+
+def test_the_sinusoid_mlp_declares_its_form():
+    from metarec.models.mlp import MLP
+    torch.manual_seed(0)
+    model = MLP({"in_dim": 1}, hidden=(8, 8), prompt_len=2, prompt_dim=3).double()
+    engine = MAML(OmegaConf.create(dict(inner_lr=0.3, inner_steps=1, first_order=False, inner_params="all", meta_lr=1e-3,
+                                        learn_inner_lr=False, weight_decay=0.0)), model, "regression").engine
+    x = torch.randn(3, 5, 1, dtype=torch.float64)
+    want = torch.stack([model(x[i]) for i in range(3)])
+    assert torch.allclose(engine.fast.predict(dict(model.named_parameters()), {}, x), want, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("option", list(SPEED_OPTIONS))
@@ -150,13 +187,13 @@ def test_every_speed_option_equals_the_oracle_when_everything_adapts(option, fir
         assert torch.allclose(x, y, atol=1e-10, rtol=0), name
 
 
-# ---- second order with the pass back written out (_SecondOrderMAML) -----------------------------------
+# ---- second order with the pass back written out (SecondOrderMAML) -----------------------------------
 
 def count_written(monkeypatch) -> list:
     """Records each length group that the written-out second-order pass runs (its support input's shape)."""
-    from metarec import engine
-    calls, apply = [], engine._SecondOrderMAML.apply
-    monkeypatch.setattr(engine._SecondOrderMAML, "apply", lambda *args: calls.append(tuple(args[4].shape)) or apply(*args))
+    from metarec.engine.second_order import SecondOrderMAML
+    calls, apply = [], SecondOrderMAML.apply
+    monkeypatch.setattr(SecondOrderMAML, "apply", lambda *args: calls.append(tuple(args[4].shape)) or apply(*args))
     return calls
 
 
@@ -184,15 +221,15 @@ def test_written_second_order_equals_the_oracle(case, monkeypatch):
     steps, build, options = WRITTEN_CASES[case]
     model, algo = build(steps)
     for k, v in options.items():
-        setattr(algo.engine, k, v)
+        setattr(algo.engine.fast, k, v)
     calls = count_written(monkeypatch)
     batch = rating_batch(n_tasks=7, support=(1, 9))
     params = list(model.parameters())
     got = grads_of(algo.meta_loss(batch), params)
-    n_groups = len(algo.engine.length_groups(batch.support_mask))
+    n_groups = len(length_groups(batch.support_mask, algo.engine.fast.group_cost))
     assert len(calls) == n_groups and (n_groups > 1) == bool(options)
     want = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, steps, False), params)
-    algo.engine.written_backward = False
+    algo.engine.fast.written_backward = False
     autograd = grads_of(algo.meta_loss(batch), params)
     assert len(calls) == n_groups
     for (name, _), a, b, c in zip(model.named_parameters(), got, want, autograd):
@@ -215,7 +252,7 @@ def test_written_second_order_is_not_used_where_it_does_not_apply(case, monkeypa
     kw, options = FALLBACK_CASES[case]
     model, algo = make(**{"steps": 2, **kw})
     for k, v in options.items():
-        setattr(algo.engine, k, v)
+        setattr(algo.engine.fast, k, v)
     calls = count_written(monkeypatch)
     batch = rating_batch(n_tasks=6, support=(1, 9))
     params = list(model.parameters()) + (list(algo.inner_lrs.parameters()) if algo.inner_lrs is not None else [])
@@ -235,12 +272,12 @@ def test_adapt_predict_is_predict_after_adapt_on_unsorted_tasks(monkeypatch):
     predict(adapt(...)) with autograd through the written-out inner loop."""
     model, algo = make("mlp", False, 3)
     engine, params = algo.engine, algo.params()
-    engine.group_cost = 0
+    engine.fast.group_cost = 0
     batch = rating_batch(n_tasks=8, support=(1, 9), seed=3)
     assert bool((batch.support_mask.sum(1).diff() < 0).any())  # not sorted
     h_query = engine.features(params, batch.query_x).detach().requires_grad_(True)
     calls = count_written(monkeypatch)
-    args = (params, None, batch.support_y, batch.support_mask, 0.3, 3, False)
+    args = (params, None, batch.support_y, batch.support_mask, InnerLoop(0.3, 3))
     got = engine.adapt_predict(*args, h_query, x=batch.support_x)
     assert len(calls) > 1
     want = engine.predict(params, engine.adapt(*args, x=batch.support_x), h_query)
@@ -259,7 +296,7 @@ def test_compiled_engine_equals_the_oracle():
     cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params="mlp", meta_lr=1e-3,
                                 learn_inner_lr=False, weight_decay=0.0))
     algo = MAML(cfg, model, "rating", compile=True)
-    algo.engine.written_backward = False  # second order through the compiled inner loop, not _SecondOrderMAML
+    algo.engine.fast.written_backward = False  # second order through the compiled inner loop, not SecondOrderMAML
     batch = rating_batch(n_tasks=6, support=(1, 9))
     a = grads_of(algo.meta_loss(batch), list(model.parameters()))
     b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, 3, False), list(model.parameters()))
@@ -311,7 +348,7 @@ def reptile_case(case, device="cpu", **kw):
     model, reference_model = build().double().to(device), build().double().to(device)
     reference_model.load_state_dict(model.state_dict())
     algo = Reptile(cfg, model, kind)  # built on the device: off the CPU conv4 runs through vmap
-    assert (algo.engine.hand is None) == (case == "conv4")  # both paths of the engine are covered
+    assert (algo.engine.fast is None) == (case == "conv4")  # both paths of the engine are covered
     return algo, reference_model, batch.to(device), kind
 
 

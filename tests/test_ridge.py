@@ -31,7 +31,7 @@ def per_task_weights(algo, x, y):
     phi = algo.features(x)
     lam = algo.log_prior.exp()
     design = torch.cat([phi, torch.diag(lam.sqrt())])
-    target = torch.cat([y - algo.head.offset, lam.sqrt() * algo.prior()])
+    target = torch.cat([y - algo.model.output_offset(), lam.sqrt() * algo.prior()])
     return torch.linalg.solve(design.T @ design, design.T @ target)
 
 
@@ -72,7 +72,7 @@ def per_task_meta_gradient(algo, batch, params):
     for i in range(batch.n_tasks):
         sm, qm = batch.support_mask[i].bool(), batch.query_mask[i].bool()
         w = per_task_weights(algo, batch.support_x[i][sm], batch.support_y[i][sm])
-        pred = algo.head.offset + algo.features(batch.query_x[i][qm]) @ w
+        pred = algo.model.output_offset() + algo.features(batch.query_x[i][qm]) @ w
         losses.append(((pred - batch.query_y[i][qm]) ** 2).mean())
     return torch.autograd.grad(torch.stack(losses).mean(), params)
 

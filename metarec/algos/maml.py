@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import MetaLearner, adapted_names
-from metarec.engine import Engine, Params, masked_task_loss
+from metarec.engine import Engine, InnerLoop, Params, masked_task_loss
 from metarec.tasks import TaskBatch
 
 
@@ -14,7 +14,7 @@ class MAML(MetaLearner):
 
     inner_optimizers = ("sgd",)  # algo.inner_optimizer values this algorithm trains with
 
-    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
+    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         self.cfg, self.model, self.kind = cfg, model, kind  # read by inner_params() and inner_adam()
         optimizer = cfg.get("inner_optimizer", "sgd")
         if optimizer not in self.inner_optimizers:
@@ -22,7 +22,7 @@ class MAML(MetaLearner):
                              f"for algo={type(self).__name__.lower()}" + ("" if "adam" in self.inner_optimizers else
                                                                           " (the inner Adam is reptile's only)"))
         self.inner_adam()  # bad betas fail here, not at the first step
-        self.engine = Engine(model, adapted_names(model, self.inner_params()), kind, compile=compile)
+        self.engine = Engine(model, adapted_names(model, self.inner_params()), kind, compile=compile, fast_paths=fast_paths)
         # Meta-SGD: one learned inner rate per adapted weight, initialised at alpha.
         self.inner_lrs = nn.ParameterDict({
             n.replace(".", "__"): nn.Parameter(torch.full_like(p, cfg.inner_lr))
@@ -61,8 +61,9 @@ class MAML(MetaLearner):
         batch = batch.select(batch.support_mask.sum(1).argsort(stable=True))
         h_query = self.engine.features(params, batch.query_x)
         # the engine encodes the support set itself, per group of similar size (x=, not h)
-        pred = self.engine.adapt_predict(params, None, batch.support_y, batch.support_mask, self.inner_lr(),
-                                         self.cfg.inner_steps, self.cfg.first_order, h_query, x=batch.support_x)
+        loop = InnerLoop(self.inner_lr(), self.cfg.inner_steps, self.cfg.first_order)
+        pred = self.engine.adapt_predict(params, None, batch.support_y, batch.support_mask, loop, h_query,
+                                         x=batch.support_x)
         return masked_task_loss(pred, batch.query_y, batch.query_mask, self.kind).mean()
 
     def adapt_trace(self, batch: TaskBatch, steps: int, at: list[int] | None = None) -> list[Tensor]:
@@ -82,8 +83,8 @@ class MAML(MetaLearner):
             with torch.no_grad():
                 preds.append(self.engine.predict(params, {n: w.detach() for n, w in fast.items()}, h_query))
 
-        self.engine.adapt(params, h_support, batch.support_y, batch.support_mask, lr, steps,
-                          first_order=True, track=False, on_step=record, adam=self.inner_adam())
+        loop = InnerLoop(lr, steps, first_order=True, track=False, adam=self.inner_adam())
+        self.engine.adapt(params, h_support, batch.support_y, batch.support_mask, loop, on_step=record)
         return preds
 
     def state_dict(self) -> dict:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from metarec.algos.maml import MAML
-from metarec.engine import masked_task_loss
+from metarec.engine import InnerLoop, masked_task_loss
 from metarec.tasks import TaskBatch
 
 
@@ -17,10 +17,10 @@ class Reptile(MAML):
 
     inner_optimizers = ("sgd", "adam")
 
-    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):
+    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         if cfg.learn_inner_lr:
             raise ValueError("algo.learn_inner_lr=true is for maml and prompt: Reptile has no meta-gradient for it")
-        super().__init__(cfg, model, kind, compile)
+        super().__init__(cfg, model, kind, compile, fast_paths)
         if cfg.outer == "interpolate":
             self.optimizer = torch.optim.SGD(self.meta_parameters(), lr=cfg.meta_lr)
         elif cfg.outer != "adam":
@@ -32,8 +32,8 @@ class Reptile(MAML):
         params = self.params()
         data = batch.merged()  # Reptile trains each task on all of its data
         h = self.engine.features(params, data.support_x)
-        fast = self.engine.adapt(params, h.detach(), data.support_y, data.support_mask, self.cfg.inner_lr,
-                                 self.cfg.inner_steps, first_order=True, track=False, adam=self.inner_adam())
+        loop = InnerLoop(self.cfg.inner_lr, self.cfg.inner_steps, first_order=True, track=False, adam=self.inner_adam())
+        fast = self.engine.adapt(params, h.detach(), data.support_y, data.support_mask, loop)
         fast = {n: w.detach() for n, w in fast.items()}
         # Weights the inner loop does not adapt (e.g. the encoder when only the head adapts) get
         # the ordinary gradient of the tasks' loss at the adapted weights.

@@ -28,13 +28,11 @@ from metarec.tasks import TaskBatch
 
 
 class Ridge(MetaLearner):
-    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False):  # no inner steps to compile
+    def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):  # no inner steps
         if kind == "classification":
             raise ValueError("algo=ridge solves a squared error: it fits ratings or regression, not classification")
-        head = getattr(model, "head", None)
-        net = getattr(head, "net", None)
-        if (not isinstance(net, nn.Sequential) or not isinstance(net[-1], nn.Linear) or net[-1].out_features != 1
-                or getattr(head, "prompt", None) is not None):
+        last = model.last_layer() if hasattr(model, "last_layer") else None
+        if last is None or last.out_features != 1 or "prompt" in model.param_groups():
             raise ValueError("algo=ridge needs a head MLP with one output and no prompt vectors "
                              "(model=melu or model=mlp with algo.prompt_len=0)")
         if cfg.learn_inner_lr or cfg.first_order or cfg.get("inner_optimizer", "sgd") != "sgd":
@@ -43,13 +41,12 @@ class Ridge(MetaLearner):
         if min(cfg.prior_precision, cfg.prior_precision_bias) <= 0:
             raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
                              f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")
-        self.head, self.last = head, net[-1]
-        encoder = getattr(model, "encoder", None)
-        self.n_factors = getattr(encoder, "factor_dim", 0)
+        self.last = last
+        self.n_factors = model.factor_dim
         factor_precision = cfg.prior_precision if cfg.prior_precision_factors is None else cfg.prior_precision_factors
         if factor_precision <= 0:
             raise ValueError(f"algo.prior_precision_factors={factor_precision} must be > 0")
-        start = torch.cat([torch.full((net[-1].in_features,), float(cfg.prior_precision)),
+        start = torch.cat([torch.full((last.in_features,), float(cfg.prior_precision)),
                            torch.full((self.n_factors,), float(factor_precision)),
                            torch.tensor([float(cfg.prior_precision_bias)])])
         self.log_prior = nn.Parameter(start.log().to(self.last.weight), requires_grad=bool(cfg.learn_prior))
@@ -61,13 +58,13 @@ class Ridge(MetaLearner):
                 + ([self.log_prior] if self.log_prior.requires_grad else []))
 
     def _offset(self) -> Tensor | float:
-        return getattr(self.head, "offset", 0.0)
+        return self.model.output_offset()
 
     def features(self, x: Tensor) -> Tensor:
         """phi [tasks, n, width + factors + 1]: the last hidden layer of every example, its item's
         collaborative factors (data.item_factors: a matrix factorisation's fold-in), and a 1."""
-        hidden = self.head.net[:-1](self.model.encoder(x))
-        q = self.model.encoder.factor_features(x) if self.n_factors else None
+        hidden = self.model.last_hidden(x)
+        q = self.model.factor_features(x) if self.n_factors else None
         return torch.cat([hidden] + ([] if q is None else [q.to(hidden)]) + [torch.ones_like(hidden[..., :1])], dim=-1)
 
     def prior(self) -> Tensor:

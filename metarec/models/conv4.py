@@ -51,3 +51,7 @@ class Conv4(nn.Module):
         """No separate decision layers: every group adapts everything."""
         names = [name for name, _ in self.named_parameters()]
         return {"all": names, "mlp": names}
+
+    def fast_form(self, whole: bool) -> None:
+        """No written-out form (convolutions, cross-entropy): the engine's core path."""
+        return None

@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metarec.engine.forms import FieldsForm, MLPForm
+from metarec.models.prompt_mlp import PromptMLP
+
 
 class FieldEncoder(nn.Module):
     """x [..., fields + multi_hot (+ 1)] (long) -> concatenated field embeddings [..., (fields + 1) * dim
@@ -35,29 +38,6 @@ class FieldEncoder(nn.Module):
         return torch.cat(parts + [pooled] + ([] if q is None else [q.to(pooled.dtype)]), dim=-1)
 
 
-class PromptMLP(nn.Module):
-    """The decision layers; optional learnable prompt vectors are joined to every input row."""
-
-    def __init__(self, in_dim: int, hidden: list[int], offset: float, prompt_len: int = 0, prompt_dim: int = 0):
-        super().__init__()
-        self.prompt = nn.Parameter(0.1 * torch.randn(prompt_len, prompt_dim)) if prompt_len * prompt_dim else None
-        widths = [in_dim + prompt_len * prompt_dim, *hidden]
-        layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        layers.append(nn.Linear(widths[-1], 1))
-        self.net = nn.Sequential(*layers)
-        # Predicting offset + output keeps the meta-learned start on the rating scale, so the
-        # inner loop does not spend its steps shifting the scale (DESIGN.md, "Pitfalls").
-        self.register_buffer("offset", torch.tensor(float(offset)))
-
-    def forward(self, h: Tensor) -> Tensor:
-        if self.prompt is not None:
-            prompt = self.prompt.reshape(-1).expand(*h.shape[:-1], -1)
-            h = torch.cat([h, prompt], dim=-1)
-        return self.offset + self.net(h).squeeze(-1)
-
-
 class MeLU(nn.Module):
     """Rating predictor; spec comes from the MovieLens task source (field sizes, rating mean)."""
 
@@ -85,3 +65,31 @@ class MeLU(nn.Module):
         if self.head.prompt is not None:
             groups["prompt"] = ["head.prompt"]
         return groups
+
+    def fast_form(self, whole: bool) -> MLPForm | FieldsForm | None:
+        """The engine's fast path: the head, or (whole=True) the whole model, which a factor table
+        (data.item_factors) leaves unwritten."""
+        if not whole:
+            return self.head.form()
+        if self.encoder.factors is not None:
+            return None
+        enc = self.encoder
+        return FieldsForm(tuple(f"encoder.embeddings.{name}.weight" for name in enc.field_names),
+                          "encoder.multi.weight", self.head.form())
+
+    # what algo=ridge solves for: the last layer on the last hidden layer (and the item factors)
+    def last_hidden(self, x: Tensor) -> Tensor:
+        return self.head.hidden(self.encoder(x))
+
+    def last_layer(self) -> nn.Linear:
+        return self.head.net[-1]
+
+    def output_offset(self) -> Tensor:
+        return self.head.offset
+
+    @property
+    def factor_dim(self) -> int:
+        return self.encoder.factor_dim
+
+    def factor_features(self, x: Tensor) -> Tensor | None:
+        return self.encoder.factor_features(x)

@@ -1,31 +1,10 @@
 """The sinusoid regressor of the MAML paper (MLP 40-40), with optional prompt vectors."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-
-class PromptedMLP(nn.Module):
-    """ReLU MLP -> one output; a learnable prompt, when present, is joined to every input row."""
-
-    def __init__(self, in_dim: int, hidden: tuple[int, ...], prompt_len: int = 0, prompt_dim: int = 0):
-        super().__init__()
-        n_prompt = prompt_len * prompt_dim
-        if n_prompt > 0:
-            self.prompt = nn.Parameter(0.1 * torch.randn(prompt_len, prompt_dim))
-        layers: list[nn.Module] = []
-        width = in_dim + n_prompt
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:  # x [n, in_dim] -> [n]
-        if hasattr(self, "prompt"):
-            prompt = self.prompt.reshape(1, -1).expand(x.shape[0], -1)
-            x = torch.cat([x, prompt.to(x.dtype)], dim=-1)
-        return self.net(x).squeeze(-1)
+from metarec.engine.forms import MLPForm
+from metarec.models.prompt_mlp import PromptMLP
 
 
 class MLP(nn.Module):
@@ -36,7 +15,7 @@ class MLP(nn.Module):
         if (prompt_len > 0) != (prompt_dim > 0):
             raise ValueError(f"prompt_len and prompt_dim must both be > 0 or both 0, got {prompt_len}, {prompt_dim}")
         self.encoder = nn.Identity()
-        self.head = PromptedMLP(int(spec["in_dim"]), tuple(hidden), prompt_len, prompt_dim)
+        self.head = PromptMLP(int(spec["in_dim"]), list(hidden), None, prompt_len, prompt_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
@@ -52,3 +31,22 @@ class MLP(nn.Module):
         if "head.prompt" in names:
             groups["prompt"] = ["head.prompt"]
         return groups
+
+    def fast_form(self, whole: bool) -> MLPForm | None:
+        """The engine's fast path: the head (all of it adapts, so whole=True does not arise)."""
+        return None if whole else self.head.form()
+
+    # what algo=ridge solves for: the last layer on the last hidden layer
+    factor_dim = 0
+
+    def last_hidden(self, x: Tensor) -> Tensor:
+        return self.head.hidden(self.encoder(x))
+
+    def last_layer(self) -> nn.Linear:
+        return self.head.net[-1]
+
+    def output_offset(self) -> float:
+        return 0.0
+
+    def factor_features(self, x: Tensor) -> None:
+        return None
