@@ -26,7 +26,7 @@ from PIL import Image
 
 from metarec.data.download import default_cache_dir
 from metarec.errors import UserError
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def load_images(root: Optional[str], image_size: int = 28) -> tuple[np.ndarray, 
     return images, names, meta
 
 
-class OmniglotTasks:
+class OmniglotTasks(TaskSource):
     """TaskSource for N-way K-shot Omniglot; all images live on `device` as uint8."""
 
     kind = "classification"
