@@ -58,6 +58,20 @@ def resume_path(cfg, ckpt_dir: Path) -> Path | None:
                     f"last.pt) or the path of a checkpoints/last.pt")
 
 
+def take_over(cfg: DictConfig, run: RunFolder) -> Path | None:
+    """The checkpoint to resume from, if any; a folder that holds another run is refused, not overwritten."""
+    ckpt_dir = run.path / "checkpoints"
+    checkpoint.remove_stale_temps(ckpt_dir)  # a killed writer's leftovers
+    start = resume_path(cfg, ckpt_dir)
+    if start is None and (ckpt_dir / "last.pt").exists():
+        keep_record(run.path, checkpoint.load(ckpt_dir / "last.pt"))
+        raise UserError(f"{run.path} already holds a run (checkpoints/last.pt): continue it with trainer.resume=auto, "
+                        f"or choose a new hydra.run.dir to start over")
+    if start is None:
+        run.status("running", 0)  # a resumed run takes the folder over only once its checkpoint is accepted
+    return start
+
+
 def resume(cfg, path: Path, run: RunFolder, fingerprint: str, model, algo, generator: torch.Generator,
            progress: Progress) -> None:
     """Load everything the checkpoint at `path` holds into the model, the algorithm, the RNGs and `progress`."""

@@ -4,10 +4,15 @@ or an unwritable folder ends the run with one line, never with a half-written fi
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
+import torch
+
+import metarec
 from metarec import checkpoint
 from metarec.errors import UserError
+from metarec.tasks import TaskSource
 
 
 class RunFolder:
@@ -76,6 +81,15 @@ class RunFolder:
         checkpoint.save(obj, path)
         self.saved[name] = obj["step"]
         return path
+
+
+def run_info(cfg, device: torch.device, source: TaskSource, start: Path | None, step: int) -> dict:
+    """run_info.json: versions, the machine, the data read, and where a resumed run started."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"metarec": metarec.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "data_fingerprint": source.fingerprint(), "data_files": [str(p) for p in source.source_files],
+            "seed": cfg.seed, "resumed_from": None if start is None else {"checkpoint": str(start), "step": step}}
 
 
 class BareFolder:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import signal
 import time
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from metarec.device import setup_device
 from metarec.errors import UserError, first_line
 from metarec.evaluate import evaluate_all, format_table
 from metarec.models import MODELS
-from metarec.resume import Progress, keep_record, overrides, resume, resume_path
-from metarec.run_folder import BareFolder, RunFolder
+from metarec.resume import Progress, overrides, resume, take_over
+from metarec.run_folder import BareFolder, RunFolder, run_info
 from metarec.signals import Interrupted, SignalCatcher, stopped
 from metarec.tasks import TaskSource
 
@@ -86,7 +85,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
 def _train(cfg: DictConfig, run: RunFolder, device: torch.device, ranks: tuple[int, int], progress: Progress,
            signals: SignalCatcher) -> float:
-    start = _take_over(cfg, run)
+    start = take_over(cfg, run)
     source, model, algo = build(cfg, device, cfg.trainer.progress and ranks[0] == 0)
     algo.sync = distributed.make_sync(ranks[1])  # averages the meta-gradients over ranks (None for one process)
     generator = torch.Generator().manual_seed(cfg.seed)  # the episode sampler's only source of randomness
@@ -94,7 +93,7 @@ def _train(cfg: DictConfig, run: RunFolder, device: torch.device, ranks: tuple[i
         resume(cfg, start, run, source.fingerprint(), model, algo, generator, progress)
     elif cfg.trainer.resume == "auto":
         log.info("trainer.resume=auto: %s has no last.pt yet, starting at step 0", run.path / "checkpoints")
-    info = _run_info(cfg, device, source, start, progress.step)
+    info = run_info(cfg, device, source, start, progress.step)
     run.write_json("run_info.json", info)
     run.status("running", progress.step)
     Trainer(cfg, run, device, ranks, source, algo, generator, progress, signals).loop()
@@ -195,29 +194,6 @@ class Trainer:
                 "rng": rng, "trainer": self.progress.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True),
                 "metarec": metarec.__version__, "fingerprint": self.source.fingerprint(),
                 "model_spec": self.source.model_spec(), "overrides": overrides()}
-
-
-def _take_over(cfg: DictConfig, run: RunFolder) -> Path | None:
-    """The checkpoint to resume from, if any; a folder that holds another run is refused, not overwritten."""
-    ckpt_dir = run.path / "checkpoints"
-    checkpoint.remove_stale_temps(ckpt_dir)  # a killed writer's leftovers
-    start = resume_path(cfg, ckpt_dir)
-    if start is None and (ckpt_dir / "last.pt").exists():
-        keep_record(run.path, checkpoint.load(ckpt_dir / "last.pt"))
-        raise UserError(f"{run.path} already holds a run (checkpoints/last.pt): continue it with trainer.resume=auto, "
-                        f"or choose a new hydra.run.dir to start over")
-    if start is None:
-        run.status("running", 0)  # a resumed run takes the folder over only once its checkpoint is accepted
-    return start
-
-
-def _run_info(cfg: DictConfig, device: torch.device, source: TaskSource, start: Path | None, step: int) -> dict:
-    """run_info.json: versions, the machine, the data read, and where a resumed run started."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"metarec": metarec.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "data_fingerprint": source.fingerprint(), "data_files": [str(p) for p in source.source_files],
-            "seed": cfg.seed, "resumed_from": None if start is None else {"checkpoint": str(start), "step": step}}
 
 
 def _evaluate_best(cfg: DictConfig, run: RunFolder, source: TaskSource, algo: MetaLearner, progress: Progress) -> dict:
