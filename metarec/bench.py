@@ -120,7 +120,7 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
             batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
             for steps in inner_steps:
                 cfg = compose(base_overrides(source) + [f"algo={algo_name}", f"algo.inner_steps={steps}",
-                                                        f"algo.first_order={str(first_order).lower()}",
+                                                        *(["algo.first_order=true"] if first_order else []),  # maml's key
                                                         f"trainer.meta_batch_size={meta_batch}"])
                 engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
                                                  build_algo(cfg, source, "pretrain"))
@@ -224,7 +224,8 @@ def write_synthetic_ml1m(folder: Path, users: int = ML1M_SHAPE["users"], items: 
 def ml1m_child(folder: str, steps: int, meta_batch: int, inner_steps: int) -> None:
     """Run in a fresh process: load the synthetic ml-1m, meta-train `steps` steps, validate once;
     print the process's peak RSS as JSON."""
-    from metarec.train import build, evaluate_all
+    from metarec.evaluate import evaluate_all
+    from metarec.train import build
     cfg = compose(["device=cpu", "trainer.progress=false", "data.variant=ml-1m", f"data.root={folder}",
                    "algo=maml", f"algo.inner_steps={inner_steps}", f"trainer.meta_batch_size={meta_batch}"])
     t0 = time.perf_counter()
@@ -304,7 +305,8 @@ def run(args: argparse.Namespace, threads: int) -> int:
     else:
         grid, batch_sizes, inner_steps, repeats, min_time = ALGO_GRID, [32, 256], [1, 5], args.repeats, args.min_time
 
-    from metarec.train import build_source, resolve_device
+    from metarec.data import build_source
+    from metarec.device import resolve_device
     try:
         device = resolve_device(args.device)
         cfg = compose([f"device={args.device}", *([f"data.root={args.data_root}"] if args.data_root else [])])

@@ -14,9 +14,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from metarec.errors import UserError
+from metarec.errors import UserError, first_line
 
 REQUIRED = ("model", "config", "step")
 
@@ -86,11 +86,11 @@ def load(path: str | Path) -> dict:
             raise UserError(f"checkpoint {path} was refused: it holds objects that could run code when loaded "
                             f"({_refusal(str(e))}), and metarec loads plain data only; "
                             f"use only checkpoints that metarec wrote") from None
-        raise UserError(f"checkpoint {path} is not a torch checkpoint ({_first_line(e)}): "
+        raise UserError(f"checkpoint {path} is not a torch checkpoint ({first_line(e)}): "
                         f"pass a checkpoints/last.pt or best.pt written by metarec train") from None
     except Exception as e:  # noqa: BLE001 - truncated zips, text files, empty files: one user-facing problem
         raise UserError(f"checkpoint {path} is not a readable checkpoint (truncated, or not a torch file: "
-                        f"{_first_line(e)}): pass a checkpoints/last.pt or best.pt written by metarec train") from None
+                        f"{first_line(e)}): pass a checkpoints/last.pt or best.pt written by metarec train") from None
     if not isinstance(obj, dict) or not set(REQUIRED) <= obj.keys() or not isinstance(obj["config"], dict):
         raise UserError(f"checkpoint {path} is a torch file but not a metarec checkpoint (it lacks "
                         f"{'/'.join(REQUIRED)}): pass a checkpoints/last.pt or best.pt written by metarec train")
@@ -99,27 +99,15 @@ def load(path: str | Path) -> dict:
 
 def config(ck: dict, path: str | Path) -> DictConfig:
     """The checkpoint's config, checked against today's schemas (a wrong type or unknown key is refused)."""
-    from metarec.config import DATA_SCHEMAS, Config  # the schemas import the data sets: only when needed
+    from metarec.config import checked  # the schemas import the algorithms and data sets: only when needed
 
     try:
-        raw = dict(ck["config"])
-        data = OmegaConf.merge(OmegaConf.structured(DATA_SCHEMAS[raw["data"]["name"]]), raw.pop("data"))
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), raw)
-        cfg.data = data
+        return checked(dict(ck["config"]))
     except Exception as e:  # noqa: BLE001 - any mismatch is the same user-facing problem
         key = getattr(e, "full_key", None)
-        detail = f"{key}: {_first_line(e)}" if key else _first_line(e)
+        detail = f"{key}: {first_line(e)}" if key else first_line(e)
         raise UserError(f"checkpoint {path} has a config that does not fit this metarec's schema ({detail}): "
                         f"use it with the metarec version that wrote it ({ck.get('metarec', '?')})") from None
-    return cfg
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)).strip()  # KeyError's str is a repr
-    if not text:
-        return type(e).__name__
-    line = text.splitlines()[0].split(". ")[0]
-    return (line if " " in line else f"{type(e).__name__} {line}")[:limit]
 
 
 def _refusal(message: str) -> str:

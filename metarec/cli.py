@@ -21,7 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from metarec.config import register
 from metarec.errors import UserError
 
 USAGE = """usage: metarec COMMAND [ARGS]
@@ -35,7 +34,6 @@ commands:
 """
 CONF = "pkg://metarec.conf"
 log = logging.getLogger("metarec")
-register()
 
 
 FAILED_JOBS: list[str] = []  # sweep jobs (run in this process) that ended in a UserError
@@ -95,13 +93,21 @@ def eval_app(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 @_user_errors
 def data_app(cfg: DictConfig) -> None:
-    from metarec.train import build_source, resolve_device
+    from metarec.data import build_source
+    from metarec.device import resolve_device
     source = build_source(cfg.data, resolve_device(cfg.device.name), cfg.seed)
     print(json.dumps(source.info(), indent=2))
 
 
+def _register() -> None:
+    """The schemas (they import the algorithms and data sets' configs): only for commands that compose."""
+    from metarec.config import register
+    register()
+
+
 def _hydra(app, name: str, argv: list[str]) -> int:
     # Hydra reads sys.argv; the program name shows in --help and shell completion.
+    _register()
     named = any(a.startswith("hydra.job.name=") for a in argv) or "--shell-completion" in argv
     if name != "data" and os.environ.get("HYDRA_FULL_ERROR") != "1":
         try:
@@ -162,6 +168,7 @@ def _completion(argv: list[str]) -> int:
     if request.startswith("query="):
         os.environ["COMP_LINE"] = " ".join(["metarec", *words[2:]]) + (" " if os.environ["COMP_LINE"].endswith(" ") else "")
     app = eval_app if sub == "eval" else train_app
+    _register()
     sys.argv = ["metarec", *argv]
     app()
     return 0

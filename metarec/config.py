@@ -1,12 +1,17 @@
-"""Typed config schemas, registered in Hydra's ConfigStore so bad types and unknown keys fail at compose time."""
+"""Typed config schemas, registered in Hydra's ConfigStore so bad types and unknown keys fail at compose time.
+
+The data and algo nodes take the schema of the data set / algorithm they name: each algorithm's is the
+config dataclass at the top of its file (metarec/algos/NAME.py), so a key of another algorithm is an
+unknown key (`algo=ridge algo.first_order=true` fails as `algo.inner_lrr=0.1` does)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from metarec.algos import ALGOS
 from metarec.data.omniglot import OmniglotConfig
 from metarec.data.sinusoid import SinusoidConfig
 
@@ -47,30 +52,6 @@ class ModelConfig:
 
 
 @dataclass
-class AlgoConfig:
-    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain
-    inner_lr: float = 0.1  # alpha
-    inner_steps: int = 1  # adaptation steps in meta-training
-    eval_steps: Optional[int] = None  # adaptation steps for the headline metric; null = inner_steps
-    first_order: bool = False  # FOMAML: drop the inner gradients' graph
-    inner_params: str = "mlp"  # what the inner loop adapts: mlp | all | prompt
-    meta_lr: float = 1e-3  # beta (Adam)
-    learn_inner_lr: bool = False  # Meta-SGD: per-parameter inner learning rates, meta-learned
-    outer: str = "adam"  # reptile: interpolate (theta += beta * mean delta) | adam (delta as a gradient)
-    inner_optimizer: str = "sgd"  # reptile: sgd | adam (lr inner_lr, moments fresh per task; also at evaluation)
-    inner_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # inner Adam's betas (Reptile paper: beta1=0)
-    anneal_steps: Optional[int] = None  # reptile: beta decays linearly to 0 over N meta-steps (the paper); null = constant
-    prompt_len: int = 0  # prompt: number of prompt vectors joined to the MLP input
-    prompt_dim: int = 0  # prompt: size of each prompt vector
-    adapt: str = "theta"  # prompt: theta (the seed's formulation) | prompt (inner loop adapts phi only)
-    prior_precision: float = 10.0  # ridge: lambda, the pull of a user's last-layer weights towards w0 ...
-    prior_precision_bias: float = 3.0  # ridge: ... and of its bias (3: the bias floor's shrinkage)
-    prior_precision_factors: Optional[float] = None  # ridge: ... and of the item-factor weights (null = prior_precision)
-    learn_prior: bool = True  # ridge: meta-learn one log lambda per last-layer weight
-    weight_decay: float = 0.0
-
-
-@dataclass
 class TrainerConfig:
     max_steps: int = 1000  # meta-updates
     meta_batch_size: int = 32  # tasks per meta-update
@@ -107,7 +88,7 @@ class DeviceConfig:
 class Config:
     data: Any = MISSING
     model: ModelConfig = MISSING
-    algo: AlgoConfig = MISSING
+    algo: Any = MISSING  # an algorithm's own schema (its Config), chosen by algo=NAME
     device: DeviceConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -125,5 +106,15 @@ def register() -> None:
     for name, node in DATA_SCHEMAS.items():
         cs.store(group="schema/data", name=name, node=node)
     cs.store(group="schema", name="model", node=ModelConfig)
-    cs.store(group="schema", name="algo", node=AlgoConfig)
+    for name, algo in ALGOS.items():
+        cs.store(group="schema/algo", name=name, node=algo.Config)
     cs.store(group="schema", name="device", node=DeviceConfig)
+
+
+def checked(raw: dict) -> DictConfig:
+    """A written config (a checkpoint's) against today's schemas: the data set's and the algorithm's
+    that it names; keys it predates take their defaults, a wrong type or an unknown key raises."""
+    data, algo = DATA_SCHEMAS[raw["data"]["name"]], ALGOS[raw["algo"]["name"]].Config
+    schema = OmegaConf.merge(OmegaConf.structured(Config),
+                             {"data": OmegaConf.structured(data), "algo": OmegaConf.structured(algo)})
+    return OmegaConf.merge(schema, raw)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 NDCG_KS = (1, 3, 5)
 PAIRED = ("mae", "ndcg@3", "mse", "acc")  # per-task values kept in eval.json for paired comparisons
@@ -97,6 +97,33 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
                 per_task = {k: v for k, v in per_task.items() if k.startswith("ndcg")}
             result["floors"][name] = summarize(per_task)
             result["floors_per_task"][name] = _paired(per_task)
+    return result
+
+
+def eval_steps(cfg) -> int:
+    """The adaptation steps of the headline metric: algo.eval_steps, else algo.inner_steps."""
+    return cfg.algo.eval_steps if cfg.algo.eval_steps is not None else cfg.algo.inner_steps
+
+
+def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False) -> dict:
+    """eval.json's content: every state of `split` ("test" or "val"), floors beside the learned model.
+    select=True (the trainer's model selection): the "val" state alone, at the headline step alone."""
+    headline = eval_steps(cfg)
+    steps = headline if select else max(cfg.eval.max_steps, headline)
+    states = {}
+    for state, batch in source.eval_tasks(split).items():
+        if select and state != "val":
+            continue
+        floors = None if select else source.floors(state)
+        # validation selects on the headline step alone: no query forward for the steps before it
+        r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
+                           only_last=select)
+        r["headline_step"] = str(headline)
+        states[state] = r
+    result = {"states": states}
+    if source.kind == "rating":
+        result["gain"] = ("ndcg@k: 2^r-1, ndcg_lin@k: linear (r)" if cfg.eval.ndcg_gain == "exp"
+                          else "ndcg@k: linear (r), ndcg_exp@k: 2^r-1")
     return result
 
 

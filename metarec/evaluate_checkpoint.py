@@ -12,16 +12,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from metarec import checkpoint
-from metarec.errors import UserError
-from metarec.evaluate import format_table
-from metarec.train import _fingerprint, build, evaluate_all, setup_device
+from metarec.device import setup_device
+from metarec.errors import UserError, first_line
+from metarec.evaluate import evaluate_all, format_table
+from metarec.train import build
 
 log = logging.getLogger("metarec")
-
-
-def checkpoint_config(ck: dict, path: Path) -> DictConfig:
-    """The checkpoint's config, checked against today's schemas."""
-    return checkpoint.config(ck, path)
 
 
 def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path) -> dict:
@@ -29,7 +25,7 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
     if not path:
         raise UserError("metarec eval needs a checkpoint: metarec eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")
     ck = checkpoint.load(path)
-    cfg = checkpoint_config(ck, Path(path))
+    cfg = checkpoint.config(ck, Path(path))  # checked against today's schemas
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
         if key.startswith("hydra.") or key == "hydra":
@@ -43,11 +39,11 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
         try:
             OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=False)
         except Exception as e:  # noqa: BLE001 - a wrong type or unknown key, said in one line
-            raise UserError(f"override {o} does not fit the checkpoint's config: {str(e).splitlines()[0]}") from None
+            raise UserError(f"override {o} does not fit the checkpoint's config: {first_line(e)}") from None
     cfg.trainer.progress = False
     device = setup_device(cfg.device)
     source, model, algo = build(cfg, device, progress=False)
-    if ck.get("fingerprint") != _fingerprint(source):
+    if ck.get("fingerprint") != source.fingerprint():
         where = f"data.root={cfg.data.root}" if cfg.data.get("root") else f"the {cfg.data.name} data this config loads"
         raise UserError(f"checkpoint {path} was trained on other data than {where} (the data fingerprints differ): "
                         f"point data.root at the data it was trained on")
@@ -55,7 +51,7 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
         model.load_state_dict(ck["model"])
         algo.load_state_dict(ck["algo"])
     except (RuntimeError, KeyError) as e:
-        raise UserError(f"checkpoint {path} does not fit the model its config describes ({str(e).splitlines()[0][:160]})") from None
+        raise UserError(f"checkpoint {path} does not fit the model its config describes ({first_line(e)})") from None
     if cfg.eval.split not in ("test", "val"):
         raise UserError(f"eval.split={cfg.eval.split!r} is not one of test, val (val: validation users only)")
     result = evaluate_all(cfg, source, algo, cfg.eval.split)

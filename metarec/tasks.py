@@ -1,8 +1,10 @@
-"""The task batch every data set produces and every algorithm consumes (torch only)."""
+"""The task batch every data set produces and every algorithm consumes, and the task-source interface
+every data set implements (torch only)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -39,16 +41,39 @@ class TaskBatch:
         )
 
 
-class TaskSource(Protocol):
-    """What the trainer needs from a data set (MovieLens, sinusoid, Omniglot)."""
+class TaskSource:
+    """What the trainer and evaluation ask of a data set (MovieLens, sinusoid, Omniglot): each one
+    subclasses this, and metarec.data.DATASETS finds it by name. The defaults are a generated data
+    set's: no source files, no floors, a fingerprint that names the generator."""
 
     kind: str  # "rating" | "regression" | "classification": picks the loss and the metrics
+    source_files: Sequence[Path] = ()  # the files the data was read from (run_info.json lists them)
 
-    def sample_train(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
-        """Fresh meta-training episodes, drawn with `generator` only (so a resumed run matches)."""
-
-    def eval_tasks(self, split: str) -> dict[str, TaskBatch]:
-        """Fixed evaluation tasks: split "val" -> {"val": ...}; "test" -> one batch per state."""
+    @classmethod
+    def from_config(cls, cfg, device: torch.device, seed: int = 0, progress: bool = True) -> "TaskSource":
+        """The source data.NAME's config describes (`seed`: the run's, for a seeded split)."""
+        return cls(cfg, device)
 
     def model_spec(self) -> dict:
         """What the model needs to know about the inputs (field sizes, classes...)."""
+        raise NotImplementedError
+
+    def sample_train(self, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        """Fresh meta-training episodes, drawn with `generator` only (so a resumed run matches)."""
+        raise NotImplementedError
+
+    def eval_tasks(self, split: str) -> dict[str, TaskBatch]:
+        """Fixed evaluation tasks: split "val" -> {"val": ...}; "test" -> one batch per state."""
+        raise NotImplementedError
+
+    def floors(self, state: str) -> dict[str, Tensor] | None:
+        """Query predictions [tasks, Q] of non-learned baselines on the tasks of `state`, by name; None: none."""
+        return None
+
+    def fingerprint(self) -> str:
+        """What a checkpoint records to refuse other data: SHA-256 of the source files where there are some."""
+        return f"generated:{type(self).__name__}"
+
+    def info(self) -> dict:
+        """`metarec data info`: the data set's facts."""
+        raise NotImplementedError

@@ -1,4 +1,6 @@
 """Reptile, prompt and pretrain against closed forms and plain per-task loops."""
+import dataclasses
+
 import pytest
 import torch
 from fixtures import SPEC, rating_batch
@@ -11,16 +13,23 @@ from metarec.models.melu import MeLU
 from metarec.reference import per_task_meta_loss
 
 
-def algo_cfg(**kw):
-    base = dict(inner_lr=0.3, inner_steps=1, first_order=False, inner_params="all", meta_lr=0.5,
-                learn_inner_lr=False, weight_decay=0.0, outer="interpolate", adapt="theta", prompt_len=0, prompt_dim=0)
-    return OmegaConf.create({**base, **kw})
+BASE = dict(inner_lr=0.3, inner_steps=1, first_order=False, inner_params="all", meta_lr=0.5,
+            learn_inner_lr=False, weight_decay=0.0, outer="interpolate", adapt="theta")
+
+
+def algo_cfg(name="maml", **kw):
+    """Algorithm `name`'s schema with this file's settings (those of BASE it has) and kw."""
+    schema = ALGOS[name].Config
+    keys = {f.name for f in dataclasses.fields(schema)}
+    return OmegaConf.structured(schema(**{**{k: v for k, v in BASE.items() if k in keys}, **kw}))
 
 
 def make(name, prompt=(0, 0), **kw):
     torch.manual_seed(0)
     model = MeLU(SPEC, embedding_dim=6, hidden=[8, 8], prompt_len=prompt[0], prompt_dim=prompt[1]).double()
-    return model, ALGOS[name](algo_cfg(prompt_len=prompt[0], prompt_dim=prompt[1], **kw), model, "rating")
+    if name == "prompt":
+        kw.update(prompt_len=prompt[0], prompt_dim=prompt[1])
+    return model, ALGOS[name](algo_cfg(name, **kw), model, "rating")
 
 
 def plain_adapt(model, names, x, y, lr, steps):
@@ -158,9 +167,14 @@ def test_algorithms_do_not_assume_movielens():
 
 @pytest.mark.parametrize("name", ["maml", "prompt", "pretrain"])
 def test_inner_adam_is_reptiles_only(name):
-    with pytest.raises(ValueError, match=f"algo.inner_optimizer='adam' is not one of sgd for algo={name} "
-                                         r"\(the inner Adam is reptile's only\)"):
-        make(name, prompt=(2, 3), inner_params="mlp", inner_optimizer="adam")
+    """The inner Adam's keys are in reptile's schema only: another algorithm refuses them at compose time."""
+    from hydra.errors import ConfigCompositionException
+
+    from metarec.bench import compose
+    for setting in ("algo.inner_optimizer=adam", "algo.inner_betas=[0.9,0.999]"):
+        with pytest.raises(ConfigCompositionException, match=f"Could not override '{setting.split('=')[0]}'") as e:
+            compose([f"algo={name}", setting])
+        assert f"not in '{ALGOS[name].Config.__name__}'" in str(e.value.__cause__)
     with pytest.raises(ValueError, match="algo.inner_optimizer='adamw' is not one of sgd, adam for algo=reptile$"):
         make("reptile", inner_optimizer="adamw")
     with pytest.raises(ValueError, match=r"algo.inner_betas=\[0.9\] is not two numbers in \[0, 1\)"):

@@ -40,9 +40,13 @@ def test_help_and_cfg_job():
     ("algo.inner_lr=abc", "could not be converted to Float"),
     ("algo.inner_lrr=0.1", "inner_lrr"),
     ("algo=nope", "nope"),
+    # each algorithm's schema has its own keys only: another algorithm's key is refused like a typo
+    ("algo=ridge algo.first_order=true", "Key 'first_order' not in 'RidgeConfig'"),
+    ("algo=maml algo.prior_precision=3", "Key 'prior_precision' not in 'MAMLConfig'"),
+    ("algo=reptile algo.learn_inner_lr=true", "Key 'learn_inner_lr' not in 'ReptileConfig'"),
 ])
 def test_bad_overrides_fail_at_compose_time_without_traceback(override, message, tmp_path):
-    r = run_cli("train", override, f"hydra.run.dir={tmp_path}/run")
+    r = run_cli("train", *override.split(), f"hydra.run.dir={tmp_path}/run")
     assert r.returncode != 0
     assert message in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
@@ -60,7 +64,7 @@ def test_cuda_without_gpu_is_one_clear_line(tmp_path):
 def test_device_settings_apply_threads_and_deterministic_kernels(monkeypatch):
     from omegaconf import OmegaConf
 
-    from metarec.train import setup_device
+    from metarec.device import setup_device
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
@@ -91,7 +95,7 @@ def test_data_info_prints_split_statistics(cache_env):
 @needs_ml100k()
 def test_validation_states_are_validation_users_on_existing_and_on_new_items():
     from metarec.bench import compose
-    from metarec.train import build_source
+    from metarec.data import build_source
     source = build_source(compose(["data=movielens", f"data.root={ML100K}"]).data, torch.device("cpu"), 0, progress=False)
     new_item = source.raw.item_year > source.cut
     users = {}

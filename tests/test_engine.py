@@ -333,7 +333,7 @@ def test_conv4_task_loop_and_vmap_equal_the_oracle(task_loop, first_order):
 def reptile_case(case, device="cpu", **kw):
     """(algo, a copy of its model for the reference, batch, kind): MeLU's head or all of MeLU (hand path,
     ratings), the sinusoid MLP (hand path, regression), Conv4 (vmap, cross-entropy); float64, on `device`."""
-    from metarec.algos.reptile import Reptile
+    from metarec.algos.reptile import Reptile, ReptileConfig
     from metarec.models.conv4 import Conv4
     from metarec.models.mlp import MLP
     torch.manual_seed(0)
@@ -343,8 +343,8 @@ def reptile_case(case, device="cpu", **kw):
         "sinusoid mlp": (lambda: MLP({"in_dim": 1}, hidden=(8, 8)), "regression", sinusoid_batch(), "all"),
         "conv4": (lambda: Conv4({"ways": 3}, channels=4), "classification", image_batch(n_tasks=3), "all"),
     }[case]
-    cfg = OmegaConf.create({**dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params=inner_params,
-                                   meta_lr=1e-3, learn_inner_lr=False, weight_decay=0.0, outer="adam"), **kw})
+    cfg = OmegaConf.structured(ReptileConfig(**{**dict(inner_lr=0.3, inner_steps=3, inner_params=inner_params,
+                                                       meta_lr=1e-3, weight_decay=0.0, outer="adam"), **kw}))
     model, reference_model = build().double().to(device), build().double().to(device)
     reference_model.load_state_dict(model.state_dict())
     algo = Reptile(cfg, model, kind)  # built on the device: off the CPU conv4 runs through vmap

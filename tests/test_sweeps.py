@@ -14,7 +14,7 @@ from conftest import read_json, run_cli
 from PIL import Image
 
 from metarec.errors import UserError
-from metarec.train import RunFolder
+from metarec.run_folder import RunFolder
 
 QUICK = ["data=sinusoid", "device=cpu", "device.threads=1", "trainer.max_steps=20", "trainer.val_every=10",
          "trainer.log_every=10", "trainer.progress=false"]

@@ -1,11 +1,27 @@
-"""What every algorithm shares: the model, the outer optimizer over its meta-parameters, the
-data-parallel hook, and a meta-step that is the backward of its meta-loss."""
+"""What every algorithm shares: the config keys the trainer reads for any algorithm, the model, the
+outer optimizer over its meta-parameters, the data-parallel hook, and a meta-step that is the
+backward of its meta-loss. Each algorithm's own keys live in its file's config dataclass."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+from omegaconf import MISSING
 from torch import Tensor, nn
 
 from metarec.tasks import TaskBatch
+
+
+@dataclass
+class AlgoConfig:
+    """The keys of every algorithm's schema (the trainer and evaluation read them whatever the algo)."""
+
+    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain
+    inner_steps: int = 1  # adaptation steps in meta-training
+    eval_steps: Optional[int] = None  # adaptation steps for the headline metric; null = inner_steps
+    meta_lr: float = 1e-3  # beta: the outer optimizer's learning rate
+    weight_decay: float = 0.0  # the outer optimizer's
 
 
 def adapted_names(model: nn.Module, group: str) -> list[str]:
@@ -21,7 +37,10 @@ def adapted_names(model: nn.Module, group: str) -> list[str]:
 
 class MetaLearner:
     """Subclasses give meta_loss (and adapt_trace for evaluation); they set their own parameters up
-    before calling this constructor, which builds Adam over meta_parameters()."""
+    before calling this constructor, which builds Adam over meta_parameters(). `Config` is the
+    algorithm's schema (conf/algo/NAME.yaml builds on it)."""
+
+    Config = AlgoConfig
 
     def __init__(self, cfg, model: nn.Module, kind: str):
         self.cfg, self.model, self.kind = cfg, model, kind

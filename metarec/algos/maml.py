@@ -1,34 +1,46 @@
 """MAML (second order, or first order with algo.first_order=true) and Meta-SGD's learned inner rates."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.base import MetaLearner, adapted_names
+from metarec.algos.base import AlgoConfig, MetaLearner, adapted_names
 from metarec.engine import Engine, InnerLoop, Params, masked_task_loss
 from metarec.tasks import TaskBatch
+
+
+@dataclass
+class MAMLConfig(AlgoConfig):
+    """algo=maml (conf/algo/maml.yaml); also what algo=prompt builds on."""
+
+    name: str = "maml"
+    inner_lr: float = 0.1  # alpha
+    first_order: bool = False  # FOMAML: drop the inner gradients' graph
+    inner_params: str = "mlp"  # the model's parameter group the inner loop adapts: mlp | all | prompt
+    learn_inner_lr: bool = False  # Meta-SGD: per-parameter inner learning rates, meta-learned
 
 
 class MAML(MetaLearner):
     """theta'_i = theta - alpha * grad L_S(theta) (x inner_steps); meta-loss = mean_i L_Q(theta'_i)."""
 
-    inner_optimizers = ("sgd",)  # algo.inner_optimizer values this algorithm trains with
+    Config = MAMLConfig
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         self.cfg, self.model, self.kind = cfg, model, kind  # read by inner_params() and inner_adam()
-        optimizer = cfg.get("inner_optimizer", "sgd")
-        if optimizer not in self.inner_optimizers:
-            raise ValueError(f"algo.inner_optimizer={optimizer!r} is not one of {', '.join(self.inner_optimizers)} "
-                             f"for algo={type(self).__name__.lower()}" + ("" if "adam" in self.inner_optimizers else
-                                                                          " (the inner Adam is reptile's only)"))
-        self.inner_adam()  # bad betas fail here, not at the first step
+        self.inner_adam()  # bad settings fail here, not at the first step
         self.engine = Engine(model, adapted_names(model, self.inner_params()), kind, compile=compile, fast_paths=fast_paths)
         # Meta-SGD: one learned inner rate per adapted weight, initialised at alpha.
         self.inner_lrs = nn.ParameterDict({
             n.replace(".", "__"): nn.Parameter(torch.full_like(p, cfg.inner_lr))
             for n, p in model.named_parameters() if n in self.engine.inner_names
-        }) if cfg.learn_inner_lr else None
+        }) if self.learns_inner_lr() else None
         super().__init__(cfg, model, kind)
+
+    def learns_inner_lr(self) -> bool:
+        """Meta-SGD (algo.learn_inner_lr); subclasses without a meta-gradient for the rates say False."""
+        return self.cfg.learn_inner_lr
 
     def inner_params(self) -> str:
         return self.cfg.inner_params
@@ -42,13 +54,8 @@ class MAML(MetaLearner):
         return {k.replace("__", "."): v for k, v in self.inner_lrs.items()}
 
     def inner_adam(self) -> tuple[float, float] | None:
-        """Adam's (beta1, beta2) when the inner loop is Adam (algo.inner_optimizer=adam); None: SGD."""
-        if self.cfg.get("inner_optimizer", "sgd") != "adam":
-            return None
-        betas = [float(b) for b in self.cfg.get("inner_betas", (0.0, 0.999))]
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"algo.inner_betas={betas} is not two numbers in [0, 1): use e.g. [0.0, 0.999]")
-        return betas[0], betas[1]
+        """Adam's (beta1, beta2) when the inner loop is Adam (reptile's algo.inner_optimizer=adam); None: SGD."""
+        return None
 
     def params(self) -> Params:
         return dict(self.model.named_parameters())

@@ -2,12 +2,30 @@
 fine-tuned on each support set with the same inner loop as the meta-learners."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from metarec.algos.base import AlgoConfig
 from metarec.algos.maml import MAML
 from metarec.engine import masked_task_loss
 from metarec.tasks import TaskBatch
 
 
+@dataclass
+class PretrainConfig(AlgoConfig):
+    """algo=pretrain (conf/algo/pretrain.yaml): meta_lr is the supervised training's, the rest fine-tuning's."""
+
+    name: str = "pretrain"
+    inner_lr: float = 0.01  # fine-tuning lr at evaluation
+    inner_params: str = "mlp"  # the model's parameter group fine-tuning adapts
+    # inner_steps / eval_steps (AlgoConfig): fine-tuning steps for the headline metric
+
+
 class Pretrain(MAML):
+    Config = PretrainConfig
+
+    def learns_inner_lr(self) -> bool:
+        return False  # no meta-gradient to learn the rates with
+
     def step(self, batch: TaskBatch) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         data = batch.merged()

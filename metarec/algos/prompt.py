@@ -6,10 +6,24 @@ per-user state); the outer loop learns theta and phi's initialisation.
 """
 from __future__ import annotations
 
-from metarec.algos.maml import MAML
+from dataclasses import dataclass
+
+from metarec.algos.maml import MAML, MAMLConfig
+
+
+@dataclass
+class PromptConfig(MAMLConfig):
+    """algo=prompt (conf/algo/prompt.yaml): MAML's keys and the prompt vectors'."""
+
+    name: str = "prompt"
+    prompt_len: int = 0  # number of prompt vectors joined to the MLP input
+    prompt_dim: int = 0  # size of each prompt vector
+    adapt: str = "theta"  # theta (the seed's formulation) | prompt (the inner loop adapts phi only)
 
 
 class Prompt(MAML):
+    Config = PromptConfig
+
     @classmethod
     def model_options(cls, cfg) -> dict:
         return {"prompt_len": cfg.prompt_len, "prompt_dim": cfg.prompt_dim}

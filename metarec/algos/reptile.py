@@ -1,12 +1,29 @@
 """Reptile: several SGD (or Adam) steps per task from theta, then theta moves towards the mean adapted weights."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 import torch
 from torch import nn
 
+from metarec.algos.base import AlgoConfig
 from metarec.algos.maml import MAML
 from metarec.engine import InnerLoop, masked_task_loss
 from metarec.tasks import TaskBatch
+
+
+@dataclass
+class ReptileConfig(AlgoConfig):
+    """algo=reptile (conf/algo/reptile.yaml): no meta-gradient, so no first_order or learn_inner_lr."""
+
+    name: str = "reptile"
+    inner_lr: float = 0.1  # the inner steps' learning rate (SGD or Adam)
+    inner_params: str = "mlp"  # the model's parameter group the inner loop adapts (and theta moves)
+    outer: str = "adam"  # interpolate (theta += beta * mean delta) | adam (delta as a gradient)
+    inner_optimizer: str = "sgd"  # sgd | adam (lr inner_lr, moments fresh per task; also at evaluation)
+    inner_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # inner Adam's betas (the paper: beta1=0)
+    anneal_steps: Optional[int] = None  # beta decays linearly to 0 over N meta-steps (the paper); null = constant
 
 
 class Reptile(MAML):
@@ -15,17 +32,30 @@ class Reptile(MAML):
     algo.inner_optimizer=adam: the inner steps (and the adaptation at evaluation) are Adam's, with
     fresh moments per task; algo.anneal_steps: beta decays linearly to 0 over that many meta-steps."""
 
-    inner_optimizers = ("sgd", "adam")
+    Config = ReptileConfig
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
-        if cfg.learn_inner_lr:
-            raise ValueError("algo.learn_inner_lr=true is for maml and prompt: Reptile has no meta-gradient for it")
         super().__init__(cfg, model, kind, compile, fast_paths)
         if cfg.outer == "interpolate":
             self.optimizer = torch.optim.SGD(self.meta_parameters(), lr=cfg.meta_lr)
         elif cfg.outer != "adam":
             raise ValueError(f"algo.outer={cfg.outer!r} is not one of interpolate, adam")
         self.meta_steps = 0  # meta-updates so far (the annealing's clock; saved with the checkpoint)
+
+    def learns_inner_lr(self) -> bool:
+        return False  # no meta-gradient to learn the rates with
+
+    def inner_adam(self) -> tuple[float, float] | None:
+        """Adam's (beta1, beta2) with algo.inner_optimizer=adam; None for SGD."""
+        optimizer = self.cfg.inner_optimizer
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"algo.inner_optimizer={optimizer!r} is not one of sgd, adam for algo=reptile")
+        if optimizer != "adam":
+            return None
+        betas = [float(b) for b in self.cfg.inner_betas]
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"algo.inner_betas={betas} is not two numbers in [0, 1): use e.g. [0.0, 0.999]")
+        return betas[0], betas[1]
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -42,7 +72,7 @@ class Reptile(MAML):
             loss.backward()
         for n, w in fast.items():
             params[n].grad = params[n].detach() - w.mean(0)  # theta - mean theta'_i
-        anneal = self.cfg.get("anneal_steps")
+        anneal = self.cfg.anneal_steps
         if anneal:  # the paper's schedule: beta * (1 - step / anneal_steps), step counted from 0
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.meta_lr * max(0.0, 1.0 - self.meta_steps / anneal)

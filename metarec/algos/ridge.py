@@ -18,26 +18,40 @@ solved together with the last layer.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.base import MetaLearner
+from metarec.algos.base import AlgoConfig, MetaLearner
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
 
 
+@dataclass
+class RidgeConfig(AlgoConfig):
+    """algo=ridge (conf/algo/ridge.yaml): the prior's keys, no gradient-step ones (inner_steps: one
+    exact solve, which evaluation's later steps repeat)."""
+
+    name: str = "ridge"
+    prior_precision: float = 10.0  # lambda, the pull of a user's last-layer weights towards w0 ...
+    prior_precision_bias: float = 3.0  # ... and of its bias (3: the bias floor's shrinkage)
+    prior_precision_factors: Optional[float] = None  # ... and of the item-factor weights (null = prior_precision)
+    learn_prior: bool = True  # meta-learn one log lambda per last-layer weight
+
+
 class Ridge(MetaLearner):
+    Config = RidgeConfig
+
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):  # no inner steps
         if kind == "classification":
             raise ValueError("algo=ridge solves a squared error: it fits ratings or regression, not classification")
         last = model.last_layer() if hasattr(model, "last_layer") else None
         if last is None or last.out_features != 1 or "prompt" in model.param_groups():
             raise ValueError("algo=ridge needs a head MLP with one output and no prompt vectors "
-                             "(model=melu or model=mlp with algo.prompt_len=0)")
-        if cfg.learn_inner_lr or cfg.first_order or cfg.get("inner_optimizer", "sgd") != "sgd":
-            raise ValueError("algo.learn_inner_lr, algo.first_order and algo.inner_optimizer are gradient-step settings: "
-                             "algo=ridge solves each user's problem exactly, so leave them at false, false and sgd")
+                             "(model=melu or model=mlp)")
         if min(cfg.prior_precision, cfg.prior_precision_bias) <= 0:
             raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
                              f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")

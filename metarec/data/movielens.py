@@ -28,7 +28,7 @@ from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross
 from metarec.data.movielens_io import MovieLensRaw, read_movielens
 from metarec.errors import UserError
 from metarec.states import STATES
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 VAL_STATES = ("val", "val_new")  # validation users on existing items (model selection) and on new ones
 CUT_YEAR = {"ml-100k": 1996, "ml-1m": 1997}
@@ -105,7 +105,7 @@ class EvalTasks:
     query_mask: Tensor
 
 
-class MovieLensTasks:
+class MovieLensTasks(TaskSource):
     """TaskSource over one MovieLens copy: the whole set lives as tensors on `device`."""
 
     kind = "rating"
@@ -118,7 +118,7 @@ class MovieLensTasks:
         raw = read_movielens(self.folder)
         self.raw = raw
         self.source_files = [Path(p) for p in raw.source_files]
-        self.fingerprint = fingerprint(self.source_files)
+        self.data_fingerprint = fingerprint(self.source_files)
         self.cut = cfg.cut_year if cfg.cut_year is not None else CUT_YEAR[cfg.variant]
         feats = rating_features(raw, self.cut, cfg.item_ids, cfg.zip_prefix)
         self.fields, self.genres = feats.fields, feats.genres
@@ -135,6 +135,13 @@ class MovieLensTasks:
             self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
                            + self.fields[self.n_base:])
             self.item_context = self._item_context()
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device, seed: int = 0, progress: bool = True) -> "MovieLensTasks":
+        return cls(cfg, device, seed, progress=progress)
+
+    def fingerprint(self) -> str:
+        return self.data_fingerprint
 
     # ---- the protocol -------------------------------------------------------------------------
     def _split(self, seed: int) -> None:
@@ -406,7 +413,7 @@ class MovieLensTasks:
 
     def info(self) -> dict:
         out = {"folder": str(self.folder), "files": [str(p) for p in self.source_files],
-               "fingerprint": self.fingerprint, "ratings": int(len(self.raw.rating)),
+               "fingerprint": self.data_fingerprint, "ratings": int(len(self.raw.rating)),
                "users": int(len(self.raw.user_gender)), "items": int(len(self.raw.item_year)),
                "cut_year": self.cut, "new_item_ratings": float((self.raw.item_year[self.raw.rating_item] > self.cut).mean()),
                "meta_train_users": int(len(self.pool_users)), "train_ratings": int(len(self.train_ratings)),

@@ -23,7 +23,7 @@ from PIL import Image
 
 from metarec.data.download import atomic_write, default_cache_dir, fetch_file, one_line
 from metarec.errors import UserError
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def load_images(root: Optional[str], image_size: int = 28) -> tuple[np.ndarray, 
     return images, names, meta
 
 
-class OmniglotTasks:
+class OmniglotTasks(TaskSource):
     """TaskSource for N-way K-shot Omniglot; all images live on `device` as uint8."""
 
     kind = "classification"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 _SPLIT_OFFSET = {"val": 1, "test": 2}  # val and test draw from different seeded streams
 
@@ -27,7 +27,7 @@ class SinusoidConfig:
     eval_seed: int = 0  # fixes the val/test tasks, identical across runs
 
 
-class SinusoidTasks:
+class SinusoidTasks(TaskSource):
     """TaskSource for sinusoid regression; every task is freshly drawn, nothing is stored."""
 
     kind = "regression"

@@ -1,0 +1,130 @@
+"""A run's folder: metrics.jsonl, status.json, run_info.json, eval.json/md and checkpoints/ under the
+Hydra run dir, and the same scalars as TensorBoard events with trainer.tensorboard=true. A full disk
+or an unwritable folder ends the run with one line, never with a half-written file."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+import metarec
+from metarec import checkpoint
+from metarec.errors import UserError
+from metarec.tasks import TaskSource
+
+
+class RunFolder:
+    """Writes the run's records; `saved` says which checkpoint this process last wrote at which step."""
+
+    def __init__(self, path: Path, tensorboard: bool = False):
+        self.path = path
+        writing(path, lambda: self.path.mkdir(parents=True, exist_ok=True))
+        self.had_status = (path / "status.json").exists()  # a previous run's record, kept unless we run
+        self.running = False
+        self.saved: dict[str, int] = {}  # checkpoint name -> the step this process last wrote to it
+        self.tensorboard = tensorboard_writer(path / "tensorboard") if tensorboard else None
+
+    def write_json(self, name: str, obj: dict) -> None:
+        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        tmp = self.path / f".{name}.tmp"
+
+        def write() -> None:
+            tmp.write_text(text)
+            tmp.replace(self.path / name)
+        writing(self.path / name, write, cleanup=tmp)
+
+    def status(self, status: str, step: int, reason: str | None = None) -> None:
+        self.write_json("status.json", {"status": status, "reason": reason, "step": step})
+        self.running = status == "running"
+
+    def record_failure(self, step: int, reason: str) -> None:
+        """status.json says failed, unless the folder holds another run's record that this run never
+        took over (e.g. a refusal to overwrite it); never hides the original error."""
+        if self.running or not self.had_status:
+            try:
+                self.status("failed", step, reason)
+            except Exception:  # noqa: BLE001 - a full disk: the console line is what matters
+                pass
+
+    def metrics(self, row: dict) -> None:
+        def append() -> None:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        writing(self.path / "metrics.jsonl", append)
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{row['split']}/{key}", value, row["step"])
+            self.tensorboard.flush()  # live curves; no close() needed at exit
+
+    def keep_metrics(self, step: int, source: Path | None = None) -> None:
+        """After a resume from `step`: keep the rows up to it (from `source`, another run's
+        metrics.jsonl, if given); the resumed run writes the later ones again."""
+        source = source or self.path / "metrics.jsonl"
+        rows = []
+        if source.is_file():
+            for line in source.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= step:
+                    rows.append(line + "\n")
+        self.write_text("metrics.jsonl", "".join(rows))
+
+    def checkpoint(self, name: str, obj: dict) -> Path:
+        path = self.path / "checkpoints" / name
+        checkpoint.save(obj, path)
+        self.saved[name] = obj["step"]
+        return path
+
+
+def run_info(cfg, device: torch.device, source: TaskSource, start: Path | None, step: int) -> dict:
+    """run_info.json: versions, the machine, the data read, and where a resumed run started."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"metarec": metarec.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "data_fingerprint": source.fingerprint(), "data_files": [str(p) for p in source.source_files],
+            "seed": cfg.seed, "resumed_from": None if start is None else {"checkpoint": str(start), "step": step}}
+
+
+class BareFolder:
+    """The failure record of a run that failed before its RunFolder existed (e.g. device=cuda on a CPU)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def record_failure(self, step: int, reason: str) -> None:
+        status = self.path / "status.json"
+        if self.path.is_dir() and not status.exists():
+            try:
+                status.write_text(json.dumps({"status": "failed", "reason": reason, "step": step}, indent=2) + "\n")
+            except OSError:
+                pass
+
+
+def writing(path: Path, write, cleanup: Path | None = None) -> None:
+    """Run `write`; a full disk or an unwritable folder becomes one clear line."""
+    try:
+        write()
+    except OSError as e:
+        if cleanup is not None:
+            try:
+                cleanup.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise UserError(f"could not write {path} ({e.strerror or e}): free disk space or choose a writable "
+                        f"hydra.run.dir; a stopped run continues with trainer.resume=auto") from None
+
+
+def tensorboard_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    except ImportError:
+        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'metarec[tensorboard]' "
+                        "(or pip install tensorboard), or leave trainer.tensorboard=false") from None
+    return SummaryWriter(log_dir=str(path))

@@ -1,0 +1,73 @@
+"""SIGINT / SIGTERM during a run: in the training loop the first one lets the current step finish,
+saves last.pt and stops; a second one, or one outside the loop, stops at once. Either way the run
+ends with one line that says what was saved and how to resume, and exits 128 + the signal."""
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from metarec import checkpoint
+from metarec.errors import UserError
+from metarec.resume import resume_command
+from metarec.run_folder import RunFolder
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM: `phase` says where the run stopped (start, train, second, final)."""
+
+    def __init__(self, signum: int, phase: str):
+        self.signum, self.phase = signum, phase
+
+
+class SignalCatcher:
+    """Takes SIGINT / SIGTERM over until restore(); `phase` is set by the trainer as it goes."""
+
+    def __init__(self):
+        self.caught: int | None = None
+        self.phase = "start"
+        self._old = {}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (a launcher's worker): leave signals alone
+                pass
+
+    def _handle(self, signum, _frame):
+        if self.phase != "train":
+            raise Interrupted(signum, self.phase)
+        if self.caught is not None:
+            raise Interrupted(signum, "second")
+        self.caught = signum
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def stopped(e: Interrupted, run: RunFolder | None, run_dir: Path, step: int) -> int:
+    """The one line an interrupted run prints, its status.json, and its exit code (128 + signal)."""
+    name = signal.Signals(e.signum).name
+    last = run.saved.get("last.pt") if run is not None else None
+    path = (run.path if run is not None else run_dir) / "checkpoints" / "last.pt"
+    if last is None and path.exists():
+        last = "?"  # resumed from it, then stopped before writing a new one
+        try:
+            last = checkpoint.load(path)["step"]
+        except UserError:
+            pass
+    what = {"start": "stopped before training started",
+            "train": f"stopped after step {step}",
+            "second": f"stopped at once during step {step + 1}",
+            "final": "stopped during the final evaluation (training is complete)"}[e.phase]
+    if path.exists():
+        line = f"{what}; {path} holds step {last}; resume with: {resume_command(run_dir)}"
+    else:
+        line = f"{what}; nothing was saved: run the same command again to start over"
+    if run is not None:
+        try:
+            run.status("interrupted", step, f"{name}: {what}" + ("; resume with trainer.resume=auto" if path.exists() else ""))
+        except Exception:  # noqa: BLE001 - a full disk: the console line is what matters
+            pass
+    print(f"metarec: {name}: {line}", file=sys.stderr, flush=True)
+    return 128 + e.signum

@@ -1,0 +1,32 @@
+"""Every preset composes against the schemas; each algorithm's schema holds its own keys and the ones
+the trainer reads for any algorithm; a written config rebuilds against them."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from metarec.algos import ALGOS
+from metarec.bench import compose
+from metarec.config import checked
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PRESETS = ([f"experiment={p.stem}" for p in sorted((CONF / "experiment").glob("*.yaml"))]
+           + [f"hparams_search={p.stem}" for p in sorted((CONF / "hparams_search").glob("*.yaml"))]
+           + [f"algo={name}" for name in ALGOS])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_its_config_rebuilds_from_a_checkpoint(preset):
+    cfg = compose([preset])
+    assert OmegaConf.get_type(cfg.algo) is ALGOS[cfg.algo.name].Config
+    written = OmegaConf.to_container(cfg, resolve=True)  # what a checkpoint stores
+    assert OmegaConf.to_container(checked(written), resolve=True) == written
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_each_schema_has_the_keys_the_trainer_reads_and_its_conf_file_names_it(name):
+    keys = {f.name for f in dataclasses.fields(ALGOS[name].Config)}
+    assert {"name", "inner_steps", "eval_steps", "meta_lr", "weight_decay"} <= keys
+    assert f"/schema/algo/{name}@_here_" in (CONF / "algo" / f"{name}.yaml").read_text()
+    assert ALGOS[name].Config().name == name
