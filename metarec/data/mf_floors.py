@@ -22,7 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+import numpy as np
+
 from metarec.data.factors import USER_BIAS_PRECISION, _ridge_rows, als
+from metarec.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,14 @@ class MFSettings:
     foldin_reg: float = 3.0  # mf_foldin: the penalty of a task's own factors, solved on its support
     transductive_reg: float = 10.0  # mf_transductive: the penalty of every factor in the joint fit
     iters: int = 15  # ALS sweeps
+
+    @classmethod
+    def of(cls, cfg) -> "MFSettings":
+        """The settings data.mf_* give (MovieLensConfig), checked."""
+        if cfg.mf_rank < 1 or min(cfg.mf_reg, cfg.mf_foldin_reg, cfg.mf_transductive_reg) <= 0:
+            raise UserError(f"data.mf_rank={cfg.mf_rank} must be >= 1 and data.mf_reg={cfg.mf_reg}, data.mf_foldin_reg="
+                            f"{cfg.mf_foldin_reg}, data.mf_transductive_reg={cfg.mf_transductive_reg} > 0")
+        return cls(cfg.mf_rank, cfg.mf_reg, cfg.mf_foldin_reg, cfg.mf_transductive_reg)
 
 
 @dataclass
@@ -99,3 +110,25 @@ def transductive_floor(train: tuple[Tensor, Tensor, Tensor], n_users: int, n_ite
     model = fit(rows, items, ratings, n_users + n_tasks, n_items, mu, settings.rank, settings.transductive_reg,
                 settings.iters, seed)
     return predict(model, model.row_factors[n_users:], model.row_bias[n_users:], query_items)
+
+
+class MFFloors:
+    """Both floors over one MovieLens copy (a MovieLensRaw and its training ratings' indices): the
+    training factorisation once, then each state's floors from its tasks' rating indices."""
+
+    def __init__(self, settings: MFSettings, raw, train_ratings: np.ndarray, mu: float):
+        self.settings, self.mu = settings, mu
+        self.n_users, self.n_items = len(raw.user_gender), len(raw.item_year)
+        self.item = torch.from_numpy(raw.rating_item)  # [ratings]
+        self.y = torch.from_numpy(raw.rating.astype(np.float64))
+        tr = torch.from_numpy(train_ratings)
+        self.train = (torch.from_numpy(raw.rating_user)[tr], self.item[tr], self.y[tr])
+        self.model = fit(*self.train, self.n_users, self.n_items, mu, settings.rank, settings.reg, settings.iters)
+
+    def __call__(self, support: Tensor, support_mask: Tensor, query: Tensor) -> dict[str, Tensor]:
+        """{mf_foldin, mf_transductive}: query predictions [tasks, Q] from rating indices [tasks, S] / [tasks, Q]."""
+        s, mask, q = support.cpu(), support_mask.cpu().double(), query.cpu()
+        sets = (self.item[s], self.y[s] * mask, mask)
+        return {"mf_foldin": foldin_floor(self.model, sets, self.item[q], self.settings.foldin_reg),
+                "mf_transductive": transductive_floor(self.train, self.n_users, self.n_items, self.mu, sets,
+                                                      self.item[q], self.settings)}

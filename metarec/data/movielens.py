@@ -25,63 +25,16 @@ from torch import Tensor
 from metarec.data.download import fingerprint, locate_movielens
 from metarec.data import mf_floors
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
-from metarec.data.movielens_io import MovieLensRaw, read_movielens
+from metarec.data.movielens_features import rating_features
+from metarec.data.movielens_io import read_movielens
 from metarec.errors import UserError
 from metarec.states import STATES
 from metarec.tasks import TaskBatch, TaskSource
 
 VAL_STATES = ("val", "val_new")  # validation users on existing items (model selection) and on new ones
 CUT_YEAR = {"ml-100k": 1996, "ml-1m": 1997}
-AGE_EDGES = [18, 25, 35, 45, 50, 56]  # GroupLens ml-1m age groups; ml-100k ages are bucketed the same way
-YEAR_EDGES = [1940, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998, 1999, 2000]
-
-
 BIAS_EDGES = np.round(np.arange(-1.5, 1.51, 0.15), 2)  # item context: shrunk mean residual ...
 COUNT_EDGES = [1, 2, 4, 8, 16, 32, 64, 128]  # ... and number of ratings it rests on
-
-
-def _codes(values: list[str]) -> np.ndarray:
-    """Strings -> 1..V in sorted order (0 is left for unknown)."""
-    vocab = {v: i + 1 for i, v in enumerate(sorted(set(values)))}
-    return np.array([vocab[v] for v in values], dtype=np.int64)
-
-
-def item_year_bucket(year: np.ndarray, cut: int) -> np.ndarray:
-    """Release years after the cut never occur in meta-training: clamp them to the cut so new
-    items land on a trained bucket. Unknown year -> 0."""
-    edges = [e for e in YEAR_EDGES if e <= cut]
-    bucket = np.searchsorted(edges, np.minimum(year, cut), side="right") + 1
-    return np.where(year < 0, 0, bucket).astype(np.int64)
-
-
-@dataclass
-class Features:
-    x: np.ndarray  # [ratings, fields + genres] int64, the model input of each rating
-    fields: list[tuple[str, int]]  # (name, vocabulary size incl. 0 = unknown)
-    genres: list[str]
-
-
-def rating_features(raw: MovieLensRaw, cut: int, item_ids: bool, zip_prefix: int) -> Features:
-    gender = np.array([{"M": 1, "F": 2}.get(g.upper(), 0) for g in raw.user_gender], dtype=np.int64)
-    age = np.searchsorted(AGE_EDGES, raw.user_age, side="right").astype(np.int64) + 1
-    occupation = _codes(raw.user_occupation)
-    zips = [z[:zip_prefix] if z[:zip_prefix].isdigit() else "x" for z in raw.user_zip]
-    zipc = _codes(zips)
-    year = item_year_bucket(raw.item_year, cut)
-    genres = sorted({g for gs in raw.item_genres for g in gs})
-    gindex = {g: i for i, g in enumerate(genres)}
-    multi = np.zeros((len(raw.item_genres), len(genres)), dtype=np.int64)
-    for i, gs in enumerate(raw.item_genres):
-        multi[i, [gindex[g] for g in gs]] = 1
-    u, it = raw.rating_user, raw.rating_item
-    cols = [gender[u], age[u], occupation[u], zipc[u], year[it]]
-    fields = [("gender", 3), ("age", len(AGE_EDGES) + 2), ("occupation", int(occupation.max()) + 1),
-              ("zip", int(zipc.max()) + 1), ("year", len([e for e in YEAR_EDGES if e <= cut]) + 2)]
-    if item_ids:
-        cols.append(it + 1)  # 0 = UNK, the row every unseen item reads
-        fields.append(("item", len(raw.item_year) + 1))
-    x = np.concatenate([np.stack(cols, 1), multi[it]], axis=1)
-    return Features(x, fields, genres)
 
 
 def _pad(rows: list[np.ndarray], width: int | None = None) -> tuple[Tensor, Tensor]:
@@ -127,7 +80,7 @@ class MovieLensTasks(TaskSource):
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
         self._split(split_seed)
         self.factor_table = None
-        self._mf_fit: tuple[mf_floors.MFSettings, mf_floors.MFFit] | None = None  # mf_foldin's training fit
+        self._mf: mf_floors.MFFloors | None = None  # the MF floors' training fit, made when first asked for
         if cfg.item_factors:
             self._item_factors(split_seed)
         self.n_base = 5  # gender, age, occupation, zip, year: item context goes after them, item ids last
@@ -387,29 +340,11 @@ class MovieLensTasks(TaskSource):
             **self._mf_floors(t),
         }
 
-    def mf_settings(self) -> mf_floors.MFSettings:
-        c = self.cfg
-        if c.mf_rank < 1 or min(c.mf_reg, c.mf_foldin_reg, c.mf_transductive_reg) <= 0:
-            raise UserError(f"data.mf_rank={c.mf_rank} must be >= 1 and data.mf_reg={c.mf_reg}, data.mf_foldin_reg="
-                            f"{c.mf_foldin_reg}, data.mf_transductive_reg={c.mf_transductive_reg} > 0")
-        return mf_floors.MFSettings(c.mf_rank, c.mf_reg, c.mf_foldin_reg, c.mf_transductive_reg)
-
     def _mf_floors(self, t: EvalTasks) -> dict[str, Tensor]:
         """mf_foldin and mf_transductive (metarec/data/mf_floors.py) on the tasks t: [tasks, Q] each."""
-        settings, raw, tr = self.mf_settings(), self.raw, self.train_ratings
-        train = (torch.from_numpy(raw.rating_user[tr]), torch.from_numpy(raw.rating_item[tr]),
-                 torch.from_numpy(raw.rating[tr].astype(np.float64)))
-        n_users, n_items = len(raw.user_gender), len(raw.item_year)
-        if self._mf_fit is None or self._mf_fit[0] != settings:  # the training fit, once per settings
-            self._mf_fit = (settings, mf_floors.fit(*train, n_users, n_items, self.mu, settings.rank, settings.reg,
-                                                    settings.iters))
-        item = torch.from_numpy(raw.rating_item)
-        y = torch.from_numpy(raw.rating.astype(np.float64))
-        s, sm, q = t.support.cpu(), t.support_mask.cpu().double(), t.query.cpu()
-        support = (item[s], y[s] * sm, sm)
-        foldin = mf_floors.foldin_floor(self._mf_fit[1], support, item[q], settings.foldin_reg)
-        trans = mf_floors.transductive_floor(train, n_users, n_items, self.mu, support, item[q], settings)
-        return {"mf_foldin": foldin.to(self.y), "mf_transductive": trans.to(self.y)}
+        if self._mf is None:  # the factorisation of the training ratings, once
+            self._mf = mf_floors.MFFloors(mf_floors.MFSettings.of(self.cfg), self.raw, self.train_ratings, self.mu)
+        return {name: pred.to(self.y) for name, pred in self._mf(t.support, t.support_mask, t.query).items()}
 
     def info(self) -> dict:
         out = {"folder": str(self.folder), "files": [str(p) for p in self.source_files],
