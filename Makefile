@@ -31,8 +31,9 @@ test-fast: setup  ## unit tests only
 bench: setup  ## meta-training throughput: engine vs per-task loop vs supervised step
 	$(BIN)/metarec bench --out bench.json
 
-results: setup  ## 3 split seeds per method on ml-100k -> docs/results.md (ARGS="--data-root PATH/ml-100k")
-	$(BIN)/python -m metarec.results $(ARGS)
+results: setup  ## every method x 3 split seeds on ml-100k and ml-1m -> docs/results.md, docs/results-ml1m.md (ML100K=PATH ML1M=PATH)
+	$(BIN)/python -m metarec.results $(if $(ML100K),--data-root $(ML100K)) $(ARGS)
+	$(BIN)/python -m metarec.results --data ml-1m $(if $(ML1M),--data-root $(ML1M)) $(ARGS)
 
 clean:  ## remove the venv, build files and caches (not outputs/)
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

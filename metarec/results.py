@@ -1,6 +1,7 @@
-"""`make results`: every method on ml-100k over 3 split seeds, through `metarec train`, into docs/results.md.
+"""`make results`: every method on ml-100k (and ml-1m) over 3 split seeds, through `metarec train`, into docs/.
 
-    python -m metarec.results --data-root ../shared/data/ml-100k      # train what is missing, then write the table
+    python -m metarec.results --data-root ../shared/data/ml-100k      # train what is missing, then write docs/results.md
+    python -m metarec.results --data ml-1m --data-root ../shared/data/ml-1m   # the same for ml-1m: docs/results-ml1m.md
     python -m metarec.results --report-only                            # aggregate the runs already there
 
 Each run is `metarec train experiment=melu_ml100k[_METHOD] seed=K` (split_seed follows seed), the
@@ -41,7 +42,22 @@ METHODS: dict[str, list[str]] = {
     "ridge": ["experiment=melu_ml100k_ridge"],
     "pretrain": ["experiment=melu_ml100k_pretrain"],
 }
+# ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
+ML1M_METHODS: dict[str, list[str]] = {
+    "maml": ["experiment=melu_ml1m"],
+    "ridge": ["experiment=melu_ml1m_ridge"],
+    "pretrain": ["experiment=melu_ml1m_pretrain"],
+}
 SEEDS = (0, 1, 2)
+DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
+    "ml-100k": ("METAREC_ML100K", Path("outputs/results"), Path("docs/results.md")),
+    "ml-1m": ("METAREC_ML1M", Path("outputs/results-ml1m"), Path("docs/results-ml1m.md")),
+}
+
+
+def presets_of(data: str) -> dict[str, list[str]]:
+    """method -> its preset's overrides, for one data set."""
+    return METHODS if data == "ml-100k" else ML1M_METHODS
 
 
 def load_run(path: Path, method: str, seed: int) -> SeedRun:
@@ -51,9 +67,9 @@ def load_run(path: Path, method: str, seed: int) -> SeedRun:
 
 
 # ---- running ------------------------------------------------------------------------------------------
-def run_overrides(method: str, seed: int, data_root: str | None, threads: int) -> list[str]:
+def run_overrides(method: str, seed: int, data_root: str | None, threads: int, data: str = "ml-100k") -> list[str]:
     extra = [f"data.root={data_root}"] if data_root else []
-    return [*METHODS[method], f"seed={seed}", *extra, f"device.threads={threads}", "device=cpu", "trainer.progress=false"]
+    return [*presets_of(data)[method], f"seed={seed}", *extra, f"device.threads={threads}", "device=cpu", "trainer.progress=false"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,44 +109,48 @@ def folder_of(out: Path, method: str, seed: int) -> Path:
     return out / slug / f"seed{seed}"
 
 
-def preset_hparams(method: str) -> str:
+def preset_hparams(method: str, data: str = "ml-100k") -> str:
     """The algorithm block a method's preset resolves to, read through Hydra's compose."""
-    cfg = preset(tuple(METHODS[method]))
+    cfg = preset(tuple(presets_of(data)[method]))
     a = cfg.algo
     keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name == "ridge"  # no gradient steps in its inner loop
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
              "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
-    return (f"`{' '.join(METHODS[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
+    return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
             f"data.item_stats={cfg.data.item_stats}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
 
 
-def protocol(methods: list[str]) -> str:
+def protocol(methods: list[str], variant: str = "ml-100k") -> str:
     """One line on the users' split and the training data, which every method must share: the floors
     and the paired differences assume the same tasks and the same training ratings."""
-    data = {m: preset(tuple(METHODS[m])).data for m in methods}
+    data = {m: preset(tuple(presets_of(variant)[m])).data for m in methods}
     seen = {(tuple(d.split), d.heavy_users, d.min_ratings, d.max_ratings, d.query_size) for d in data.values()}
     if len(seen) > 1:
         raise UserError("the methods' presets split users or choose training ratings differently "
                         f"({', '.join(f'{m}: split={list(d.split)} heavy_users={d.heavy_users}' for m, d in data.items())}): "
-                        "set data.split and data.heavy_users in melu_ml100k.yaml only")
+                        f"set data.split and data.heavy_users in conf/protocol/{variant.replace('-', '')}.yaml only")
     d = next(iter(data.values()))
     share = "/".join(f"{100 * x:g}" for x in d.split)
     heavy = ("the meta-train users above that train too (`data.heavy_users=true`; MeLU drops them)" if d.heavy_users
              else "users above that are dropped, as in MeLU")
+    cut = d.cut_year if d.cut_year is not None else {"ml-100k": 1996, "ml-1m": 1997}[d.variant]
     return (f"Protocol: users {share} meta-train / validation / test by the split seed; tasks of users with "
-            f"{d.min_ratings}-{d.max_ratings} ratings in a partition, {d.query_size} query ratings; {heavy}.")
+            f"{d.min_ratings}-{d.max_ratings} ratings in a partition, {d.query_size} query ratings; {heavy}. "
+            f"Items are new when the year in their title is after {cut} (the year every copy carries: docs/data.md).")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m metarec.results", description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default=os.environ.get("METAREC_ML100K"), help="a folder with ml-100k (else the cache / download)")
-    p.add_argument("--out", type=Path, default=Path("outputs/results"), help="run folders (reused when finished with the same overrides)")
-    p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    p.add_argument("--data", default="ml-100k", choices=list(DEFAULTS), help="the data set (its presets: METHODS, ML1M_METHODS)")
+    p.add_argument("--data-root", help="a folder with the data set (default: $METAREC_ML100K / $METAREC_ML1M, else the cache / download)")
+    p.add_argument("--out", type=Path, help="run folders, reused when finished with the same overrides "
+                   "(default: outputs/results, outputs/results-ml1m)")
+    p.add_argument("--doc", type=Path, help="the page (default: docs/results.md, docs/results-ml1m.md)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", help="a subset of the data set's methods (default: all of them)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, each with --threads torch threads")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report-only", action="store_true", help="aggregate the runs there, train nothing")
@@ -143,7 +163,7 @@ def train_missing(args: argparse.Namespace) -> int:
     for method in args.methods:
         for seed in args.seeds:
             folder = folder_of(args.out, method, seed)
-            overrides = run_overrides(method, seed, args.data_root, args.threads)
+            overrides = run_overrides(method, seed, args.data_root, args.threads, args.data)
             if not args.report_only and not finished(folder, overrides):
                 todo.append((folder, overrides))
     if todo:
@@ -174,11 +194,25 @@ def load_runs(args: argparse.Namespace) -> list[SeedRun]:
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, with each data set's defaults filled in."""
     args = parser().parse_args(argv)
+    env, out, doc = DEFAULTS[args.data]
+    args.data_root = args.data_root or os.environ.get(env)
+    args.out, args.doc = args.out or out, args.doc or doc
+    known = list(presets_of(args.data))
+    args.methods = args.methods or known
+    unknown = [m for m in args.methods if m not in known]
+    if unknown:
+        parser().error(f"--methods {' '.join(unknown)}: {args.data} has {', '.join(known)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     t0 = time.perf_counter()
     try:
-        line = protocol(args.methods)  # before any training: the methods must share tasks and training data
+        line = protocol(args.methods, args.data)  # before any training: the methods must share tasks and training data
         trained = train_missing(args)
         runs = load_runs(args)
     except UserError as e:
@@ -194,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     folders = {Path(r.data_root).name for r in runs if r.data_root}
     folder = folders.pop() if len(folders) == 1 else None  # the data copy by name; its path is this machine's
     command = shown_command(sys.argv[1:] if argv is None else argv, folder)
-    text = render(summary, wall, {m: preset_hparams(m) for m in args.methods}, command, fingerprint, line, folder)
+    text = render(summary, wall, {m: preset_hparams(m, args.data) for m in args.methods}, command, fingerprint, line,
+                  folder, args.data)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(text + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=list) + "\n")

@@ -96,6 +96,8 @@ def test_targets_say_reached_or_not_with_numbers():
     assert ok  # -0.05 < -2 * 0.0144
     ok, _ = checks["user_cold: nDCG@3 (2^r-1) of maml above random order by more than 0.1"]
     assert ok
+    ok, numbers = checks["user_cold: MAE of maml below the best floor (bias) by more than 2 SE"]
+    assert ok and "-0.0500 ± 0.0144" in numbers
 
 
 def test_mismatched_tasks_are_refused():
@@ -116,7 +118,7 @@ def write_run(folder: Path, run: SeedRun) -> None:
 def test_report_only_writes_the_page_from_run_folders(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(results, "METHODS", {"maml": ["experiment=melu_ml100k"], "pretrain": ["experiment=melu_ml100k_pretrain"],
                                              "reptile": ["experiment=melu_ml100k_reptile"]})
-    monkeypatch.setattr(results, "preset_hparams", lambda m: f"preset of {m}")
+    monkeypatch.setattr(results, "preset_hparams", lambda m, data="ml-100k": f"preset of {m}")
     for run in runs():
         write_run(results.folder_of(tmp_path / "runs", run.method, run.seed), run)
     doc = tmp_path / "docs" / "results.md"
@@ -164,6 +166,20 @@ def test_the_page_names_the_protocol_and_refuses_methods_that_train_on_other_dat
     assert not (tmp_path / "r.md").exists()
 
 
+def test_ml1m_presets_share_one_protocol_with_every_meta_train_rating(capsys):
+    line = results.protocol(list(results.ML1M_METHODS), "ml-1m")
+    assert line.startswith("Protocol: users 70/10/20 meta-train / validation / test") and "data.heavy_users=true" in line
+    assert "title is after 1997" in line and "title is after 1996" in results.protocol(["maml"])
+    assert results.run_overrides("ridge", 2, "/d/ml-1m", 1, "ml-1m")[:3] == [
+        "experiment=melu_ml1m_ridge", "seed=2", "data.root=/d/ml-1m"]
+    args = results.parse(["--data", "ml-1m"])
+    assert (args.methods, str(args.out), str(args.doc)) == (["maml", "ridge", "pretrain"], "outputs/results-ml1m",
+                                                            "docs/results-ml1m.md")
+    with pytest.raises(SystemExit):
+        results.parse(["--data", "ml-1m", "--methods", "reptile"])
+    assert "ml-1m has maml, ridge, pretrain" in capsys.readouterr().err
+
+
 def test_the_page_names_the_data_copy_without_this_machines_paths(tmp_path, monkeypatch):
     assert results.shown_command(["--report-only", "--data-root", "/work/shared/data/ml-100k"], "ml-100k") == \
         "python -m metarec.results --data-root PATH/ml-100k"
@@ -179,7 +195,7 @@ def test_the_page_names_the_data_copy_without_this_machines_paths(tmp_path, monk
     # --report-only on run folders that recorded an absolute data.root: the folder's name, no path
     monkeypatch.setattr(results, "METHODS", {"maml": ["experiment=melu_ml100k"], "pretrain": ["experiment=melu_ml100k_pretrain"],
                                              "reptile": ["experiment=melu_ml100k_reptile"]})
-    monkeypatch.setattr(results, "preset_hparams", lambda m: f"preset of {m}")
+    monkeypatch.setattr(results, "preset_hparams", lambda m, data="ml-100k": f"preset of {m}")
     for run in runs():
         folder = results.folder_of(tmp_path / "runs", run.method, run.seed)
         write_run(folder, run)
