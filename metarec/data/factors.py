@@ -49,6 +49,21 @@ def als(ratings: Tensor, mask: Tensor, mu: float, rank: int, reg: float, iters: 
     return q, b_item
 
 
+def dense_ratings(rows: Tensor, items: Tensor, ratings: Tensor, n_rows: int, n_items: int) -> tuple[Tensor, Tensor]:
+    """The ratings (rows, items, ratings: [n] each) as a float64 matrix [n_rows, n_items] and its 0/1 mask."""
+    dense = torch.zeros(n_rows, n_items, dtype=torch.float64)
+    mask = torch.zeros_like(dense)
+    dense[rows, items] = ratings.to(torch.float64)
+    mask[rows, items] = 1.0
+    return dense, mask
+
+
+def seeded_start(n_items: int, rank: int, seed: int) -> Tensor:
+    """ALS's first item factors [n_items, rank], from a generator of their own (the global RNG stays untouched)."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(n_items, rank, generator=g, dtype=torch.float64)
+
+
 def rotate_onto(q: Tensor, target: Tensor) -> Tensor:
     """q @ R with R the rotation that brings q closest to target (orthogonal Procrustes)."""
     u, _, vh = torch.linalg.svd(q.T @ target)
@@ -63,12 +78,8 @@ def cross_fitted(users: Tensor, items: Tensor, ratings: Tensor, n_users: int, n_
     f, then rotated onto table `folds`, the fit on every training rating. float64 on the CPU.
     The item biases stay out: the model learns an item's standing from its context (data.item_stats),
     which a new item has too, rather than from a column that only existing items fill."""
-    dense = torch.zeros(n_users, n_items, dtype=torch.float64)
-    mask = torch.zeros_like(dense)
-    dense[users, items] = ratings.to(torch.float64)
-    mask[users, items] = 1.0
-    g = torch.Generator().manual_seed(seed)
-    start = 0.1 * torch.randn(n_items, rank, generator=g, dtype=torch.float64)
+    dense, mask = dense_ratings(users, items, ratings, n_users, n_items)
+    start = seeded_start(n_items, rank, seed)
     full, _ = als(dense, mask, mu, rank, reg, iters, start)
     tables = []
     for f in range(folds):

@@ -24,7 +24,7 @@ from torch import Tensor
 
 import numpy as np
 
-from metarec.data.factors import USER_BIAS_PRECISION, _ridge_rows, als
+from metarec.data.factors import USER_BIAS_PRECISION, _ridge_rows, als, dense_ratings, seeded_start
 from metarec.errors import UserError
 
 
@@ -58,13 +58,8 @@ def fit(rows: Tensor, items: Tensor, ratings: Tensor, n_rows: int, n_items: int,
         reg: float, iters: int, seed: int = 0) -> MFFit:
     """ALS on the ratings (rows, items, ratings: [n] each) from a seeded start, then every row's
     fold-in onto the final items (what ALS's next row half-step would give)."""
-    dense = torch.zeros(n_rows, n_items, dtype=torch.float64)
-    mask = torch.zeros_like(dense)
-    dense[rows, items] = ratings.to(torch.float64)
-    mask[rows, items] = 1.0
-    g = torch.Generator().manual_seed(seed)
-    start = 0.1 * torch.randn(n_items, rank, generator=g, dtype=torch.float64)
-    q, b_item = als(dense, mask, mu, rank, reg, iters, start)
+    dense, mask = dense_ratings(rows, items, ratings, n_rows, n_items)
+    q, b_item = als(dense, mask, mu, rank, reg, iters, seeded_start(n_items, rank, seed))
     p, b_row = _ridge_rows(mask, dense - mu - b_item, q, reg, USER_BIAS_PRECISION)
     return MFFit(mu, q, b_item, p, b_row)
 
