@@ -5,9 +5,21 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import tomllib
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_and_config_folder_is_listed_in_pyproject():
+    """setuptools ships only the listed packages (and warns at every install about conf/ folders it
+    would ignore): the list must be the tree, metarec/'s packages and conf/'s folders as metarec.conf.*."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    code = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "metarec").rglob("__init__.py")}
+    conf = {".".join(("metarec", *d.relative_to(REPO).parts)) for d in [REPO / "conf", *(REPO / "conf").rglob("*")]
+            if d.is_dir() and d.name != "__pycache__"}
+    assert listed == code | conf
 
 
 @pytest.mark.slow
