@@ -11,6 +11,7 @@ import torch
 
 import metarec
 from metarec import checkpoint
+from metarec.device import cpu_count, parallel_jobs
 from metarec.errors import UserError
 from metarec.tasks import TaskSource
 
@@ -88,6 +89,7 @@ def run_info(cfg, device: torch.device, source: TaskSource, start: Path | None, 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"metarec": metarec.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "parallel_jobs": parallel_jobs(cpu_count()),  # sweep jobs sharing the machine (joblib's n_jobs)
             "data_fingerprint": source.fingerprint(), "data_files": [str(p) for p in source.source_files],
             "seed": cfg.seed, "resumed_from": None if start is None else {"checkpoint": str(start), "step": step}}
 

@@ -13,6 +13,7 @@ import yaml
 from conftest import read_json, run_cli
 from PIL import Image
 
+from metarec.device import cpu_count
 from metarec.errors import UserError
 from metarec.run_folder import RunFolder
 
@@ -59,9 +60,12 @@ def test_joblib_2x2_sweep_lands_in_outputs_multirun_and_reports(tmp_path):
     assert sorted(runs) == ["0", "1", "2", "3"] and (sweep / "multirun.yaml").is_file()
     combos = {(_overrides(run)["algo"], _overrides(run)["seed"]) for run in runs.values()}
     assert combos == {("maml", "0"), ("maml", "1"), ("reptile", "0"), ("reptile", "1")}
+    cpus = cpu_count()
     for run in runs.values():
         assert read_json(run / "status.json")["status"] == "finished"
         assert "mse" in read_json(run / "eval.json")["states"]["test"]["steps"]["1"]
+        info = read_json(run / "run_info.json")  # two jobs at a time: each takes its share of the cores
+        assert info["parallel_jobs"] == min(2, cpus) and info["threads"] == max(1, cpus // min(2, cpus))
 
     r = run_cli("report", sweep, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
