@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from metarec.evaluate import mean_ci, ndcg_at_k, paired_difference, rating_metrics
+from metarec.evaluate import format_table, headline_line, mean_ci, ndcg_at_k, paired_difference, rating_metrics
 from metarec.tasks import TaskBatch
 
 
@@ -68,3 +68,21 @@ def test_validation_scores_only_the_last_step_with_the_same_numbers():
     last = evaluate_state(algo, batch, "rating", 3, "exp", chunk=4, only_last=True)
     assert list(full["steps"]) == ["0", "1", "2", "3"] and list(last["steps"]) == ["3"]
     assert last["steps"]["3"] == full["steps"]["3"] and last["per_task"]["3"] == full["per_task"]["3"]
+
+
+def test_eval_md_opens_with_the_method_against_the_best_floor_by_hand():
+    state = {"n_tasks": 3, "headline_step": "1",
+             "steps": {"0": {"mae": 0.9, "mae_ci": 0.0}, "1": {"mae": 0.7, "mae_ci": 0.0}},
+             "per_task": {"0": {"mae": [0.9, 0.9, 0.9]}, "1": {"mae": [0.6, 0.7, 0.8]}},
+             "floors": {"bias": {"mae": 0.8, "mae_ci": 0.0}, "mf_foldin": {"mae": 0.75, "mae_ci": 0.0},
+                        "random": {"ndcg@3": 0.5, "ndcg@3_ci": 0.0}},
+             "floors_per_task": {"bias": {"mae": [0.8, 0.8, 0.8]}, "mf_foldin": {"mae": [0.7, 0.7, 0.85]},
+                                 "random": {"ndcg@3": [0.5, 0.5, 0.5]}}}
+    result = {"states": {"warm": {**state, "floors": {"bias": {"mae": 0.1, "mae_ci": 0.0}}}, "user_cold": state}}
+    # user_cold first; its best floor is mf_foldin (0.75 < 0.8); d = [-0.1, 0, -0.05]: mean -0.05,
+    # sd 0.05, SE 0.05 / sqrt(3) = 0.028868
+    line = headline_line(result)
+    assert line == ("**user_cold**: MAE 0.7000 after 1 steps against the best floor, mf_foldin 0.7500: paired "
+                    "difference -0.0500 ± 0.0289 (-1.7 SE) over 3 tasks (negative: the method is better).")
+    assert format_table(result, "maml on movielens").splitlines()[:3] == ["# maml on movielens", "", line]
+    assert headline_line({"states": {"test": {"n_tasks": 2, "steps": {}, "per_task": {}}}}) is None  # no floors
