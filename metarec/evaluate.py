@@ -142,17 +142,17 @@ def headline_line(result: dict) -> str | None:
     """One line: the method's headline MAE on user_cold (else the first state with floors) against the
     best floor of that state, with the paired per-task difference; None where no state has floors."""
     states = result["states"]
-    candidates = [s for s in ("user_cold", *states) if s in states and states[s].get("floors_per_task")]
-    if not candidates:
+    state = next((s for s in ("user_cold", *states) if s in states and states[s].get("floors_per_task")), None)
+    if state is None:
         return None
-    state, r = candidates[0], states[candidates[0]]
+    r = states[state]
     step = r.get("headline_step", "0")
     floors = {n: m["mae"] for n, m in r["floors"].items() if "mae" in m}
     if not floors or "mae" not in r["per_task"].get(step, {}):
         return None
     best = min(floors, key=floors.get)
     d, se = paired_difference(r["per_task"][step]["mae"], r["floors_per_task"][best]["mae"])
-    z = f" ({d / se:+.1f} SE)" if se and se == se else ""
+    z = "" if math.isnan(se) or se == 0 else f" ({d / se:+.1f} SE)"
     return (f"**{state}**: MAE {r['steps'][step]['mae']:.4f} after {step} steps against the best floor, {best} "
             f"{floors[best]:.4f}: paired difference {d:+.4f} ± {se:.4f}{z} over {r['n_tasks']} tasks "
             "(negative: the method is better).")

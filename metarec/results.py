@@ -30,6 +30,7 @@ from metarec import runs as run_folders
 from metarec.compose import compose_plain
 from metarec.errors import UserError
 from metarec.results_page import SeedRun, render, shown_command, summarize
+from metarec.states import CUT_YEAR
 
 # method -> the overrides after `metarec train`; the tuned values live in the presets
 # (conf/experiment/melu_ml100k*.yaml), how they were found in docs/tuning.md.
@@ -136,7 +137,7 @@ def protocol(methods: list[str], variant: str = "ml-100k") -> str:
     share = "/".join(f"{100 * x:g}" for x in d.split)
     heavy = ("the meta-train users above that train too (`data.heavy_users=true`; MeLU drops them)" if d.heavy_users
              else "users above that are dropped, as in MeLU")
-    cut = d.cut_year if d.cut_year is not None else {"ml-100k": 1996, "ml-1m": 1997}[d.variant]
+    cut = d.cut_year if d.cut_year is not None else CUT_YEAR[d.variant]
     return (f"Protocol: users {share} meta-train / validation / test by the split seed; tasks of users with "
             f"{d.min_ratings}-{d.max_ratings} ratings in a partition, {d.query_size} query ratings; {heavy}. "
             f"Items are new when the year in their title is after {cut} (the year every copy carries: docs/data.md).")
@@ -196,7 +197,8 @@ def load_runs(args: argparse.Namespace) -> list[SeedRun]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The arguments, with each data set's defaults filled in."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     env, out, doc = DEFAULTS[args.data]
     args.data_root = args.data_root or os.environ.get(env)
     args.out, args.doc = args.out or out, args.doc or doc
@@ -204,7 +206,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.methods = args.methods or known
     unknown = [m for m in args.methods if m not in known]
     if unknown:
-        parser().error(f"--methods {' '.join(unknown)}: {args.data} has {', '.join(known)}")
+        p.error(f"--methods {' '.join(unknown)}: {args.data} has {', '.join(known)}")
     return args
 
 

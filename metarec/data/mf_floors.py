@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
-
-import numpy as np
 
 from metarec.data.factors import USER_BIAS_PRECISION, _ridge_rows, als, dense_ratings, seeded_start
 from metarec.errors import UserError

@@ -22,17 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data.download import fingerprint, locate_movielens
 from metarec.data import mf_floors
+from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.movielens_features import rating_features
 from metarec.data.movielens_io import read_movielens
 from metarec.errors import UserError
-from metarec.states import STATES
+from metarec.states import CUT_YEAR, STATES
 from metarec.tasks import TaskBatch, TaskSource
 
 VAL_STATES = ("val", "val_new")  # validation users on existing items (model selection) and on new ones
-CUT_YEAR = {"ml-100k": 1996, "ml-1m": 1997}
 BIAS_EDGES = np.round(np.arange(-1.5, 1.51, 0.15), 2)  # item context: shrunk mean residual ...
 COUNT_EDGES = [1, 2, 4, 8, 16, 32, 64, 128]  # ... and number of ratings it rests on
 
@@ -80,6 +79,7 @@ class MovieLensTasks(TaskSource):
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
         self._split(split_seed)
         self.factor_table = None
+        self.mf_settings = mf_floors.MFSettings.of(cfg)  # checked here, before any training
         self._mf: mf_floors.MFFloors | None = None  # the MF floors' training fit, made when first asked for
         if cfg.item_factors:
             self._item_factors(split_seed)
@@ -343,7 +343,7 @@ class MovieLensTasks(TaskSource):
     def _mf_floors(self, t: EvalTasks) -> dict[str, Tensor]:
         """mf_foldin and mf_transductive (metarec/data/mf_floors.py) on the tasks t: [tasks, Q] each."""
         if self._mf is None:  # the factorisation of the training ratings, once
-            self._mf = mf_floors.MFFloors(mf_floors.MFSettings.of(self.cfg), self.raw, self.train_ratings, self.mu)
+            self._mf = mf_floors.MFFloors(self.mf_settings, self.raw, self.train_ratings, self.mu)
         return {name: pred.to(self.y) for name, pred in self._mf(t.support, t.support_mask, t.query).items()}
 
     def info(self) -> dict:
