@@ -112,7 +112,7 @@ class MFFloors:
 
     def __init__(self, settings: MFSettings, raw, train_ratings: np.ndarray, mu: float):
         self.settings, self.mu = settings, mu
-        self.n_users, self.n_items = len(raw.user_gender), len(raw.item_year)
+        self.n_users, self.n_items = raw.num_users, raw.num_items
         self.item = torch.from_numpy(raw.rating_item)  # [ratings]
         self.y = torch.from_numpy(raw.rating.astype(np.float64))
         tr = torch.from_numpy(train_ratings)
