@@ -158,8 +158,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def train_missing(args: argparse.Namespace) -> int:
-    """Train every (method, seed) without a finished run of its exact config; returns how many."""
+def train_missing(args: argparse.Namespace) -> list[str]:
+    """Train every (method, seed) without a finished run of its exact config; returns their folders."""
     todo = []
     for method in args.methods:
         for seed in args.seeds:
@@ -172,7 +172,7 @@ def train_missing(args: argparse.Namespace) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             for folder, rc, secs in pool.map(lambda t: train_one(*t), todo):
                 print(f"  {folder}: {'finished' if rc == 0 else f'FAILED (exit {rc}, see {folder}.log)'} in {secs:.0f} s", flush=True)
-    return len(todo)
+    return [str(folder) for folder, _ in todo]
 
 
 def load_runs(args: argparse.Namespace) -> list[SeedRun]:
@@ -193,6 +193,38 @@ def load_runs(args: argparse.Namespace) -> list[SeedRun]:
                         f"(run_info.json fingerprints {', '.join(sorted(f[:12] for f in copies))}): move that folder "
                         "aside and run again with one --data-root")
     return runs
+
+
+def record_timing(args: argparse.Namespace, trained: list[str], wall_s: float) -> None:
+    """Append this invocation's wall time and the runs it trained to OUT/timing.json."""
+    timing = args.out / "timing.json"
+    log = read_timing(timing)
+    log.append({"runs": trained, "wall_s": wall_s, "jobs": args.jobs, "threads": args.threads, "cpus": os.cpu_count()})
+    timing.write_text(json.dumps({"invocations": log}, indent=1) + "\n")
+
+
+def read_timing(timing: Path) -> list[dict]:
+    """The invocations that trained runs here (a file of the older one-invocation form names no runs)."""
+    if not timing.is_file():
+        return []
+    data = json.loads(timing.read_text())
+    return data.get("invocations", [{**data, "runs": []}])
+
+
+def training_wall(args: argparse.Namespace) -> tuple[float, int] | None:
+    """The wall time that trained the page's runs and in how many invocations: the sum over the
+    invocations whose runs are still the ones there (an invocation all of whose runs were trained again
+    later no longer counts); None when some run of the page was trained by no recorded invocation."""
+    pages = {str(folder_of(args.out, m, s)) for m in args.methods for s in args.seeds}
+    owner: dict[str, int] = {}
+    log = read_timing(args.out / "timing.json")
+    for i, inv in enumerate(log):
+        for run in inv["runs"]:
+            owner[run] = i
+    if not pages <= owner.keys():
+        return None
+    used = {owner[p] for p in pages}
+    return sum(log[i]["wall_s"] for i in used), len(used)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -221,11 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metarec results: error: {e}", file=sys.stderr)
         return 1
     summary = summarize(runs)
-    timing = args.out / "timing.json"  # the wall time of the invocation that trained every run
-    if trained and trained == len(args.methods) * len(args.seeds):
-        timing.write_text(json.dumps({"wall_s": time.perf_counter() - t0, "runs": trained, "jobs": args.jobs,
-                                      "threads": args.threads, "cpus": os.cpu_count()}) + "\n")
-    wall = json.loads(timing.read_text())["wall_s"] if timing.is_file() else None
+    if trained:
+        record_timing(args, trained, time.perf_counter() - t0)
+    wall = training_wall(args)
     fingerprint = next(iter({r.fingerprint for r in runs} - {None}), None)
     folders = {Path(r.data_root).name for r in runs if r.data_root}
     folder = folders.pop() if len(folders) == 1 else None  # the data copy by name; its path is this machine's

@@ -193,7 +193,7 @@ def test_the_page_names_the_data_copy_without_this_machines_paths(tmp_path, monk
         minutes = float(re.search(r"took ([0-9.]+) min", line).group(1))
         fingerprint = re.search(r"fingerprint `([0-9a-f]{16})…`", line).group(1)
         command = results.shown_command(["--data-root", f"/work/shared/data/{variant}", *argv], variant)
-        page = results.render(summarize(runs()), minutes * 60, {"maml": "x"}, command, fingerprint + "0" * 48, "",
+        page = results.render(summarize(runs()), (minutes * 60, 1), {"maml": "x"}, command, fingerprint + "0" * 48, "",
                               variant, variant)
         assert line in page.splitlines() and "/work" not in line and "/tmp" not in line
         assert next(ln for ln in lines if ln.startswith("Chosen on validation users")) in page.splitlines()
@@ -213,3 +213,21 @@ def test_the_page_names_the_data_copy_without_this_machines_paths(tmp_path, monk
     assert str(tmp_path) not in text
     assert "(`python -m metarec.results --data-root PATH/ml-100k --out PATH/runs --doc PATH/results.md --seeds 0 1`)" in text
     assert "(folder `ml-100k`, SHA-256 fingerprint `abababababababab…` in each run_info.json)" in text
+
+
+def test_the_wall_time_sums_the_invocations_that_trained_the_pages_runs(tmp_path):
+    args = results.parse(["--out", str(tmp_path), "--methods", "maml", "ridge", "--seeds", "0", "1"])
+    maml = [str(results.folder_of(tmp_path, "maml", s)) for s in (0, 1)]
+    ridge = [str(results.folder_of(tmp_path, "ridge", s)) for s in (0, 1)]
+    assert results.training_wall(args) is None  # nothing recorded
+    (tmp_path / "timing.json").write_text(json.dumps({"wall_s": 9.0, "runs": 4}))  # the older form names no runs
+    assert results.training_wall(args) is None
+    results.record_timing(args, maml + ridge, 100.0)
+    assert results.training_wall(args) == (100.0, 1)
+    results.record_timing(args, ridge[:1], 30.0)  # one run trained again: both invocations made the page
+    assert results.training_wall(args) == (130.0, 2)
+    results.record_timing(args, maml + ridge[1:], 50.0)  # the first invocation's runs are all newer now
+    assert results.training_wall(args) == (80.0, 2)
+    assert json.loads((tmp_path / "timing.json").read_text())["invocations"][0]["runs"] == []
+    page = results.render(summarize(runs()), (80.0 * 60, 2), {"maml": "x"}, "cmd")
+    assert "took 80.0 min wall time over 2 invocations (each trained the runs that were missing)." in page
