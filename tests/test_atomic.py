@@ -190,6 +190,10 @@ def test_a_data_set_no_reader_ships_trains_end_to_end(tmp_path):
         assert s["n_tasks"] > 0 and np.isfinite(s["steps"]["1"]["mae"])
         assert {"bias", "bias_transductive", "mf_foldin", "mf_transductive"} <= set(s["floors"])
     assert "atomic" in (run / "eval.md").read_text()
+    again = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "device=cpu", "device.threads=1",
+                    f"hydra.run.dir={tmp_path}/eval")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert set(read_json(tmp_path / "eval" / "eval.json")["states"]) == set(STATES)
 
 
 # ----------------------------------------------------------------------------- bad files: one line each
@@ -202,27 +206,22 @@ def bad(tmp_path, *overrides):
     return message
 
 
-def append(path: Path, text: str):
-    with open(path, "a") as f:
-        f.write(text)
-
-
-def test_a_value_that_does_not_match_its_header_names_file_line_and_field(tmp_path):
+@pytest.mark.parametrize("file, line, message", [
+    ("shop.item", "p999\tcheap\tred\t40", "shop.item line 122: field price is 'cheap', not a number (its header says price:float)"),
+    ("shop.item", "p999\t3.5\tred\t40 large", "shop.item line 122: field sizes is 'large'"),
+    ("shop.inter", "c1\tp1\t4", "shop.inter line 2702 has no ts field (3 tab-separated fields, the header names 4"),
+    ("shop.inter", "c1\tp1\t4\t5\t6", "shop.inter line 2702 has a field after ts, the header's last"),
+    ("shop.inter", "c1\tp1\t9\t5", "shop.inter line 2702: field stars is '9', off data.rating_scale=[1, 5]"),
+    ("shop.user", None, "shop.user line 1: field 'region:string' is not a RecBole header field"),
+])
+def test_a_line_that_does_not_match_its_header_names_file_line_and_field(tmp_path, file, line, message):
     write_synthetic(tmp_path)
-    append(tmp_path / "shop.item", "p999\tcheap\tred\t40\n")
-    assert "shop.item line 122: field price is 'cheap', not a number (its header says price:float)" in bad(tmp_path)
-    write_synthetic(tmp_path)
-    append(tmp_path / "shop.item", "p999\t3.5\tred\t40 large\n")
-    assert "shop.item line 122: field sizes is 'large'" in bad(tmp_path)
-    write_synthetic(tmp_path)
-    append(tmp_path / "shop.inter", "c1\tp1\t4\n")
-    assert "shop.inter line 2702 has no ts field (3 tab-separated fields, the header names 4" in bad(tmp_path)
-    write_synthetic(tmp_path)
-    append(tmp_path / "shop.inter", "c1\tp1\t9\t5\n")
-    assert "shop.inter line 2702: field stars is '9', off data.rating_scale=[1, 5]" in bad(tmp_path)
-    write_synthetic(tmp_path)
-    (tmp_path / "shop.user").write_text("uid:token\tregion:string\nc1\tnorth\n")
-    assert "shop.user line 1: field 'region:string' is not a RecBole header field" in bad(tmp_path)
+    if line is None:
+        (tmp_path / file).write_text("uid:token\tregion:string\nc1\tnorth\n")
+    else:
+        with open(tmp_path / file, "a") as f:
+            f.write(line + "\n")
+    assert message in bad(tmp_path)
 
 
 def test_missing_files_fields_and_features_are_one_line(tmp_path):
@@ -237,3 +236,22 @@ def test_missing_files_fields_and_features_are_one_line(tmp_path):
     assert "data.cut.field=year is a field of neither" in bad(tmp_path, "data.cut.field=year")
     (tmp_path / "shop.user").unlink()
     assert "there is no shop.user" in bad(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the model's side
+
+def test_field_encoder_pools_each_multi_hot_block_and_keeps_movielens_one():
+    from metarec.models.melu import FieldEncoder
+    torch.manual_seed(0)
+    legacy = FieldEncoder([("a", 3)], ["genre", 4], dim=2)  # every checkpoint before data=atomic
+    torch.manual_seed(0)
+    listed = FieldEncoder([("a", 3)], [["genre", 4]], dim=2)
+    x = torch.tensor([[2, 1, 0, 1, 1], [0, 0, 0, 0, 0]])
+    assert torch.equal(legacy(x), listed(x)) and legacy.out_dim == 4
+    two = FieldEncoder([("a", 3)], [["u", 2], ["v", 3]], dim=2)
+    x = torch.tensor([[1, 1, 0, 1, 1, 0]])
+    w, a = two.multi.weight, two.embeddings["a"].weight
+    expected = torch.cat([a[1], w[0], (w[2] + w[3]) / 2])  # each block its own mean over its own rows
+    assert two.out_dim == 6 and torch.allclose(two(x)[0], expected)
+    none = FieldEncoder([("a", 3)], [], dim=2)
+    assert none.multi is None and torch.equal(none(torch.tensor([[2]]))[0], none.embeddings["a"].weight[2])
