@@ -105,6 +105,27 @@ def test_ml100k_as_atomic_files_gives_movielens_tasks_and_floors(ml100k_atomic, 
 
 
 @needs_ml100k()
+def test_recboles_own_ml100k_copy_gives_movielens_tasks(tmp_path):
+    """RecBole's ml-100k layout (age:token, release_year:token with "unkonwn" and "V"): the cut reads
+    release_year as a number where it is one, and the tasks are data=movielens' (the features differ:
+    zip_code is the whole code here)."""
+    from test_movielens_copies import write_recbole_ml100k
+    folder = write_recbole_ml100k(ML100K, tmp_path / "ml-100k")
+    movielens = source("data=movielens", f"data.root={folder}")
+    atomic = source("data=atomic", f"data.root={folder}", "data.user_features=[age,gender,occupation,zip_code]",
+                    "data.item_features=[class]", f"data.float_edges={{age:{AGE_EDGES}}}".replace(" ", ""),
+                    "data.cut.field=release_year", "data.cut.value=1996")
+    assert np.array_equal(atomic.new_item, movielens.new_item) and torch.equal(atomic.y, movielens.y)
+    for state, t in movielens.tasks.items():
+        u = atomic.tasks[state]
+        assert np.array_equal(t.users, u.users) and torch.equal(t.support, u.support) and torch.equal(t.query, u.query)
+    assert dict(atomic.fields)["age"] == dict(movielens.fields)["age"] and atomic.multi_hot == [("class", 19)] == [
+        ("class", width) for _, width in movielens.multi_hot]  # the same 19 genres
+    assert torch.equal(atomic.x[:, 0], movielens.x[:, 1])  # age: the same buckets
+    assert torch.equal(atomic.x[:, -19:], movielens.x[:, -19:])  # and the same genre flags
+
+
+@needs_ml100k()
 def test_data_info_lists_the_fields_and_the_cut(ml100k_atomic):
     r = run_cli("data", "info", *ml100k_overrides(ml100k_atomic)[:2], "data.cut.quantile=0.9", "data.cut.field=timestamp")
     assert r.returncode == 0, r.stderr
@@ -124,8 +145,8 @@ def test_the_protocol_keys_are_movielens_ones():
     assert len(shared) == 17
     for f in shared:
         m = movielens[f.name]
-        assert (f.type, f.default, f.default_factory() if f.default_factory is not dataclasses.MISSING else None) == \
-            (m.type, m.default, m.default_factory() if m.default_factory is not dataclasses.MISSING else None), f.name
+        assert (f.default, f.default_factory() if f.default_factory is not dataclasses.MISSING else None) == \
+            (m.default, m.default_factory() if m.default_factory is not dataclasses.MISSING else None), f.name
 
 
 # ----------------------------------------------------------------------------- a data set no reader ships

@@ -37,10 +37,11 @@ class AtomicData:
 
     def column(self, side: str, name: str, fit: np.ndarray | None = None, vocab=None, edges=None) -> Column:
         """A feature of every user or item row; rows without a file row (only in NAME.inter): missing.
-        A token field given bucket edges is read as a number (RecBole's ml-100k has age:token)."""
+        A token field given bucket edges is read as a number (RecBole's ml-100k has age:token; a value that
+        is not one is missing)."""
         file, pos = self.files[side], self.positions[side]
         kind = "float" if edges is not None and file.types[name] == "token" else file.types[name]
-        known = file.floats(name) if kind == "float" else file.values(name)
+        known = file.numbers(name) if kind == "float" else file.values(name)
         n = self.table.num_users if side == "user" else self.table.num_items
         values = [known[p] for p in pos] + [MISSING[kind]] * (n - len(pos))
         if kind == "float":
@@ -124,10 +125,11 @@ def item_cut(cut, data: AtomicData, seed: int) -> tuple[np.ndarray, dict]:
 
 
 def _cut_values(name: str | None, data: AtomicData) -> np.ndarray:
-    """[items] float: the item field `name`, else each item's first (lowest) value of the interaction field."""
+    """[items] float: the item field `name` (a token that is not a number: missing), else each item's
+    first (lowest) value of the interaction field."""
     n, item_file = data.table.num_items, data.files["item"]
     if item_file is not None and name in item_file.types:
-        known = item_file.floats(name)
+        known = item_file.numbers(name)
         return np.concatenate([known[data.positions["item"]], np.full(n - len(data.positions["item"]), np.nan)])
     if name in data.inter.types:
         values = data.inter.floats(name)

@@ -37,6 +37,13 @@ class AtomicFile:
         except ValueError:
             return np.array([self._float(name, k, text) for k, text in enumerate(col)], dtype=np.float64)
 
+    def numbers(self, name: str) -> np.ndarray:
+        """A field read as numbers [rows]: a float field strictly (floats); a token field leniently, a
+        value that is not a number missing (RecBole's ml-100k writes release_year "unkonwn")."""
+        if self.types[name] != "token":
+            return self.floats(name)
+        return np.array([_number(text) for text in self.columns[name]], dtype=np.float64)
+
     def float_seqs(self, name: str) -> list[np.ndarray]:
         return [np.array([self._float(name, k, t) for t in text.split(SEQ_SEPARATOR) if t], dtype=np.float64)
                 for k, text in enumerate(self.columns[name])]
@@ -67,6 +74,13 @@ class AtomicFile:
             elif kind == "float_seq":
                 self.float_seqs(name)
         return self
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def read_atomic_file(path: Path) -> AtomicFile:
