@@ -183,7 +183,7 @@ def test_synthetic_features_and_cut(tmp_path):
     src = source(*SHOP, f"data.root={write_synthetic(tmp_path)}")
     assert [name for name, _ in src.fields] == ["region", "spend", "price", "item_bias", "item_count"]
     assert dict(src.fields)["region"] == 4 and dict(src.fields)["spend"] == 5 and dict(src.fields)["price"] == 5  # 4 buckets + missing
-    assert [name for name, _ in src.multi_hot] == ["interests", "tags", "sizes"]
+    assert [name for name, _ in src.multi_hot] == ["interests", "tags", "sizes"] and src.rating_scale == (1.0, 5.0)
     assert src.model_spec()["multi_hot"][:2] == [["interests", 4], ["tags", 4]]
     # the cut: items whose first sale is after the 0.75 quantile of first sales (the last quarter of ids)
     first = np.full(src.raw.num_items, np.inf)
@@ -195,6 +195,18 @@ def test_synthetic_features_and_cut(tmp_path):
     assert ((x[:, 3:7].sum(1) == 2) & (x[:, 7:11].sum(1) >= 1) & (x[:, 11:].sum(1) >= 1)).all()
     for state in STATES:
         assert len(src.tasks[state].users) > 0, state
+
+
+def test_the_cut_by_share_or_value(tmp_path):
+    folder = write_synthetic(tmp_path)
+    share = source(*SHOP, f"data.root={folder}", "data.cut.share=0.25", "data.split_seed=3")
+    assert share.new_item.sum() == 30 and share.info()["cut"] == {"share": 0.25, "split_seed": 3}
+    again = source(*SHOP, f"data.root={folder}", "data.cut.share=0.25", "data.split_seed=3", "data.cut.field=price")
+    assert np.array_equal(share.new_item, again.new_item)  # seeded by the split seed, the field unused
+    price = source(*SHOP, f"data.root={folder}", "data.cut.field=price", "data.cut.value=60", "data.cut.quantile=null")
+    prices = np.array([float(line.split("\t")[1]) for line in (folder / "shop.item").read_text().splitlines()[1:]])
+    assert np.array_equal(price.new_item, prices > 60)  # item rows: shop.item's order
+    assert "keep one" in bad(folder, "data.cut.value=60")  # SHOP sets a quantile too
 
 
 @pytest.mark.slow

@@ -190,6 +190,8 @@ class AtomicTasks(MovieLensTasks):
         new_item, self.cut_info = item_cut(cfg.cut, data, split_seed)
         users, items = feature_columns(cfg, data, new_item)
         features = encode(users, items, data.table.num_users, data.table.num_items, cfg.float_buckets, cfg.item_ids)
+        low, high = data.table.rating.min(initial=np.inf), data.table.rating.max(initial=-np.inf)
+        self.rating_scale = _scale(cfg.rating_scale) if cfg.rating_scale is not None else (float(low), float(high))
         self.fields_available = {f"{side}_fields": dict(f.types) for side, f in
                                  (("inter", data.inter), *data.files.items()) if f is not None}
         self._build(cfg, device, seed, data.table, features, new_item)

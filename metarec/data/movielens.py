@@ -31,7 +31,7 @@ from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.features import Features, RatingTable
 from metarec.data.movielens_features import rating_features
-from metarec.data.movielens_io import read_movielens
+from metarec.data.movielens_io import RATING_MAX, RATING_MIN, read_movielens
 from metarec.errors import UserError
 from metarec.states import CUT_YEAR, STATES
 from metarec.tasks import TaskBatch, TaskSource
@@ -75,6 +75,7 @@ class MovieLensTasks(TaskSource):
         raw = read_movielens(self.folder)
         self.cut = cfg.cut_year if cfg.cut_year is not None else CUT_YEAR[cfg.variant]
         self.cut_info = {"cut_year": self.cut}
+        self.rating_scale = (RATING_MIN, RATING_MAX)  # (lowest, highest): every reader refuses a rating off it
         features = rating_features(raw, self.cut, cfg.item_ids, cfg.zip_prefix)
         self.genres = features.names["genre"]
         self._build(cfg, device, seed, raw, features, raw.item_year > self.cut)  # unknown year counts as existing
