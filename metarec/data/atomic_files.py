@@ -85,7 +85,7 @@ def _number(text: str) -> float:
 
 def read_atomic_file(path: Path) -> AtomicFile:
     """A typed-header atomic file, checked against its header."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not part of the header
     lines = text.split("\n")
     types = _header(path, lines[0].rstrip("\r"))
     names = list(types)
