@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from metarec.algos import ALGOS
+from metarec.data.atomic_config import AtomicConfig
 from metarec.data.omniglot import OmniglotConfig
 from metarec.data.sinusoid import SinusoidConfig
 
@@ -96,7 +97,8 @@ class Config:
     checkpoint: Optional[str] = None  # metarec eval checkpoint=PATH
 
 
-DATA_SCHEMAS = {"movielens": MovieLensConfig, "sinusoid": SinusoidConfig, "omniglot": OmniglotConfig}
+DATA_SCHEMAS = {"movielens": MovieLensConfig, "sinusoid": SinusoidConfig, "omniglot": OmniglotConfig,
+                "atomic": AtomicConfig}
 
 
 def register() -> None:

@@ -13,7 +13,8 @@ from metarec.tasks import TaskSource
 
 DATASETS = {"movielens": "metarec.data.movielens:MovieLensTasks",
             "sinusoid": "metarec.data.sinusoid:SinusoidTasks",
-            "omniglot": "metarec.data.omniglot:OmniglotTasks"}
+            "omniglot": "metarec.data.omniglot:OmniglotTasks",
+            "atomic": "metarec.data.atomic:AtomicTasks"}
 
 
 def source_class(name: str) -> type[TaskSource]:

@@ -12,6 +12,10 @@ user outside 13-100 ratings). With data.heavy_users, the meta-train users above 
 train too: all their existing-item ratings feed the item statistics, the item factors and the
 floors' item biases, and an episode draws a task of MeLU's size from them. The evaluation tasks
 are the same either way.
+
+The protocol itself (`MovieLensTasks._build` and below) reads only a generic rating table, each
+rating's feature input and which items are new (metarec/data/features.py): data=atomic
+(metarec/data/atomic.py) runs it on any RecBole atomic data set.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ from torch import Tensor
 from metarec.data import mf_floors
 from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
+from metarec.data.features import Features, RatingTable
 from metarec.data.movielens_features import rating_features
-from metarec.data.movielens_io import read_movielens
+from metarec.data.movielens_io import RATING_MAX, RATING_MIN, read_movielens
 from metarec.errors import UserError
 from metarec.states import CUT_YEAR, STATES
 from metarec.tasks import TaskBatch, TaskSource
@@ -58,23 +63,32 @@ class EvalTasks:
 
 
 class MovieLensTasks(TaskSource):
-    """TaskSource over one MovieLens copy: the whole set lives as tensors on `device`."""
+    """TaskSource over one MovieLens copy (or, through _build, any rating table): the whole set lives as
+    tensors on `device`."""
 
     kind = "rating"
 
     def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True):
         if cfg.variant not in CUT_YEAR:
             raise UserError(f"data.variant={cfg.variant!r} is not known: use ml-100k or ml-1m")
-        self.cfg, self.device = cfg, torch.device(device)
         self.folder = locate_movielens(cfg.variant, cfg.root, cfg.cache_dir, progress=progress)
         raw = read_movielens(self.folder)
-        self.raw = raw
+        self.cut = cfg.cut_year if cfg.cut_year is not None else CUT_YEAR[cfg.variant]
+        self.cut_info = {"cut_year": self.cut}
+        self.rating_scale = (RATING_MIN, RATING_MAX)  # (lowest, highest): every reader refuses a rating off it
+        features = rating_features(raw, self.cut, cfg.item_ids, cfg.zip_prefix)
+        self.genres = features.names["genre"]
+        self._build(cfg, device, seed, raw, features, raw.item_year > self.cut)  # unknown year counts as existing
+
+    def _build(self, cfg, device, seed: int, raw: RatingTable, features: Features, new_item: np.ndarray) -> None:
+        """The protocol over any rating table: `features` give each rating's input, `new_item` [items]
+        (bool) the cold-start items. MovieLens' reader above and data=atomic (atomic.py) call it."""
+        self.cfg, self.device = cfg, torch.device(device)
+        self.raw, self.features, self.new_item = raw, features, new_item
         self.source_files = [Path(p) for p in raw.source_files]
         self.data_fingerprint = fingerprint(self.source_files)
-        self.cut = cfg.cut_year if cfg.cut_year is not None else CUT_YEAR[cfg.variant]
-        feats = rating_features(raw, self.cut, cfg.item_ids, cfg.zip_prefix)
-        self.fields, self.genres = feats.fields, feats.genres
-        self.x = torch.from_numpy(feats.x).to(self.device)  # [ratings, F]
+        self.fields, self.multi_hot = list(features.fields), features.multi_hot
+        self.x = torch.from_numpy(features.rows(raw.rating_user, raw.rating_item)).to(self.device)  # [ratings, F]
         self.y = torch.from_numpy(raw.rating.astype(np.float32)).to(self.device)  # [ratings]
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
         self._split(split_seed)
@@ -83,11 +97,17 @@ class MovieLensTasks(TaskSource):
         self._mf: mf_floors.MFFloors | None = None  # the MF floors' training fit, made when first asked for
         if cfg.item_factors:
             self._item_factors(split_seed)
-        self.n_base = 5  # gender, age, occupation, zip, year: item context goes after them, item ids last
+        self.n_base = features.n_base  # user and item fields: item context goes after them, item ids last
         if cfg.item_stats:
             self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
                            + self.fields[self.n_base:])
             self.item_context = self._item_context()
+
+    def input_rows(self, users: np.ndarray, items: np.ndarray) -> Tensor:
+        """The feature input x of each (user row, item row) pair [n, F], as self.x holds it for a rating:
+        without the item-context columns (data.item_stats, added per state in _batch) or the factor
+        column (data.item_factors)."""
+        return torch.from_numpy(self.features.rows(np.asarray(users), np.asarray(items))).to(self.device)
 
     @classmethod
     def from_config(cls, cfg, device: torch.device, seed: int = 0, progress: bool = True) -> "MovieLensTasks":
@@ -102,7 +122,7 @@ class MovieLensTasks(TaskSource):
         if len(cfg.split) != 3 or min(cfg.split) < 0 or abs(sum(cfg.split) - 1) > 1e-6:
             raise UserError(f"data.split={list(cfg.split)} must be three shares (train, val, test) that sum to 1")
         rng = np.random.default_rng(seed)
-        n_users = len(raw.user_gender)
+        n_users = raw.num_users
         perm = rng.permutation(n_users)
         # Cut at the rounded cumulative shares: splits with the same test share (0.7/0.1/0.2 and
         # 0.6/0.2/0.2) then hold out the same test users.
@@ -112,8 +132,7 @@ class MovieLensTasks(TaskSource):
         role[perm[:n_train]], role[perm[n_train:n_train + n_val]], role[perm[n_train + n_val:]] = 0, 1, 2
         self.user_role = role
 
-        new_item = raw.item_year > self.cut  # unknown year counts as existing
-        is_new = new_item[raw.rating_item]
+        is_new = self.new_item[raw.rating_item]
         order = np.lexsort((np.arange(len(raw.rating_user)), is_new, raw.rating_user))
         q = cfg.query_size
         tasks: dict[str, list] = {s: [] for s in (*STATES, *VAL_STATES)}
@@ -173,7 +192,7 @@ class MovieLensTasks(TaskSource):
 
     def _item_bias(self, train_idx: np.ndarray, shrink: float = ITEM_BIAS_PRECISION) -> None:
         """Item biases from training ratings, shrunk towards 0 (for the bias floor)."""
-        n_items = len(self.raw.item_year)
+        n_items = self.raw.num_items
         resid = self.raw.rating[train_idx] - self.mu
         items = self.raw.rating_item[train_idx]
         total = np.bincount(items, weights=resid, minlength=n_items)
@@ -191,7 +210,7 @@ class MovieLensTasks(TaskSource):
         if cfg.item_factors < 0 or cfg.factor_folds < 2 or cfg.factor_reg <= 0:
             raise UserError(f"data.item_factors={cfg.item_factors}, data.factor_folds={cfg.factor_folds} and "
                             f"data.factor_reg={cfg.factor_reg} must be >= 0, >= 2 and > 0")
-        n_users, n_items, folds = len(raw.user_gender), len(raw.item_year), cfg.factor_folds
+        n_users, n_items, folds = raw.num_users, raw.num_items, cfg.factor_folds
         fold = np.full(n_users, folds, dtype=np.int64)  # everyone outside the pool reads the full fit
         deal = np.random.default_rng([seed, 7])  # a stream of its own: the split's draws stay as they were
         fold[self.pool_users] = deal.permutation(len(self.pool_users)) % folds
@@ -206,7 +225,9 @@ class MovieLensTasks(TaskSource):
 
     # ---- TaskSource -----------------------------------------------------------------------------
     def model_spec(self) -> dict:
-        spec = {"fields": [list(f) for f in self.fields], "multi_hot": ["genre", len(self.genres)], "offset": self.mu}
+        blocks = [list(b) for b in self.multi_hot]  # one block: the [name, width] pair MovieLens has always written
+        spec = {"fields": [list(f) for f in self.fields], "multi_hot": blocks[0] if len(blocks) == 1 else blocks,
+                "offset": self.mu}
         if self.factor_table is not None:
             spec["factors"] = self.factor_table  # [rows, rank], read through the input's last column
         return spec
@@ -261,7 +282,7 @@ class MovieLensTasks(TaskSource):
         each rater's bias (as the bias_transductive floor does) keeps a new item seen by a few users
         from inheriting their leniency. Written into `out` ([ratings, 2], zeros) at `rows`."""
         resid = self.y - self.mu
-        n_users, n_items = len(self.raw.user_gender), len(self.raw.item_year)
+        n_users, n_items = self.raw.num_users, self.raw.num_items
         users, items = self.rating_user[members], self.rating_item[members]
         u_total = torch.zeros(n_users, device=self.device).index_add(0, users, resid[members])
         u_count = torch.zeros(n_users, device=self.device).index_add(0, users, torch.ones_like(resid[members]))
@@ -349,8 +370,8 @@ class MovieLensTasks(TaskSource):
     def info(self) -> dict:
         out = {"folder": str(self.folder), "files": [str(p) for p in self.source_files],
                "fingerprint": self.data_fingerprint, "ratings": int(len(self.raw.rating)),
-               "users": int(len(self.raw.user_gender)), "items": int(len(self.raw.item_year)),
-               "cut_year": self.cut, "new_item_ratings": float((self.raw.item_year[self.raw.rating_item] > self.cut).mean()),
+               "users": int(self.raw.num_users), "items": int(self.raw.num_items),
+               **self.cut_info, "new_item_ratings": float(self.new_item[self.raw.rating_item].mean()),
                "meta_train_users": int(len(self.pool_users)), "train_ratings": int(len(self.train_ratings)),
                "global_mean": round(self.mu, 4), "states": {}}
         for s, t in self.tasks.items():

@@ -9,21 +9,24 @@ from metarec.models.prompt_mlp import PromptMLP
 
 
 class FieldEncoder(nn.Module):
-    """x [..., fields + multi_hot (+ 1)] (long) -> concatenated field embeddings [..., (fields + 1) * dim
-    (+ factor width)]. With a factor table (data.item_factors) the last column of x is each rating's
-    row in it, and that row (the item's collaborative factors, fixed) is joined at the end."""
+    """x [..., fields + flags (+ 1)] (long) -> concatenated field embeddings [..., (fields + blocks) * dim
+    (+ factor width)]. Each multi-hot block (MovieLens: genres, one block) mean-pools its own rows of one
+    shared table. With a factor table (data.item_factors) the last column of x is each rating's row in
+    it, and that row (the item's collaborative factors, fixed) is joined at the end."""
 
-    def __init__(self, fields: list[tuple[str, int]], multi_hot: tuple[str, int], dim: int,
-                 factors: Tensor | None = None):
+    def __init__(self, fields: list[tuple[str, int]], multi_hot: list, dim: int, factors: Tensor | None = None):
         super().__init__()
         self.field_names = [name for name, _ in fields]
         self.embeddings = nn.ModuleDict({name: nn.Embedding(size, dim) for name, size in fields})
-        self.multi_name, multi_size = multi_hot
-        self.multi = nn.Embedding(multi_size, dim)  # a weight matrix pooled by the multi-hot flags
+        blocks = multi_blocks(multi_hot)
+        self.blocks = [(name, sum(w for _, w in blocks[:k]), width) for k, (name, width) in enumerate(blocks)]
+        self.multi_width = sum(width for _, width in blocks)
+        # one weight matrix pooled by the multi-hot flags; no block (data=atomic without *_seq features): none
+        self.multi = nn.Embedding(self.multi_width, dim) if blocks else None
         self.factors: Tensor | None
         self.register_buffer("factors", None if factors is None else torch.as_tensor(factors, dtype=torch.float32).clone())
         self.factor_dim = 0 if factors is None else self.factors.shape[1]
-        self.out_dim = (len(fields) + 1) * dim + self.factor_dim
+        self.out_dim = (len(fields) + len(blocks)) * dim + self.factor_dim
 
     def factor_features(self, x: Tensor) -> Tensor | None:
         """The factor-table row of every rating [..., factor width], or None without a table."""
@@ -32,19 +35,29 @@ class FieldEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n = len(self.field_names)
         parts = [self.embeddings[name](x[..., i]) for i, name in enumerate(self.field_names)]
-        flags = x[..., n:x.shape[-1] - (self.factors is not None)].to(self.multi.weight.dtype)  # [..., multi_size]
-        pooled = flags @ self.multi.weight / flags.sum(-1, keepdim=True).clamp(min=1.0)
+        for _, start, width in self.blocks:
+            flags = x[..., n + start:n + start + width].to(self.multi.weight.dtype)  # [..., width]
+            rows = self.multi.weight[start:start + width] if len(self.blocks) > 1 else self.multi.weight
+            parts.append(flags @ rows / flags.sum(-1, keepdim=True).clamp(min=1.0))
         q = self.factor_features(x)
-        return torch.cat(parts + [pooled] + ([] if q is None else [q.to(pooled.dtype)]), dim=-1)
+        return torch.cat(parts + ([] if q is None else [q.to(parts[-1].dtype)]), dim=-1)
+
+
+def multi_blocks(multi_hot: list) -> list[tuple[str, int]]:
+    """A spec's multi_hot: one [name, width] pair (MovieLens' genres; every checkpoint before data=atomic)
+    or a list of them, one per multi-hot field (possibly none)."""
+    if len(multi_hot) == 2 and isinstance(multi_hot[0], str):
+        return [(multi_hot[0], int(multi_hot[1]))]
+    return [(str(name), int(width)) for name, width in multi_hot]
 
 
 class MeLU(nn.Module):
-    """Rating predictor; spec comes from the MovieLens task source (field sizes, rating mean)."""
+    """Rating predictor; spec comes from the rating task source (field sizes, multi-hot blocks, rating mean)."""
 
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64),
                  prompt_len: int = 0, prompt_dim: int = 0):
         super().__init__()
-        self.encoder = FieldEncoder([tuple(f) for f in spec["fields"]], tuple(spec["multi_hot"]), embedding_dim,
+        self.encoder = FieldEncoder([tuple(f) for f in spec["fields"]], spec["multi_hot"], embedding_dim,
                                     spec.get("factors"))
         self.head = PromptMLP(self.encoder.out_dim, list(hidden), spec["offset"], prompt_len, prompt_dim)
 
@@ -68,10 +81,10 @@ class MeLU(nn.Module):
 
     def fast_form(self, whole: bool) -> MLPForm | FieldsForm | None:
         """The engine's fast path: the head, or (whole=True) the whole model, which a factor table
-        (data.item_factors) leaves unwritten."""
+        (data.item_factors) or more or fewer multi-hot blocks than one (data=atomic) leave unwritten."""
         if not whole:
             return self.head.form()
-        if self.encoder.factors is not None:
+        if self.encoder.factors is not None or len(self.encoder.blocks) != 1:
             return None
         enc = self.encoder
         return FieldsForm(tuple(f"encoder.embeddings.{name}.weight" for name in enc.field_names),

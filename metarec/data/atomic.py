@@ -1,0 +1,202 @@
+"""data=atomic: any RecBole atomic data set as cold-start tasks, with MovieLens' protocol.
+
+    metarec train data=atomic data.root=PATH data.user_features=[age,gender] data.item_features=[genre]
+
+NAME.inter gives the ratings (data.user_id_field, item_id_field, rating_field; time_field optional),
+NAME.user and NAME.item the features the config names (metarec/data/features.py says how each RecBole
+type is encoded), data.cut the new items; users are split, tasks drawn and floors computed exactly as
+for MovieLens (metarec/data/movielens.py, which this source reuses through MovieLensTasks._build).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metarec.data.atomic_files import AtomicFile, find_inter, read_atomic_file, rows_of, side_file
+from metarec.data.features import Column, RatingTable, encode
+from metarec.data.movielens import MovieLensTasks
+from metarec.data.movielens_raw import existing_folder, keep_last
+from metarec.errors import UserError
+
+DEFAULT_QUANTILE = 0.8  # data.cut without value or quantile: items above the 0.8 quantile are new
+MISSING = {"token": "", "float": float("nan"), "token_seq": [], "float_seq": np.zeros(0)}
+
+
+@dataclass
+class AtomicData:
+    """One atomic data set read: the rating table, the files, and each table row's line in its file."""
+    table: RatingTable
+    inter: AtomicFile
+    files: dict[str, AtomicFile | None]  # "user", "item" -> NAME.user, NAME.item (None: no such file)
+    positions: dict[str, list[int]]  # "user", "item" -> the file row of each table row that has one
+    item_rows: np.ndarray  # [R] the item row of every interaction line (before duplicates are dropped)
+
+    def column(self, side: str, name: str, fit: np.ndarray | None = None, vocab=None, edges=None) -> Column:
+        """A feature of every user or item row; rows without a file row (only in NAME.inter): missing.
+        A token field given bucket edges is read as a number (RecBole's ml-100k has age:token; a value that
+        is not one is missing)."""
+        file, pos = self.files[side], self.positions[side]
+        kind = "float" if edges is not None and file.types[name] == "token" else file.types[name]
+        known = file.numbers(name) if kind == "float" else file.values(name)
+        n = self.table.num_users if side == "user" else self.table.num_items
+        values = [known[p] for p in pos] + [MISSING[kind]] * (n - len(pos))
+        if kind == "float":
+            values = np.asarray(values, dtype=np.float64)
+        return Column(name, kind, values, vocab=vocab, edges=edges, fit=fit)
+
+
+def read_dataset(cfg) -> AtomicData:
+    """NAME.inter (+ NAME.user, NAME.item) under data.root -> ratings as rows into the user and item tables."""
+    if not cfg.root:
+        raise UserError("data=atomic needs data.root: the folder holding NAME.inter (+ NAME.user, NAME.item)")
+    inter = read_atomic_file(find_inter(existing_folder(cfg.root), cfg.dataset))
+    ids = {"user": cfg.user_id_field, "item": cfg.item_id_field}
+    for key, name in [("user_id_field", cfg.user_id_field), ("item_id_field", cfg.item_id_field),
+                      ("rating_field", cfg.rating_field)]:
+        if name not in inter.types:
+            raise UserError(f"{inter.path.name} has no field {name} (its header: {', '.join(inter.types)}): "
+                            f"set data.{key} to the field that holds it")
+    files, rows, positions, counts = {}, {}, {}, {}
+    for side in ("user", "item"):
+        files[side] = side_file(inter.path, side)
+        if files[side] is not None and ids[side] not in files[side].types:
+            raise UserError(f"{files[side].path.name} has no field {ids[side]} (its header: "
+                            f"{', '.join(files[side].types)}): the {side} file needs data.{side}_id_field")
+        table_ids = files[side].columns[ids[side]] if files[side] is not None else []
+        index, positions[side], tokens = rows_of(table_ids, inter.columns[ids[side]])
+        rows[side] = np.fromiter((index[t] for t in inter.columns[ids[side]]), dtype=np.int64, count=len(inter))
+        counts[side] = len(tokens)
+    rating = _ratings(inter, cfg)
+    stamps = inter.floats(cfg.time_field) if cfg.time_field in inter.types else np.zeros(len(inter))
+    keep = keep_last(rows["user"], rows["item"], counts["item"])  # a pair rated twice: the last rating counts
+    table = RatingTable(rows["user"][keep], rows["item"][keep], rating[keep].astype(np.float32),
+                        np.nan_to_num(np.round(stamps[keep])).astype(np.int64), counts["user"], counts["item"],
+                        [inter.path] + [f.path for f in files.values() if f is not None])
+    return AtomicData(table, inter, files, positions, rows["item"])
+
+
+def _ratings(inter: AtomicFile, cfg) -> np.ndarray:
+    """The rating field, every value a finite number on data.rating_scale (when given)."""
+    rating = inter.floats(cfg.rating_field)
+    lo, hi = (-np.inf, np.inf) if cfg.rating_scale is None else _scale(cfg.rating_scale)
+    off = ~((rating >= lo) & (rating <= hi) & np.isfinite(rating))
+    if off.any():
+        k = int(np.argmax(off))
+        where = "" if cfg.rating_scale is None else f", off data.rating_scale=[{lo:g}, {hi:g}]"
+        raise UserError(f"{inter.path.name} line {inter.lines[k]}: field {cfg.rating_field} is "
+                        f"{inter.columns[cfg.rating_field][k]!r}{where or ', not a number'}: fix {inter.path}"
+                        f"{' or data.rating_scale' if where else ''}")
+    return rating
+
+
+def _scale(scale) -> tuple[float, float]:
+    if len(scale) != 2 or not scale[0] < scale[1]:
+        raise UserError(f"data.rating_scale={list(scale)} must be [lowest, highest] with lowest < highest, or null")
+    return float(scale[0]), float(scale[1])
+
+
+def item_cut(cut, data: AtomicData, seed: int) -> tuple[np.ndarray, dict]:
+    """[items] bool, True for a new item, and the cut as `metarec data info` shows it."""
+    n = data.table.num_items
+    if cut.share is not None:
+        if not 0 < cut.share < 1:
+            raise UserError(f"data.cut.share={cut.share} must be between 0 and 1 (the share of items that are new)")
+        new = np.zeros(n, dtype=bool)
+        new[np.random.default_rng([seed, 19]).permutation(n)[:int(round(cut.share * n))]] = True  # a stream of its own
+        return new, {"cut": {"share": cut.share, "split_seed": seed}}
+    if cut.value is not None and cut.quantile is not None:
+        raise UserError(f"data.cut gives both value={cut.value} and quantile={cut.quantile}: keep one")
+    values = _cut_values(cut.field, data)
+    if cut.value is not None:
+        threshold = float(cut.value)
+    else:
+        q = DEFAULT_QUANTILE if cut.quantile is None else cut.quantile
+        if not 0 < q < 1 or not np.isfinite(values).any():
+            raise UserError(f"data.cut.quantile={q} must be between 0 and 1, over a field with numbers "
+                            f"({cut.field} has {int(np.isfinite(values).sum())})")
+        threshold = float(np.quantile(values[np.isfinite(values)], q))
+    with np.errstate(invalid="ignore"):
+        new = values > threshold  # an item without a value counts as existing
+    return new, {"cut": {"field": cut.field, "above": threshold}}
+
+
+def _cut_values(name: str | None, data: AtomicData) -> np.ndarray:
+    """[items] float: the item field `name` (a token that is not a number: missing), else each item's
+    first (lowest) value of the interaction field."""
+    n, item_file = data.table.num_items, data.files["item"]
+    if item_file is not None and name in item_file.types:
+        known = item_file.numbers(name)
+        return np.concatenate([known[data.positions["item"]], np.full(n - len(data.positions["item"]), np.nan)])
+    if name in data.inter.types:
+        values = data.inter.floats(name)
+        first = np.full(n, np.inf)
+        np.minimum.at(first, data.item_rows, np.where(np.isnan(values), np.inf, values))
+        return np.where(np.isinf(first), np.nan, first)
+    fields = sorted(set(data.inter.types) | set(item_file.types if item_file is not None else ()))
+    raise UserError(f"data.cut.field={name} is a field of neither {data.inter.path.stem}.item nor .inter "
+                    f"(fields: {', '.join(fields)}): name one, or cut a random share (data.cut.share=0.2)")
+
+
+def feature_columns(cfg, data: AtomicData, new_item: np.ndarray) -> tuple[list[Column], list[Column]]:
+    """The columns data.user_features and data.item_features name; item quantiles from existing items."""
+    named = [*cfg.user_features, *cfg.item_features]
+    edges, vocab = per_field(cfg, "float_edges", named), per_field(cfg, "token_vocab", named)
+    out = []
+    for side, names in (("user", cfg.user_features), ("item", cfg.item_features)):
+        file = data.files[side]
+        for name in names:
+            if file is None or name not in file.types:
+                where = (f"{file.path.name} has {', '.join(file.types)}" if file is not None
+                         else f"there is no {data.inter.path.stem}.{side}")
+                raise UserError(f"data.{side}_features names {name}, which is not a {side} field ({where}): "
+                                f"name fields of the {side} file's header")
+        fit = ~new_item if side == "item" else None
+        out.append([data.column(side, name, fit, vocab.get(name), edges.get(name)) for name in names])
+    return out[0], out[1]
+
+
+def per_field(cfg, key: str, features: list[str]) -> dict[str, list]:
+    """data.float_edges / data.token_vocab: {feature: [values]}, each key a named feature."""
+    given = getattr(cfg, key)
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping) or not all(isinstance(v, Sequence) and not isinstance(v, str) for v in given.values()):
+        raise UserError(f"data.{key}={given} must map fields to lists, e.g. data.{key}={{age:[18,25,35]}}")
+    unknown = [k for k in given if k not in features]
+    if unknown:
+        raise UserError(f"data.{key} names {', '.join(map(str, unknown))}, not among data.user_features / "
+                        f"data.item_features ({', '.join(features) or 'none'}): name features")
+    if key == "float_edges":
+        for name, edges in given.items():
+            if list(edges) != sorted(edges):
+                raise UserError(f"data.float_edges.{name}={list(edges)} must be in increasing order")
+        return {k: [float(e) for e in v] for k, v in given.items()}
+    return {k: [str(t) for t in v] for k, v in given.items()}
+
+
+class AtomicTasks(MovieLensTasks):
+    """MovieLens' cold-start tasks over a RecBole atomic data set (only the reading differs)."""
+
+    def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True):
+        if cfg.float_buckets < 1:
+            raise UserError(f"data.float_buckets={cfg.float_buckets} must be at least 1")
+        data = read_dataset(cfg)
+        self.folder = Path(data.inter.path).parent
+        split_seed = seed if cfg.split_seed is None else cfg.split_seed
+        new_item, self.cut_info = item_cut(cfg.cut, data, split_seed)
+        users, items = feature_columns(cfg, data, new_item)
+        features = encode(users, items, data.table.num_users, data.table.num_items, cfg.float_buckets, cfg.item_ids)
+        low, high = data.table.rating.min(initial=np.inf), data.table.rating.max(initial=-np.inf)
+        self.rating_scale = _scale(cfg.rating_scale) if cfg.rating_scale is not None else (float(low), float(high))
+        self.fields_available = {f"{side}_fields": dict(f.types) for side, f in
+                                 (("inter", data.inter), *data.files.items()) if f is not None}
+        self._build(cfg, device, seed, data.table, features, new_item)
+
+    def info(self) -> dict:
+        out = super().info()
+        out["features"] = {"fields": [list(f) for f in self.fields], "multi_hot": [list(b) for b in self.multi_hot]}
+        return {**out, **self.fields_available}
