@@ -158,3 +158,25 @@ def test_bad_ranking_choice_is_one_line():
         ranking.catalog_wanted(OmegaConf.create({"eval": {"ranking": "all"}, "data": {"name": "movielens"}}), object())
     with pytest.raises(UserError, match="data=sinusoid has none"):
         ranking.catalog_wanted(OmegaConf.create({"eval": {"ranking": "catalog"}, "data": {"name": "sinusoid"}}), object())
+
+
+def test_catalog_section_of_the_results_page_by_hand(tmp_path):
+    import json
+
+    from metarec import catalog_page
+
+    def states(r, pop):
+        cat = {"method": {"recall@10": r, "ndcg@10": r / 2}, "floors": {"popularity": {"recall@10": pop, "ndcg@10": pop}},
+               "by_support": [{"support": "3-5", "n_tasks": 2, "method": {"recall@10": r}}]}
+        return {"states": {"user_cold": {"catalog": cat}}}
+
+    for seed, (r, pop) in enumerate([(0.1, 0.3), (0.3, 0.3)]):
+        folder = tmp_path / "ridge" / f"seed{seed}" / "catalog"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps(states(r, pop)))
+    text = catalog_page.from_folders(lambda m, k: tmp_path / m / f"seed{k}", ["ridge", "maml"], [0, 1, 2])
+    # t(1 df) = 12.706, stdev(0.1, 0.3) = 0.1 * sqrt(2), over sqrt(2) seeds: 1.2706 (NDCG: half of it)
+    assert "| ridge | 0.2000 ± 1.2706 | 0.1000 ± 0.6353 |" in text
+    assert "| floor: popularity | 0.3000 ± 0.0000 | 0.3000 ± 0.0000 |" in text
+    assert "| 3-5 | 0.2000 |" in text and "maml" not in text  # a method without catalogue numbers is left out
+    assert catalog_page.from_folders(lambda m, k: tmp_path / "none", ["ridge"], [0]) == ""
