@@ -80,6 +80,7 @@ class Recommender:
         self.steps = cfg.algo.eval_steps if cfg.algo.eval_steps is not None else cfg.algo.inner_steps
         self.user: AdaptedUser | None = None
         source.item_rows(torch.arange(1, device=source.device), None, factor_fold)  # its tables, made once, here
+        source.user_codes()
 
     def item_row(self, item_id, where: str) -> int:
         row = self._row.get(str(item_id).strip())

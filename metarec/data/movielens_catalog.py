@@ -80,6 +80,19 @@ class CatalogRows:
         return torch.cat(parts, -1)
 
     # ---- a new user (metarec recommend, metarec.load) ----------------------------------------------------
+    def _user_vocab(self) -> tuple[Tensor, dict[str, dict[str, int]]]:
+        """The meta-train users' most common codes [4] and, per feature, raw value -> code (made once)."""
+        if not hasattr(self, "_vocab"):
+            first_user, raw, prefix = self._first_ratings()[0], self.raw, int(self.cfg.zip_prefix)
+            pool_cols = self.x[first_user[torch.as_tensor(self.pool_users, device=self.device)], :len(USER_COLUMNS)]
+            values = {"gender": [g.upper() for g in raw.user_gender], "occupation": raw.user_occupation,
+                      "zip": [z[:prefix] if z[:prefix].isdigit() else "x" for z in raw.user_zip]}
+            rated = torch.nonzero(first_user >= 0).flatten().tolist()
+            codes = self.x[first_user[rated], :len(USER_COLUMNS)].tolist()
+            vocab = {name: {values[name][u]: c[USER_COLUMNS.index(name)] for u, c in zip(rated, codes)} for name in values}
+            self._vocab = (pool_cols.mode(0).values, vocab)
+        return self._vocab
+
     def user_codes(self, features: dict | None = None) -> Tensor:
         """A new user's columns [4] from {gender, age, occupation, zip} (raw values as in the data's user
         table; ages in years). A feature not given takes the most common code among the meta-train users."""
@@ -87,10 +100,8 @@ class CatalogRows:
         unknown = set(features) - set(USER_COLUMNS)
         if unknown:
             raise UserError(f"user feature {sorted(unknown)[0]!r} is not one of {', '.join(USER_COLUMNS)}")
-        first_user = self._first_ratings()[0]
-        pool_cols = self.x[first_user[torch.as_tensor(self.pool_users, device=self.device)], :len(USER_COLUMNS)]
-        codes = pool_cols.mode(0).values.clone()
-        raw = self.raw
+        common, vocab = self._user_vocab()
+        codes = common.clone()
         for j, name in enumerate(USER_COLUMNS):
             if name not in features or features[name] in (None, ""):
                 continue
@@ -100,15 +111,12 @@ class CatalogRows:
                     raise UserError(f"user feature age={value!r} is not a whole number of years")
                 codes[j] = int(np.searchsorted(AGE_EDGES, int(value), side="right")) + 1
                 continue
-            known = {"gender": [g.upper() for g in raw.user_gender], "occupation": raw.user_occupation,
-                     "zip": [z[:self.cfg.zip_prefix] if z[:self.cfg.zip_prefix].isdigit() else "x" for z in raw.user_zip]}[name]
-            value = value.upper() if name == "gender" else value[:self.cfg.zip_prefix] if name == "zip" else value
-            rows = [i for i, v in enumerate(known) if v == value]
-            if not rows:
-                options = sorted(set(known))
+            key = value.upper() if name == "gender" else value[:self.cfg.zip_prefix] if name == "zip" else value
+            if key not in vocab[name]:
+                options = sorted(vocab[name])
                 raise UserError(f"user feature {name}={features[name]!r} is not in the data set's user table "
                                 f"(it has {', '.join(options[:25])}{' ...' if len(options) > 25 else ''})")
-            codes[j] = self.x[first_user[rows[0]], j]
+            codes[j] = vocab[name][key]
         return codes
 
     def item_rows(self, items: Tensor, user: dict | None = None, factor_fold: int | None = None) -> Tensor:
