@@ -5,6 +5,7 @@
     metarec data info data=movielens
     metarec report outputs/multirun/DATE/TIME
     metarec bench --out bench.json
+    metarec recommend checkpoint=outputs/DATE/TIME/checkpoints/best.pt ratings=my_ratings.csv
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ commands:
   data    data set facts:            metarec data info data=movielens
   report  summarise runs / sweeps:   metarec report outputs/multirun/DATE/TIME
   bench   meta-training throughput:  metarec bench [--out bench.json]
+  recommend  top-k for a new user:   metarec recommend checkpoint=PATH ratings=FILE [top_k=10] [--json]
 """
 CONF = "pkg://metarec.conf"
 log = logging.getLogger("metarec")
@@ -163,7 +165,7 @@ def _completion(argv: list[str]) -> int:
     sub = words[1] if len(words) > 1 else None
     if request.startswith("query=") and sub not in ("train", "eval"):
         typed = words[1] if len(words) > 1 and not os.environ.get("COMP_LINE", "").endswith(" ") else ""
-        print(" ".join(c for c in ("train", "eval", "data", "report", "bench") if c.startswith(typed)))
+        print(" ".join(c for c in ("train", "eval", "data", "report", "bench", "recommend") if c.startswith(typed)))
         return 0
     if request.startswith("query="):
         os.environ["COMP_LINE"] = " ".join(["metarec", *words[2:]]) + (" " if os.environ["COMP_LINE"].endswith(" ") else "")
@@ -198,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "bench":
         from metarec.bench import main as bench_main
         return bench_main(rest)
+    if cmd == "recommend":
+        from metarec.recommend import main as recommend_main
+        return recommend_main(rest)
     print(f"metarec: error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -73,6 +73,7 @@ class EvalConfig:
     chunk: int = 512  # evaluation tasks per batch
     checkpoint: Optional[str] = None  # metarec eval: the checkpoint to evaluate
     split: str = "test"  # metarec eval: test (the test states) | val (validation users only; MovieLens: val, val_new)
+    ranking: str = "query"  # query (each user's query items, MeLU's) | catalog (also every item of the state's pool: metarec/ranking.py)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from metarec import ranking
 from metarec.tasks import TaskBatch, TaskSource
 
 NDCG_KS = (1, 3, 5)
@@ -74,9 +75,9 @@ def summarize(per_task: dict[str, Tensor]) -> dict[str, float]:
 
 
 def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chunk: int, seed: int = 0,
-                   floors: dict[str, Tensor] | None = None, only_last: bool = False) -> dict:
+                   floors: dict[str, Tensor] | None = None, only_last: bool = False, headline: int | None = None) -> dict:
     """Metrics after 0..steps adaptation steps, or only after `steps` with only_last=True (chunks of tasks
-    share one batched pass)."""
+    share one batched pass); with `headline`, also each metric at that step per support-size bucket."""
     scored = [steps] if only_last else list(range(steps + 1))
     per_step: dict[int, dict[str, list[Tensor]]] = {k: {} for k in scored}
     for start in range(0, batch.n_tasks, chunk):
@@ -87,6 +88,7 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
     per_step_cat = {k: {n: torch.cat(v) for n, v in d.items()} for k, d in per_step.items()}
     result = {"n_tasks": batch.n_tasks, "steps": {str(k): summarize(d) for k, d in per_step_cat.items()},
               "per_task": {str(k): _paired(d) for k, d in per_step_cat.items()}}
+    floor_tasks: dict[str, dict[str, Tensor]] = {}
     if floors is not None:
         result["floors"], result["floors_per_task"] = {}, {}
         if kind == "rating":
@@ -97,6 +99,9 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
                 per_task = {k: v for k, v in per_task.items() if k.startswith("ndcg")}
             result["floors"][name] = summarize(per_task)
             result["floors_per_task"][name] = _paired(per_task)
+            floor_tasks[name] = per_task
+    if headline is not None:
+        result["by_support"] = ranking.by_support(batch.support_mask.sum(1), per_step_cat[headline], floor_tasks)
     return result
 
 
@@ -110,6 +115,7 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
     select=True (the trainer's model selection): the "val" state alone, at the headline step alone."""
     headline = eval_steps(cfg)
     steps = headline if select else max(cfg.eval.max_steps, headline)
+    catalog = not select and ranking.catalog_wanted(cfg, source)
     states = {}
     for state, batch in source.eval_tasks(split).items():
         if select and state != "val":
@@ -117,8 +123,10 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
         floors = None if select else source.floors(state)
         # validation selects on the headline step alone: no query forward for the steps before it
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
-                           only_last=select)
+                           only_last=select, headline=None if select else headline)
         r["headline_step"] = str(headline)
+        if catalog:
+            r["catalog"] = ranking.catalog_state(source, algo, batch, state, headline, cfg.seed)
         states[state] = r
     result = {"states": states}
     if source.kind == "rating":
@@ -176,4 +184,4 @@ def format_table(result: dict, title: str = "") -> str:
         lines.append("")
     if "gain" in result:
         lines.append(f"nDCG gains: {result['gain']}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ranking.format_by_support(result) + ranking.format_catalog(result)

@@ -288,3 +288,23 @@ def test_field_encoder_pools_each_multi_hot_block_and_keeps_movielens_one():
     assert two.out_dim == 6 and torch.allclose(two(x)[0], expected)
     none = FieldEncoder([("a", 3)], [], dim=2)
     assert none.multi is None and torch.equal(none(torch.tensor([[2]]))[0], none.embeddings["a"].weight[2])
+
+
+def test_catalogue_rows_of_an_atomic_data_set_are_its_evaluation_rows(tmp_path):
+    """eval.ranking=catalog and `metarec recommend` build rows for unrated pairs from the feature layout
+    (user codes, item codes, user flags, item flags): the shop's user multi-hot block sits between the
+    item's columns, and a query item's catalogue row must still be the evaluation's own row."""
+    src = source(*SHOP, f"data.root={write_synthetic(tmp_path)}")
+    for state in STATES:
+        batch = src.eval_tasks("test")[state]
+        cat, t = src.catalog(state), src.tasks[state]
+        assert torch.equal(torch.from_numpy(src.new_item)[cat.items], torch.full((len(cat.items),), state.endswith("item_cold")))
+        pos = torch.full((src.raw.num_items,), -1)
+        pos[cat.items] = torch.arange(len(cat.items))
+        x = src.catalog_rows(state, slice(0, None), cat.items)
+        rows = x.gather(1, pos[src.rating_item[t.query]].clamp(min=0)[..., None].expand(-1, -1, x.shape[-1]))
+        qm = t.query_mask.bool()
+        assert torch.equal(rows[qm], batch.query_x[qm]), state
+    assert torch.equal(src.user_codes(), src.user_codes({"gender": None}))  # no features: the most common codes
+    with pytest.raises(UserError, match="read for MovieLens only"):
+        src.user_codes({"region": "north"})

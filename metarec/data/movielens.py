@@ -28,6 +28,7 @@ from torch import Tensor
 
 from metarec.data import mf_floors
 from metarec.data.download import fingerprint, locate_movielens
+from metarec.data.movielens_catalog import CatalogRows
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.features import Features, RatingTable
 from metarec.data.movielens_features import rating_features
@@ -62,7 +63,7 @@ class EvalTasks:
     query_mask: Tensor
 
 
-class MovieLensTasks(TaskSource):
+class MovieLensTasks(CatalogRows, TaskSource):
     """TaskSource over one MovieLens copy (or, through _build, any rating table): the whole set lives as
     tensors on `device`."""
 
@@ -266,21 +267,37 @@ class MovieLensTasks(TaskSource):
         pool plus every support set of the state at evaluation (never a query). Two categorical columns."""
         pool = torch.from_numpy(self.train_ratings).to(self.device)
         self.rating_user = torch.from_numpy(self.raw.rating_user).to(self.device)
-        in_pool = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
-        in_pool[pool] = True
         context = {"train": self._stat_columns(pool, pool)}
         for state, t in self.tasks.items():
             support = t.support[t.support_mask.bool()]
-            members = torch.cat([pool, support[~in_pool[support]]])
             rows = torch.cat([support, t.query[t.query_mask.bool()]]).unique()
-            context[state] = self._stat_columns(members, rows)
+            context[state] = self._stat_columns(self._state_members(state), rows)
         return context
+
+    def _state_members(self, state: str) -> Tensor:
+        """The ratings a state's item context reads: the training pool and every support set of the state."""
+        pool = torch.from_numpy(self.train_ratings).to(self.device)
+        in_pool = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
+        in_pool[pool] = True
+        t = self.tasks[state]
+        support = t.support[t.support_mask.bool()]
+        return torch.cat([pool, support[~in_pool[support]]])
 
     def _stat_columns(self, members: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
         """Item context of `rows` from the ratings `members` (each row leaves its own rating out):
         the item's mean of (rating - mu - the rater's bias), shrunk, and its count, bucketed. Removing
         each rater's bias (as the bias_transductive floor does) keeps a new item seen by a few users
         from inheriting their leniency. Written into `out` ([ratings, 2], zeros) at `rows`."""
+        debiased, total, count = self._item_sums(members)
+        member = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
+        member[members] = True
+        it, own = self.rating_item[rows], member[rows].float()
+        out = torch.zeros(len(self.y), 2, dtype=torch.long, device=self.device) if out is None else out
+        out[rows] = self._context_codes(total[it] - own * debiased[rows], count[it] - own)
+        return out
+
+    def _item_sums(self, members: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Each rating's residual less its rater's bias [ratings], and per item their sum and count over `members`."""
         resid = self.y - self.mu
         n_users, n_items = self.raw.num_users, self.raw.num_items
         users, items = self.rating_user[members], self.rating_item[members]
@@ -290,16 +307,15 @@ class MovieLensTasks(TaskSource):
         debiased = resid - user_bias[self.rating_user]  # [ratings]
         total = torch.zeros(n_items, device=self.device).index_add(0, items, debiased[members])
         count = torch.zeros(n_items, device=self.device).index_add(0, items, torch.ones_like(debiased[members]))
-        member = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
-        member[members] = True
-        it, own = self.rating_item[rows], member[rows].float()
-        t, c = total[it] - own * debiased[rows], count[it] - own
+        return debiased, total, count
+
+    def _context_codes(self, t: Tensor, c: Tensor) -> Tensor:
+        """Sums t and counts c of debiased residuals -> the two item-context codes [n, 2] (0: no rating)."""
         mean = t / (c + self.bias_shrink)
         edges = torch.as_tensor(BIAS_EDGES, dtype=mean.dtype, device=self.device)
-        out = torch.zeros(len(self.y), 2, dtype=torch.long, device=self.device) if out is None else out
-        out[rows, 0] = torch.where(c > 0, torch.bucketize(mean, edges) + 1, torch.zeros_like(c, dtype=torch.long))
-        out[rows, 1] = torch.bucketize(c, torch.as_tensor(COUNT_EDGES, dtype=c.dtype, device=self.device), right=True)
-        return out
+        bias = torch.where(c > 0, torch.bucketize(mean, edges) + 1, torch.zeros_like(c, dtype=torch.long))
+        count = torch.bucketize(c, torch.as_tensor(COUNT_EDGES, dtype=c.dtype, device=self.device), right=True)
+        return torch.stack([bias, count], 1)
 
     def _train_context(self, rows: Tensor, generator: torch.Generator) -> Tensor:
         """Training item context from a random share (uniform in [0.05, 1], drawn per episode) of the
@@ -339,18 +355,11 @@ class MovieLensTasks(TaskSource):
     def floors(self, state: str) -> dict[str, Tensor]:
         """Query predictions of the non-learned floors on the same tasks: [tasks, Q] each."""
         t = self.tasks[state]
-        ys, yq = self.y[t.support] * t.support_mask, self.y[t.query]
+        yq, b_qi = self.y[t.query], self.item_bias[self.rating_item[t.query]]
+        ys, user_bias = self._user_bias(t)
         n_s = t.support_mask.sum(1, keepdim=True).clamp(min=1)
-        b_si, b_qi = self.item_bias[self.rating_item[t.support]], self.item_bias[self.rating_item[t.query]]
-        user_bias = ((ys - (self.mu + b_si) * t.support_mask).sum(1, keepdim=True)) / (n_s + USER_BIAS_PRECISION)
         user_mean = ys.sum(1, keepdim=True) / n_s
-        # Transductive: item residuals pooled from training ratings and every support set of this
-        # state (never a query), so new items get a bias from other users' support ratings.
-        items = self.rating_item[t.support].flatten()
-        resid = ((ys - (self.mu + user_bias) * t.support_mask) * t.support_mask).flatten()
-        total = self.item_total.index_add(0, items, resid)
-        count = self.item_count.index_add(0, items, t.support_mask.flatten())
-        b_t = total / (count + self.bias_shrink)
+        b_t, _ = self._transductive_item_bias(t)
         b_ts, b_tq = b_t[self.rating_item[t.support]], b_t[self.rating_item[t.query]]
         user_bias_t = ((ys - (self.mu + b_ts) * t.support_mask).sum(1, keepdim=True)) / (n_s + USER_BIAS_PRECISION)
         return {
@@ -360,6 +369,24 @@ class MovieLensTasks(TaskSource):
             "bias_transductive": self.mu + user_bias_t + b_tq,
             **self._mf_floors(t),
         }
+
+    def _user_bias(self, t: EvalTasks) -> tuple[Tensor, Tensor]:
+        """Support ratings [tasks, S] (0 at padding) and the bias floor's user bias [tasks, 1]."""
+        ys = self.y[t.support] * t.support_mask
+        n_s = t.support_mask.sum(1, keepdim=True).clamp(min=1)
+        b_si = self.item_bias[self.rating_item[t.support]]
+        return ys, ((ys - (self.mu + b_si) * t.support_mask).sum(1, keepdim=True)) / (n_s + USER_BIAS_PRECISION)
+
+    def _transductive_item_bias(self, t: EvalTasks) -> tuple[Tensor, Tensor]:
+        """bias_transductive's item biases [items] and the counts they rest on: item residuals pooled from
+        training ratings and every support set of the tasks t (never a query), so new items get a bias
+        from other users' support ratings."""
+        ys, user_bias = self._user_bias(t)
+        items = self.rating_item[t.support].flatten()
+        resid = ((ys - (self.mu + user_bias) * t.support_mask) * t.support_mask).flatten()
+        total = self.item_total.index_add(0, items, resid)
+        count = self.item_count.index_add(0, items, t.support_mask.flatten())
+        return total / (count + self.bias_shrink), count
 
     def _mf_floors(self, t: EvalTasks) -> dict[str, Tensor]:
         """mf_foldin and mf_transductive (metarec/data/mf_floors.py) on the tasks t: [tasks, Q] each."""

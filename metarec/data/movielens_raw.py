@@ -28,6 +28,7 @@ class MovieLensRaw:
     item_genres: list[list[str]]  # [I] genre names (e.g. "Comedy", "Children's")
     item_title: list[str]      # [I]
     source_files: list[Path]   # the files read, for the data fingerprint
+    item_id: np.ndarray | None = None  # [I] int64 the data set's own item ids (recommend shows them)
 
     @property
     def num_users(self) -> int:
@@ -184,7 +185,7 @@ def assemble(ratings_path: Path, values: np.ndarray, lines: np.ndarray, user_ids
     return MovieLensRaw(
         rating_user=user[keep], rating_item=item[keep],
         rating=values[keep, 2].astype(np.float32), timestamp=ids[keep, 2],
-        source_files=source_files, **tables,
+        source_files=source_files, item_id=item_ids, **tables,
     )
 
 
