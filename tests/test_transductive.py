@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from metarec.config import MovieLensConfig
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION
-from metarec.data.transductive import TransSettings, Visible, context
+from metarec.data.transductive import TransSettings, Visible, context, left_out_bias, pooled
 
 
 def _visible(seed: int, n_users=12, n_items=9, offset=0, share=0.5) -> Visible:
@@ -40,6 +40,7 @@ def test_item_context_is_the_per_rating_loop(with_state):
     state = _visible(1, offset=1000) if with_state else None
     users, items = torch.tensor([0, 3, 5, 11, 2]), torch.tensor([1, 4, 8, 0, 2])
     got = context(train, state, users, items, mu, n_users, n_items, TransSettings(rank=0))
+    _, counts = left_out_bias(*pooled(train, state, n_users), users, items, mu, n_items)
     seen = [(int(u), int(i), float(y)) for u, i, y in zip(train.users, train.items, train.ratings)]
     row_of = [int(u) for u in train.users]
     if state is not None:  # a state's ratings are rows of their own (n_users + user)
@@ -48,7 +49,7 @@ def test_item_context_is_the_per_rating_loop(with_state):
     for k, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
         bias, count = _reference(seen, row_of, u, i, mu)
         assert got[k, 0].item() == pytest.approx(bias, abs=1e-12)
-        assert got[k, 1].item() == pytest.approx(np.log1p(count), abs=1e-12)
+        assert counts[k].item() == count
 
 
 def test_a_users_factors_never_read_his_own_ratings():
@@ -60,12 +61,12 @@ def test_a_users_factors_never_read_his_own_ratings():
     for v in (train, state):  # user 4 rates everything differently
         v.ratings[v.users == 4] = 6.0 - v.ratings[v.users == 4]
     after = context(train, state, users, items, mu, n_users, n_items, settings)
-    assert torch.allclose(before[:, :2], after[:, :2], atol=1e-12)
+    assert torch.allclose(before[:, :1], after[:, :1], atol=1e-12)
     # the factors up to the rotation onto the full fit (the one thing his ratings touch, as in factors.py)
-    q0, q1 = before[:, 2:], after[:, 2:]
+    q0, q1 = before[:, 1:], after[:, 1:]
     assert torch.allclose(q0 @ q0.T, q1 @ q1.T, atol=1e-9)
     other = context(train, state, torch.full((n_items,), 5), items, mu, n_users, n_items, settings)
-    assert not torch.allclose(before[:, 2:], other[:, 2:])  # another fold's view does move (the test can fail)
+    assert not torch.allclose(before[:, 1:], other[:, 1:])  # another fold's view does move (the test can fail)
 
 
 @needs_ml100k()
@@ -80,15 +81,19 @@ def test_movielens_states_show_their_support_ratings_and_batches_read_their_rows
     assert set(shown.rows.tolist()) == set(t.support[t.support_mask.bool()].tolist())
     assert not set(shown.rows.tolist()) & set(t.query[t.query_mask.bool()].tolist())  # never a query
     assert torch.equal(shown.ratings.float(), src.y[shown.rows])
-    assert src.factor_table.shape[1] == 2 + 2
+    assert src.factor_table.shape[1] == 1 + 2
     batch = src.eval_tasks("test")["item_cold"]
     rows = batch.query_x[..., -1][batch.query_mask.bool()]
     assert (rows > 0).all() and torch.equal(rows, src.trans_rows["eval"][t.query[t.query_mask.bool()]])
-    # a new item's count is what the other users' support sets give it, its own user left out
+    # a new item's bias is what the other users' support sets give it (no training rating), its own user left out
     r = int(t.query[0, 0])
-    item = src.raw.rating_item[r]
-    others = (shown.items == item) & (shown.users != src.raw.rating_user[r])
-    assert src.factor_table[src.trans_rows["eval"][r], 1].item() == pytest.approx(np.log1p(int(others.sum())), abs=1e-5)
+    item, user = src.raw.rating_item[r], src.raw.rating_user[r]
+    others = (shown.items == item) & (shown.users != user)
+    row_bias = {int(u): (float((shown.ratings[shown.users == u] - src.mu).sum()), int((shown.users == u).sum()))
+                for u in shown.users[others].unique()}
+    want = sum(float(y) - src.mu - row_bias[int(u)][0] / (row_bias[int(u)][1] + USER_BIAS_PRECISION)
+               for u, y in zip(shown.users[others], shown.ratings[others])) / (int(others.sum()) + ITEM_BIAS_PRECISION)
+    assert src.factor_table[src.trans_rows["eval"][r], 0].item() == pytest.approx(want, abs=1e-5)
     episode = src.sample_train(8, torch.Generator().manual_seed(0))
     seen = episode.support_x[..., -1][episode.support_mask.bool()]
     assert (seen > 0).all() and (seen < 1 + len(src.train_ratings)).all()  # the training block

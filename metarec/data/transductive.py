@@ -12,7 +12,8 @@ never sees itself and a task never sees its own ratings:
   item_bias   the item's mean residual over the other raters, each rating less mu and its rater's
               bias (shrunk as the bias floor shrinks them), shrunk by the bias floor's item precision;
               the bias_transductive floor's item term, left-one-user-out (exact)
-  item_count  log(1 + the number of those ratings)
+  (the number of those ratings stays out: data.item_stats gives it, bucketed, and a per-user weight
+  on it, as algo=ridge solves, only overfits)
   q_1..q_k    the item's factors from a biased matrix factorisation (ALS, rank data.trans_rank) of the
               visible ratings, cross-fitted: a user of fold f reads the fit without fold f's users,
               rotated onto the full fit (as metarec/data/factors.py does for training factors: the
@@ -34,7 +35,7 @@ from torch import Tensor
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, als, dense_ratings, rotate_onto, seeded_start
 from metarec.errors import UserError
 
-FEATURES = ("item_bias", "item_count")  # then q_1..q_rank
+FEATURES = ("item_bias",)  # then q_1..q_rank
 
 
 @dataclass
@@ -127,8 +128,8 @@ def context(train: Visible, state: Visible | None, users: Tensor, items: Tensor,
     state's tasks, from the training ratings `train` and the state's support ratings `state` (None
     for training itself), every target's own user left out."""
     seen, row = pooled(train, state, n_users)
-    bias, count = left_out_bias(seen, row, users, items, mu, n_items)
-    cols = [bias.unsqueeze(1), count.log1p().unsqueeze(1)]
+    bias, _ = left_out_bias(seen, row, users, items, mu, n_items)
+    cols = [bias.unsqueeze(1)]
     if settings.rank:
         cols.append(cross_fitted_items(seen, row, users, items, mu, n_users, n_items, settings, seed))
     return torch.cat(cols, dim=1)
