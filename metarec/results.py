@@ -43,13 +43,16 @@ METHODS: dict[str, list[str]] = {
     "prompt (adapt=prompt)": ["experiment=melu_ml100k_prompt_adapt"],
     "ridge": ["experiment=melu_ml100k_ridge"],
     "pretrain": ["experiment=melu_ml100k_pretrain"],
+    "ridge_trans": ["experiment=melu_ml100k_trans"],
 }
 # ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
 ML1M_METHODS: dict[str, list[str]] = {
     "maml": ["experiment=melu_ml1m"],
     "ridge": ["experiment=melu_ml1m_ridge"],
     "pretrain": ["experiment=melu_ml1m_pretrain"],
+    "ridge_trans": ["experiment=melu_ml1m_trans"],
 }
+TRANSDUCTIVE_ALGOS = ("lwa", "nlba")  # item-centric: a new item's support is the state's visible ratings
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
     "ml-100k": ("METAREC_ML100K", Path("outputs/results"), Path("docs/results.md")),
@@ -123,6 +126,17 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
             f"data.item_stats={cfg.data.item_stats}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
+
+
+def transductive(methods: list[str], data: str) -> list[str]:
+    """The methods that read other test users' support ratings of the state (data.transductive, or an
+    item-centric algorithm): the page marks them."""
+    out = []
+    for m in methods:
+        cfg = preset(tuple(presets_of(data)[m]))
+        if cfg.data.get("transductive", False) or cfg.algo.name in TRANSDUCTIVE_ALGOS:
+            out.append(m)
+    return out
 
 
 def protocol(methods: list[str], variant: str = "ml-100k") -> str:
@@ -254,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metarec results: error: {e}", file=sys.stderr)
         return 1
     summary = summarize(runs)
+    summary["transductive"] = transductive(args.methods, args.data)
     if trained:
         record_timing(args, trained, time.perf_counter() - t0)
     wall = training_wall(args)

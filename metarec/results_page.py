@@ -17,6 +17,7 @@ from metarec.runs import headline
 from metarec.states import STATES
 
 FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive", "mf_foldin", "mf_transductive")
+NEW_ITEM_STATES = ("item_cold", "user_item_cold")
 BASELINE = "pretrain"  # not a meta-learner: never "the best meta-learner"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -105,7 +106,21 @@ def summarize(runs: list[SeedRun]) -> dict:
             out["ndcg@3 vs random"] = paired(by_method[best], None, state, "ndcg@3", "random")
             comparisons[state] = out
     return {"methods": methods, "seeds": seeds, "states": states, "table": table,
-            "val_mae": {m: mean_ci(v) for m, v in val.items()}, "best": best, "comparisons": comparisons}
+            "val_mae": {m: mean_ci(v) for m, v in val.items()}, "best": best, "comparisons": comparisons,
+            "new_items": new_items(by_method, states)}
+
+
+def new_items(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[str, dict[str, dict]]:
+    """Every method against the bias_transductive floor on the new-item states (issue #18's targets):
+    state -> method -> metric -> paired (difference, SE) over identical tasks."""
+    out: dict[str, dict[str, dict]] = {}
+    for state in (s for s in NEW_ITEM_STATES if s in states):
+        first = next(iter(by_method.values()))
+        if not all("bias_transductive" in first[k][state].get("floors_per_task", {}) for k in first):
+            continue
+        out[state] = {m: {metric: paired(runs, None, state, metric, "bias_transductive") for metric in ("mae", "ndcg@3")}
+                      for m, runs in by_method.items()}
+    return out
 
 
 def targets(summary: dict) -> list[tuple[str, bool, str]]:
@@ -182,6 +197,28 @@ def shown_command(argv: list[str], data_folder: str | None) -> str:
 TITLES = {"ml-100k": "MovieLens-100K", "ml-1m": "MovieLens-1M"}
 
 
+def new_item_lines(summary: dict) -> list[str]:
+    """The table of every method minus bias_transductive on new items (MAE and nDCG@3: eval.json keeps
+    per-task values of these two; the linear gain's means are in the state tables)."""
+    if not summary.get("new_items"):
+        return []
+    lines = ["## New items: every method against the bias_transductive floor", "",
+             "Method minus floor: bias_transductive on identical tasks (per seed the mean over tasks and its SE, "
+             "combined over seeds); negative MAE and positive nDCG differences favour the method; z in brackets. "
+             "(transductive): reads other test users' support ratings of the state, as the floor does.", "",
+             "| state | method | MAE diff ± SE (z) | nDCG@3 (2^r-1) diff ± SE (z) |", "|---|---|---|---|"]
+    for state, rows in summary["new_items"].items():
+        for m, diffs in rows.items():
+            cells = [f"{d:+.4f} ± {se:.4f} ({_z(d, se)})" for d, se in (diffs[k] for k in ("mae", "ndcg@3"))]
+            lines.append(f"| {state} | {m}{mark(m, summary)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def mark(name: str, summary: dict) -> str:
+    """' (transductive)' for a method or floor that reads other test users' support ratings of the state."""
+    return " (transductive)" if name in summary.get("transductive", ()) or name.endswith("_transductive") else ""
+
+
 def render(summary: dict, wall: tuple[float, int] | None, hparams: dict[str, str], command: str,
            fingerprint: str | None = None, protocol: str = "", data_folder: str | None = None,
            variant: str = "ml-100k") -> str:
@@ -202,9 +239,10 @@ def render(summary: dict, wall: tuple[float, int] | None, hparams: dict[str, str
     for state in summary["states"]:
         lines += [f"## {state}", "", "| method | MAE | nDCG@3 (gain 2^r-1) | nDCG@3 (gain linear) |", "|---|---|---|---|"]
         for name, row in summary["table"][state].items():
-            mark = " (best meta-learner)" if name == summary["best"] else ""
-            lines.append(f"| {name}{mark} | {_pm(row.get('mae'))} | {_pm(row.get('ndcg@3'))} | {_pm(row.get('ndcg_lin@3'))} |")
+            best = " (best meta-learner)" if name == summary["best"] else ""
+            lines.append(f"| {name}{mark(name, summary)}{best} | {_pm(row.get('mae'))} | {_pm(row.get('ndcg@3'))} | {_pm(row.get('ndcg_lin@3'))} |")
         lines.append("")
+    lines += new_item_lines(summary)
     best = summary["best"]
     if best is not None:
         lines += ["## Paired differences of the best meta-learner", "",

@@ -174,8 +174,8 @@ def test_ml1m_presets_share_one_protocol_with_every_meta_train_rating(capsys):
     assert results.run_overrides("ridge", 2, "/d/ml-1m", 1, "ml-1m")[:3] == [
         "experiment=melu_ml1m_ridge", "seed=2", "data.root=/d/ml-1m"]
     args = results.parse(["--data", "ml-1m"])
-    assert (args.methods, str(args.out), str(args.doc)) == (["maml", "ridge", "pretrain"], "outputs/results-ml1m",
-                                                            "docs/results-ml1m.md")
+    assert (args.methods[:3], str(args.out), str(args.doc)) == (["maml", "ridge", "pretrain"], "outputs/results-ml1m",
+                                                                "docs/results-ml1m.md")  # then the newer methods
     with pytest.raises(SystemExit):
         results.parse(["--data", "ml-1m", "--methods", "reptile"])
     assert "ml-1m has maml, ridge, pretrain" in capsys.readouterr().err
@@ -231,3 +231,24 @@ def test_the_wall_time_sums_the_invocations_that_trained_the_pages_runs(tmp_path
     assert json.loads((tmp_path / "timing.json").read_text())["invocations"][0]["runs"] == []
     page = results.render(summarize(runs()), (80.0 * 60, 2), {"maml": "x"}, "cmd")
     assert "took 80.0 min wall time over 2 invocations (each trained the runs that were missing)." in page
+
+
+def test_new_items_table_is_every_method_against_bias_transductive_and_marks_transductive_rows():
+    from metarec.results_page import render
+    out = []
+    for name, values in (("maml", MAML), ("pretrain", PRETRAIN), ("reptile", REPTILE)):
+        for seed in (0, 1):
+            doc = state(values[seed], seed)
+            doc["floors_per_task"]["bias_transductive"] = {"mae": BIAS[seed], "ndcg@3": [0.75] * len(BIAS[seed])}
+            doc["floors"]["bias_transductive"] = {"mae": mean(BIAS[seed]), "ndcg@3": 0.75, "ndcg_lin@3": 0.85}
+            out.append(SeedRun(name, seed, {"item_cold": doc}, VAL[name] + seed / 100))
+    s = summarize(out)
+    d, se = s["new_items"]["item_cold"]["maml"]["mae"]  # the same numbers as maml against the bias floor above
+    assert d == pytest.approx(-0.05) and se == pytest.approx(0.0288675 / 2, abs=1e-6)
+    d, se = s["new_items"]["item_cold"]["reptile"]["ndcg@3"]
+    assert d == pytest.approx(0.05) and se == pytest.approx(0.0)
+    s["transductive"] = ["reptile"]
+    page = render(s, None, {}, "python -m metarec.results")
+    assert "| item_cold | reptile (transductive) | " in page and "| item_cold | maml | " in page
+    assert "| floor: bias_transductive (transductive) |" in page
+    assert results.transductive(["ridge", "ridge_trans"], "ml-100k") == ["ridge_trans"]
