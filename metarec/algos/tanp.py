@@ -16,7 +16,7 @@ computed at once on the padded batch: masked means over its real ratings, no loo
 Where ours departs from the paper and the authors' code, and why:
 - Protocol and metric: TaNP reports ranking metrics (precision, nDCG, MAP @5-10) on its own splits
   (random warm/cold users, a context size drawn anew in every episode from support + query). We
-  train and select for rating MAE on MeLU's protocol (conf/protocol/*), with our fixed support and
+  select for rating MAE on MeLU's protocol (conf/protocol/*; the loss stays their squared error), with our fixed support and
   query sets: the context is the support set, the target the query set (the authors' target also
   holds the context points, re-drawn per episode); the posterior still sees support + query.
 - Inputs: MeLU's field embeddings (the model's FieldEncoder, model=melu; its head MLP is unused),
@@ -27,7 +27,8 @@ Where ours departs from the paper and the authors' code, and why:
   sample of z from the context).
 - Sizes: the authors' train.sh (encoder 32-16 -> z 32, task encoder 32-32 -> 16, 10 centres,
   temperature 1, decoder 32-32-16, lambda 1, Adam 1e-4, dropout 0, which we leave out) are the
-  defaults here; the presets' sizes and rates were tuned on validation users (docs/tuning.md#tanp).
+  defaults here; the presets keep them and take Adam 1e-3 with weight decay 1e-3, chosen on
+  validation users (docs/tuning.md#tanp: larger sizes, gating, other KL / clustering weights did not help).
 - The clustering target P is not detached, as in the authors' code (DEC detaches it).
 """
 from __future__ import annotations
