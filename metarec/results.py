@@ -120,7 +120,7 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
              "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"],
-             "tanp": ["modulation", "encoder_hidden", "latent_dim", "task_hidden", "task_dim", "clusters",
+             "tanp": ["weight_decay", "modulation", "encoder_hidden", "latent_dim", "task_hidden", "task_dim", "clusters",
                       "decoder_hidden", "kl_weight", "cluster_weight"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
