@@ -31,7 +31,7 @@ from metarec.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 # (algo, first_order): the bench grid's algorithms, each with its config defaults otherwise
-ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False)]
+ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False), ("tanp", False)]
 ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
 
 
@@ -52,6 +52,12 @@ def build_algo(cfg, source, name: str | None = None):
 def reference_step(algo) -> Callable:
     """One meta-update of the per-task loop that the gradient test uses (+ the algorithm's optimizer)."""
     from metarec.reference import per_task_meta_loss, per_task_reptile_step
+    if hasattr(algo, "reference_loss"):  # the algorithm's own per-task loop (no inner-loop engine)
+        def own(batch):
+            algo.optimizer.zero_grad(set_to_none=True)
+            algo.reference_loss(batch).backward()
+            algo.optimizer.step()
+        return own
     cfg, names = algo.cfg, algo.engine.inner_names
 
     def step(batch):
@@ -118,12 +124,13 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
     for algo_name, first_order in grid:
         for meta_batch in batch_sizes:
             batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
-            for steps in inner_steps:
+            for steps in ([0] if getattr(ALGOS[algo_name], "one_pass", False) else inner_steps):  # tanp: no steps
                 cfg = compose(base_overrides(source) + [f"algo={algo_name}", f"algo.inner_steps={steps}",
                                                         *(["algo.first_order=true"] if first_order else []),  # maml's key
                                                         f"trainer.meta_batch_size={meta_batch}"])
+                sup_cfg = cfg if "inner_params" in cfg.algo else compose(base_overrides(source) + ["algo=pretrain"])
                 engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
-                                                 build_algo(cfg, source, "pretrain"))
+                                                 build_algo(sup_cfg, source, "pretrain"))
                 times = time_interleaved({"reference": reference_step(reference), "engine": engine.step,
                                           "supervised": supervised_step(supervised)}, batches, repeats, min_time,
                                          synchronizer(source.device))
@@ -263,7 +270,7 @@ def format_row(rows: list[dict]) -> str:
     """One line of the table from a config's reference, engine and supervised rows (tasks/s)."""
     by = {r["impl"]: r["tasks_per_s"] for r in rows}
     r = rows[0]
-    order = "-" if r["algo"] == "reptile" else ("first" if r["first_order"] else "second")
+    order = "-" if r["algo"] in ("reptile", "tanp") else ("first" if r["first_order"] else "second")
     return (f"{r['algo']:<8} {order:<6} {r['meta_batch']:>5} {r['inner_steps']:>5} {by['reference']:>10.0f} "
             f"{by['engine']:>9.0f} {by['supervised']:>10.0f} {by['engine'] / by['reference']:>7.1f}x "
             f"{by['supervised'] / by['engine']:>16.1f}x")
@@ -284,6 +291,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the models and episodes live (the ml-1m-sized RSS run stays on the CPU)")
     parser.add_argument("--quick", action="store_true", help="a small grid (maml, meta-batch 32, 5 steps), no ml-1m run")
+    parser.add_argument("--algos", nargs="+", metavar="NAME", help="only these algorithms of the grid (e.g. --algos tanp)")
     parser.add_argument("--no-compile", action="store_true", help="skip the trainer.compile=true measurement")
     parser.add_argument("--no-ml1m", action="store_true", help="skip the ml-1m-sized peak RSS run")
     args = parser.parse_args(argv)
@@ -304,6 +312,12 @@ def run(args: argparse.Namespace, threads: int) -> int:
         repeats, min_time = min(args.repeats, 3), min(args.min_time, 0.1)
     else:
         grid, batch_sizes, inner_steps, repeats, min_time = ALGO_GRID, [32, 256], [1, 5], args.repeats, args.min_time
+    if args.algos:
+        unknown = sorted(set(args.algos) - {a for a, _ in ALGO_GRID})
+        if unknown:
+            print(f"metarec: error: --algos {' '.join(unknown)}: the grid has {', '.join(dict(ALGO_GRID))}", file=sys.stderr)
+            return 2
+        grid = [(a, fo) for a, fo in ALGO_GRID if a in args.algos]
 
     from metarec.data import build_source
     from metarec.device import resolve_device

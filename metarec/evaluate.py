@@ -114,7 +114,8 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
     """eval.json's content: every state of `split` ("test" or "val"), floors beside the learned model.
     select=True (the trainer's model selection): the "val" state alone, at the headline step alone."""
     headline = eval_steps(cfg)
-    steps = headline if select else max(cfg.eval.max_steps, headline)
+    one_pass = getattr(algo, "one_pass", False)  # adapts by one forward pass (TaNP): no steps to trace
+    steps = headline if select or one_pass else max(cfg.eval.max_steps, headline)
     catalog = not select and ranking.catalog_wanted(cfg, source)
     states = {}
     for state, batch in source.eval_tasks(split).items():
@@ -127,6 +128,8 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
         r["headline_step"] = str(headline)
         if catalog:
             r["catalog"] = ranking.catalog_state(source, algo, batch, state, headline, cfg.seed)
+        if one_pass:
+            r["adaptation"] = "one forward pass over the support set, no gradient steps"
         states[state] = r
     result = {"states": states}
     if source.kind == "rating":
@@ -161,7 +164,8 @@ def headline_line(result: dict) -> str | None:
     best = min(floors, key=floors.get)
     d, se = paired_difference(r["per_task"][step]["mae"], r["floors_per_task"][best]["mae"])
     z = "" if math.isnan(se) or se == 0 else f" ({d / se:+.1f} SE)"
-    return (f"**{state}**: MAE {r['steps'][step]['mae']:.4f} after {step} steps against the best floor, {best} "
+    when = "after one forward pass" if "adaptation" in r else f"after {step} steps"
+    return (f"**{state}**: MAE {r['steps'][step]['mae']:.4f} {when} against the best floor, {best} "
             f"{floors[best]:.4f}: paired difference {d:+.4f} ± {se:.4f}{z} over {r['n_tasks']} tasks "
             "(negative: the method is better).")
 
@@ -174,10 +178,12 @@ def format_table(result: dict, title: str = "") -> str:
     for state, r in result["states"].items():
         steps = r["steps"]
         names = [n for n in steps["0"] if not n.endswith("_ci") and not n.startswith(("ndcg@1", "ndcg_lin@1", "ndcg_exp@1"))]
-        lines += [f"## {state} ({r['n_tasks']} tasks, headline after {r.get('headline_step', '?')} steps)", "",
+        when = f"headline: {r['adaptation']}" if "adaptation" in r else f"headline after {r.get('headline_step', '?')} steps"
+        lines += [f"## {state} ({r['n_tasks']} tasks, {when})", "",
                   "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for k, m in steps.items():
-            lines.append(f"| {k} steps | " + " | ".join(f"{m[n]:.4f} ± {m[n + '_ci']:.4f}" for n in names) + " |")
+            label = "support set, one pass" if "adaptation" in r else f"{k} steps"
+            lines.append(f"| {label} | " + " | ".join(f"{m[n]:.4f} ± {m[n + '_ci']:.4f}" for n in names) + " |")
         for fname, m in r.get("floors", {}).items():
             cells = [f"{m[n]:.4f} ± {m[n + '_ci']:.4f}" if n in m else "" for n in names]
             lines.append(f"| floor: {fname} | " + " | ".join(cells) + " |")

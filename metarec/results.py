@@ -44,6 +44,7 @@ METHODS: dict[str, list[str]] = {
     "ridge": ["experiment=melu_ml100k_ridge"],
     "pretrain": ["experiment=melu_ml100k_pretrain"],
     "ridge_trans": ["experiment=melu_ml100k_trans"],
+    "tanp": ["experiment=melu_ml100k_tanp"],
 }
 # ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
 ML1M_METHODS: dict[str, list[str]] = {
@@ -51,6 +52,7 @@ ML1M_METHODS: dict[str, list[str]] = {
     "ridge": ["experiment=melu_ml1m_ridge"],
     "pretrain": ["experiment=melu_ml1m_pretrain"],
     "ridge_trans": ["experiment=melu_ml1m_trans"],
+    "tanp": ["experiment=melu_ml1m_tanp"],
 }
 TRANSDUCTIVE_ALGOS = ("lwa", "nlba")  # item-centric: a new item's support is the state's visible ratings
 SEEDS = (0, 1, 2)
@@ -118,10 +120,12 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
     """The algorithm block a method's preset resolves to, read through Hydra's compose."""
     cfg = preset(tuple(presets_of(data)[method]))
     a = cfg.algo
-    keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name == "ridge"  # no gradient steps in its inner loop
+    keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name in ("ridge", "tanp")  # no gradient steps in its inner loop
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
-             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
+             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"],
+             "tanp": ["weight_decay", "modulation", "encoder_hidden", "latent_dim", "task_hidden", "task_dim", "clusters",
+                      "decoder_hidden", "kl_weight", "cluster_weight"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "

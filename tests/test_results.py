@@ -176,6 +176,7 @@ def test_ml1m_presets_share_one_protocol_with_every_meta_train_rating(capsys):
     args = results.parse(["--data", "ml-1m"])
     assert (args.methods[:3], str(args.out), str(args.doc)) == (["maml", "ridge", "pretrain"], "outputs/results-ml1m",
                                                                 "docs/results-ml1m.md")  # then the newer methods
+    assert args.methods == list(results.ML1M_METHODS)
     with pytest.raises(SystemExit):
         results.parse(["--data", "ml-1m", "--methods", "reptile"])
     assert "ml-1m has maml, ridge, pretrain" in capsys.readouterr().err

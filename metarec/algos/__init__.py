@@ -4,5 +4,7 @@ from metarec.algos.pretrain import Pretrain
 from metarec.algos.prompt import Prompt
 from metarec.algos.reptile import Reptile
 from metarec.algos.ridge import Ridge
+from metarec.algos.tanp import TaNP
 
-ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain}
+ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain,
+         "tanp": TaNP}
