@@ -107,12 +107,13 @@ def eval_steps(cfg) -> int:
 
 def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False) -> dict:
     """eval.json's content: every state of `split` ("test" or "val"), floors beside the learned model.
-    select=True (the trainer's model selection): the "val" state alone, at the headline step alone."""
+    select=True (the trainer's model selection): the "val" state alone (the algorithm's select_state
+    if it names one), at the headline step alone."""
     headline = eval_steps(cfg)
     steps = headline if select else max(cfg.eval.max_steps, headline)
     states = {}
     for state, batch in source.eval_tasks(split).items():
-        if select and state != "val":
+        if select and state != getattr(algo, "select_state", "val"):
             continue
         floors = None if select else source.floors(state)
         # validation selects on the headline step alone: no query forward for the steps before it
