@@ -70,6 +70,12 @@ class TaskSource:
         """Query predictions [tasks, Q] of non-learned baselines on the tasks of `state`, by name; None: none."""
         return None
 
+    def visible(self, state: str):
+        """The ratings `state` shows at test time (metarec.data.transductive.Visible: user and item
+        rows, ratings, input rows): "train" the meta-train ratings, another state its tasks' support
+        ratings, which a transductive method may read; None: the data set has no such ratings."""
+        return None
+
     def fingerprint(self) -> str:
         """What a checkpoint records to refuse other data: SHA-256 of the source files where there are some."""
         return f"generated:{type(self).__name__}"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data import mf_floors
+from metarec.data import mf_floors, transductive
 from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.movielens_features import rating_features
@@ -83,6 +83,9 @@ class MovieLensTasks(TaskSource):
         self._mf: mf_floors.MFFloors | None = None  # the MF floors' training fit, made when first asked for
         if cfg.item_factors:
             self._item_factors(split_seed)
+        self.trans_rows: dict[str, Tensor] | None = None  # data.transductive: each rating's row in the side table
+        if cfg.transductive:
+            self._transductive(transductive.TransSettings.of(cfg), split_seed)
         self.n_base = 5  # gender, age, occupation, zip, year: item context goes after them, item ids last
         if cfg.item_stats:
             self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
@@ -204,6 +207,27 @@ class MovieLensTasks(TaskSource):
         row = 1 + fold[raw.rating_user] * n_items + raw.rating_item
         self.x = torch.cat([self.x, torch.from_numpy(row).to(self.device).unsqueeze(1)], dim=1)
 
+    def _transductive(self, settings: transductive.TransSettings, seed: int) -> None:
+        """The exact transductive context (metarec/data/transductive.py) as float columns of the side
+        table that the last input column indexes (after the item factors' columns when there are some)."""
+        self.factor_table, self.trans_rows = transductive.side_table(self, settings, seed)
+        if not self.cfg.item_factors:  # a last column of its own; with item factors it takes theirs over
+            self.x = torch.cat([self.x, self.x.new_zeros(len(self.x), 1)], dim=1)
+
+    def visible(self, state: str) -> transductive.Visible:
+        """The ratings `state` shows (the hook of the exact transductive input): "train" the meta-train
+        ratings; any other state its tasks' support ratings (never a query)."""
+        if state == "train":
+            rows = torch.from_numpy(self.train_ratings)
+        elif state in self.tasks:
+            t = self.tasks[state]
+            rows = t.support[t.support_mask.bool()].cpu()
+        else:
+            raise UserError(f"no state {state!r}: use train or one of {', '.join(self.tasks)}")
+        raw = self.raw
+        return transductive.Visible(torch.from_numpy(raw.rating_user)[rows], torch.from_numpy(raw.rating_item)[rows],
+                                    torch.from_numpy(raw.rating.astype(np.float64))[rows], rows)
+
     # ---- TaskSource -----------------------------------------------------------------------------
     def model_spec(self) -> dict:
         spec = {"fields": [list(f) for f in self.fields], "multi_hot": ["genre", len(self.genres)], "offset": self.mu}
@@ -293,6 +317,9 @@ class MovieLensTasks(TaskSource):
 
     def _batch(self, support, support_mask, query, query_mask, generator=None, context: str = "train") -> TaskBatch:
         sx, qx = self.x[support], self.x[query]
+        if self.trans_rows is not None:  # the transductive context's row: training's or the state's own
+            lookup = self.trans_rows["train" if context == "train" else "eval"]
+            sx[..., -1], qx[..., -1] = lookup[support], lookup[query]
         if self.cfg.item_stats:
             ctx = (self._train_context(torch.cat([support.flatten(), query.flatten()]), generator)
                    if context == "train" and generator is not None else self.item_context[context])
