@@ -116,6 +116,8 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
         if select and state != getattr(algo, "select_state", "val"):
             continue
         floors = None if select else source.floors(state)
+        if hasattr(algo, "enter_state"):  # an algorithm that reads the state's visible ratings (metaemb's warm_up)
+            algo.enter_state(state)
         # validation selects on the headline step alone: no query forward for the steps before it
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
                            only_last=select)

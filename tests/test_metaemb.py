@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 from metarec.algos.item_tasks import ItemTasks
 from metarec.algos.metaemb import ITEM, MetaEmb, MetaEmbConfig
+from metarec.data.transductive import Visible
 from metarec.models.melu import MeLU
 from metarec.reference import per_task_adapt
 from metarec.tasks import TaskBatch
@@ -168,3 +169,30 @@ def test_metaemb_trains_and_evaluates_through_the_console_script(tmp_path):
     val = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
            if row.get("split") == "val"]
     assert len(val) == 2  # selected on val_new: the generator's validation
+
+
+def test_warm_up_is_one_step_per_new_item_on_the_ratings_its_state_shows():
+    """enter_state (algo.warm_up) equals, item by item, one gradient step of the generated row on that
+    item's visible ratings; items the state does not show keep the generated row, known items their own."""
+    model, algo = make(warm_up=True)
+    algo.known = torch.tensor([True, True, True, True, False, False, False])
+    g = torch.Generator().manual_seed(4)
+    item_row = torch.tensor([3, 4, 4, 5, 0, 4, 3, 2])  # raw item rows (table row - 1) of 8 visible ratings
+    x, y = inputs(item_row + 1, g), torch.randint(1, 6, (8,), generator=g).double()
+    seen = Visible(torch.arange(8), item_row, y, torch.arange(8))
+    algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
+                                        _batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+    algo.enter_state("item_cold")
+    ids, warmed = algo.warmed
+    assert ids.tolist() == [4, 5, 6]
+    params = dict(model.named_parameters())
+    for item, got in zip((4, 5, 6), warmed):
+        rows = (item_row + 1 == item).nonzero().squeeze(1)
+        emb = algo.generate(x[rows[0]]).detach().requires_grad_(True)
+        table = params[ITEM].index_put((torch.tensor([item]),), emb[None])
+        loss = ((functional_call(model, {**params, ITEM: table}, (x[rows],)) - y[rows]) ** 2).mean()
+        (grad,) = torch.autograd.grad(loss, emb)
+        assert torch.allclose(got, emb - algo.cfg.warm_lr * grad, atol=1e-10, rtol=0)
+    batch = task_batch(torch.tensor([[4, 5, 1]]), torch.tensor([[6, 2]]))
+    table = algo.cold_table(batch)
+    assert torch.equal(table[4], warmed[0]) and torch.equal(table[1], model.get_parameter(ITEM)[1].detach())

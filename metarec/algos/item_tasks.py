@@ -61,3 +61,28 @@ def item_batch(source, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor, gen
     source's own assembly (item context re-drawn per episode, item-id dropout). MovieLensTasks has no
     public name for it yet; its _batch takes any padded rating indices, users' or items'."""
     return source._batch(a, a_mask, b, b_mask, generator)
+
+
+def visible_item_tasks(source, state: str, cold: Tensor) -> tuple[Tensor, TaskBatch] | None:
+    """The ratings `state` shows of each new item (source.visible: other users' support ratings in the
+    same state, never a query) as one item task per item: (item rows [items], a TaskBatch whose support
+    holds the item's visible ratings, padded; its query is a copy). cold: [table rows] bool, the ID rows
+    of new items. None when the state shows none of them."""
+    seen = source.visible(state)
+    if seen is None:
+        return None
+    device = source.y.device
+    rows, items = seen.rows.to(device), seen.items.to(device) + 1  # table row = item row + 1 (0: UNK)
+    keep = cold[items]
+    rows, items = rows[keep], items[keep]
+    if not len(rows):
+        return None
+    order = items.argsort(stable=True)
+    rows, items = rows[order], items[order]
+    ids, counts = items.unique_consecutive(return_counts=True)
+    pos = torch.arange(int(counts.max()), device=device)
+    mask = pos[None] < counts[:, None]
+    index = ((torch.cumsum(counts, 0) - counts)[:, None] + pos[None]).clamp(max=len(rows) - 1)
+    padded = torch.where(mask, rows[index], torch.zeros_like(index))
+    m = mask.float()
+    return ids, source._batch(padded, m, padded, m, context=state)

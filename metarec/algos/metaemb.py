@@ -13,9 +13,12 @@ Two phases in one run (algo.pretrain_steps, then the rest of trainer.max_steps):
    averaged over the items of the meta-batch, all items in one padded batch (no loop over items).
 At evaluation every item without a training rating (the new items of item_cold, user_item_cold,
 val_new) reads its generated embedding in the base model's table; the rest is algo=pretrain's
-evaluation (the decision layers fine-tuned on each user's support set). Inductive: a new item's
-embedding comes from its own features only, never from another user's rating (with
+evaluation (the decision layers fine-tuned on each user's support set). Inductive by default: a new
+item's embedding comes from its own features only, never from another user's rating (with
 data.item_stats=false, as in the presets; the item context columns would read them, bucketed).
+Transductive with algo.warm_up=true: before a state is scored, each new item's generated embedding
+takes the warm-up step it was meta-trained for, on the ratings that state shows of it (the other
+users' support sets: TaskSource.visible, as the bias_transductive floor reads them; never a query).
 
 Where ours departs from the paper and the authors' code (and RecBole-MetaRec's MetaEmb), and why:
 - explicit ratings and a squared error (MeLU's protocol scores MAE on 1-5 ratings), not CTR and log-loss;
@@ -27,8 +30,9 @@ Where ours departs from the paper and the authors' code (and RecBole-MetaRec's M
 - item tasks: each mini-batch is min(K, n/2) of the item's training ratings (the paper's K=20 ads'
   samples per mini-batch: here algo.item_shots), items with at least two ratings;
 - model selection on val_new (validation users on new items: what the generator is for), not val;
-- the paper's test warm-up uses later batches of the same ad; here a new item's ratings at test
-  time are other users' support sets (transductive), which this inductive version does not read.
+- the paper's test warm-up runs on the ad's first batches as they arrive; here a new item's ratings
+  at test time are the other users' support sets of the same state (algo.warm_up, transductive), all
+  of them in the one step the generator was trained for (a mean over them, as over a mini-batch).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.item_tasks import ItemTasks
+from metarec.algos.item_tasks import ItemTasks, visible_item_tasks
 from metarec.algos.pretrain import Pretrain, PretrainConfig
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
@@ -58,6 +62,8 @@ class MetaEmbConfig(PretrainConfig):
     warm_lr: float = 0.1  # a: the step size of the warm-up step on the generated embedding
     item_shots: int = 10  # K: ratings per mini-batch of an item task
     items_per_step: int = 64  # items per generator meta-batch
+    warm_up: bool = False  # transductive: at evaluation, one warm-up step of each new item's embedding on
+    # the ratings its state shows of it (other users' support sets), as the warm-up loss trained it
 
 
 class EmbeddingGenerator(nn.Module):
@@ -104,6 +110,7 @@ class MetaEmb(Pretrain):
         self.items: ItemTasks | None = None
         self.sampler = torch.Generator().manual_seed(torch.initial_seed() + 1)  # the item episodes' own stream
         self.steps_done, self._table = 0, None
+        self.source, self.warmed = None, None  # warm_up: the state's warmed rows (ids, embeddings)
         super().__init__(cfg, model, kind, compile=compile, fast_paths=fast_paths)
         self.optimizer = torch.optim.Adam(
             [{"params": list(model.parameters())},
@@ -115,7 +122,7 @@ class MetaEmb(Pretrain):
         trained (an item with no training rating is new: it reads its generated embedding)."""
         if not hasattr(source, "train_ratings"):
             raise UserError("algo=metaemb needs item-centric tasks from a MovieLens source (data=movielens)")
-        self.items = ItemTasks(source, self.cfg.item_shots)
+        self.items, self.source = ItemTasks(source, self.cfg.item_shots), source
         trained = source.rating_item[torch.as_tensor(source.train_ratings, device=source.y.device)] + 1
         self.known = torch.zeros_like(self.known)
         self.known[0] = True  # UNK
@@ -171,7 +178,25 @@ class MetaEmb(Pretrain):
         table = self.model.get_parameter(ITEM).detach().clone()
         with torch.no_grad():
             table[ids[cold]] = self.generate(x[cold]).to(table)
+            if self.warmed is not None:  # warm_up: the rows the state's visible ratings warmed
+                table[self.warmed[0]] = self.warmed[1].to(table)
         return table
+
+    def enter_state(self, state: str) -> None:
+        """Evaluation is about to score `state` (metarec.evaluate): with algo.warm_up, each new item's
+        generated embedding takes one step of warm_lr on the ratings the state shows of it."""
+        self.warmed = None
+        if not self.cfg.warm_up or self.source is None:
+            return
+        tasks = visible_item_tasks(self.source, state, ~self.known)
+        if tasks is None:
+            return
+        ids, batch = tasks
+        emb = self.generate(batch.support_x[:, 0]).detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self.item_loss(batch.support_x, batch.support_y, batch.support_mask, emb).sum()
+            (grad,) = torch.autograd.grad(loss, emb)
+        self.warmed = (ids, (emb - self.cfg.warm_lr * grad).detach())
 
     def params(self):
         params = super().params()
