@@ -1,9 +1,10 @@
 """Algorithm name -> class; conf/algo/NAME.yaml configures metarec/algos/NAME.py."""
 from metarec.algos.maml import MAML
 from metarec.algos.metaemb import MetaEmb
+from metarec.algos.mwuf import MWUF
 from metarec.algos.pretrain import Pretrain
 from metarec.algos.prompt import Prompt
 from metarec.algos.reptile import Reptile
 from metarec.algos.ridge import Ridge
 
-ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain, "metaemb": MetaEmb}
+ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain, "metaemb": MetaEmb, "mwuf": MWUF}
