@@ -42,12 +42,17 @@ METHODS: dict[str, list[str]] = {
     "prompt (adapt=prompt)": ["experiment=melu_ml100k_prompt_adapt"],
     "ridge": ["experiment=melu_ml100k_ridge"],
     "pretrain": ["experiment=melu_ml100k_pretrain"],
+    "metaemb": ["experiment=melu_ml100k_metaemb"],  # inductive: a new item's ID embedding from its features
+    "metaemb_warmup": ["experiment=melu_ml100k_metaemb_warmup"],  # transductive: + a warm-up on its visible ratings
+    "mwuf": ["experiment=melu_ml100k_mwuf"],  # transductive: scaling / shifting from its visible ratings
 }
 # ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
 ML1M_METHODS: dict[str, list[str]] = {
     "maml": ["experiment=melu_ml1m"],
     "ridge": ["experiment=melu_ml1m_ridge"],
     "pretrain": ["experiment=melu_ml1m_pretrain"],
+    "metaemb": ["experiment=melu_ml1m_metaemb"],  # inductive
+    "metaemb_warmup": ["experiment=melu_ml1m_metaemb_warmup"],  # transductive
 }
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
@@ -117,7 +122,9 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
     keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name == "ridge"  # no gradient steps in its inner loop
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
-             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
+             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"],
+             "metaemb": ["pretrain_steps", "gen_lr", "alpha", "warm_lr", "warm_up"],
+             "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
