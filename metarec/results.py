@@ -53,6 +53,7 @@ ML1M_METHODS: dict[str, list[str]] = {
     "pretrain": ["experiment=melu_ml1m_pretrain"],
     "metaemb": ["experiment=melu_ml1m_metaemb"],  # inductive
     "metaemb_warmup": ["experiment=melu_ml1m_metaemb_warmup"],  # transductive
+    "mwuf": ["experiment=melu_ml1m_mwuf"],  # transductive
 }
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
