@@ -112,16 +112,19 @@ def eval_steps(cfg) -> int:
 
 def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False) -> dict:
     """eval.json's content: every state of `split` ("test" or "val"), floors beside the learned model.
-    select=True (the trainer's model selection): the "val" state alone, at the headline step alone."""
+    select=True (the trainer's model selection): the "val" state alone (the algorithm's select_state
+    if it names one), at the headline step alone."""
     headline = eval_steps(cfg)
     one_pass = getattr(algo, "one_pass", False)  # adapts by one forward pass (TaNP): no steps to trace
     steps = headline if select or one_pass else max(cfg.eval.max_steps, headline)
     catalog = not select and ranking.catalog_wanted(cfg, source)
     states = {}
     for state, batch in source.eval_tasks(split).items():
-        if select and state != "val":
+        if select and state != getattr(algo, "select_state", "val"):
             continue
         floors = None if select else source.floors(state)
+        if hasattr(algo, "enter_state"):  # an algorithm that reads the state's visible ratings (metaemb's warm_up)
+            algo.enter_state(state)
         # validation selects on the headline step alone: no query forward for the steps before it
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
                            only_last=select, headline=None if select else headline)

@@ -45,6 +45,9 @@ METHODS: dict[str, list[str]] = {
     "pretrain": ["experiment=melu_ml100k_pretrain"],
     "ridge_trans": ["experiment=melu_ml100k_trans"],
     "tanp": ["experiment=melu_ml100k_tanp"],
+    "metaemb": ["experiment=melu_ml100k_metaemb"],  # inductive: a new item's ID embedding from its features
+    "metaemb_warmup": ["experiment=melu_ml100k_metaemb_warmup"],  # transductive: + a warm-up on its visible ratings
+    "mwuf": ["experiment=melu_ml100k_mwuf"],  # transductive: scaling / shifting from its visible ratings
 }
 # ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
 ML1M_METHODS: dict[str, list[str]] = {
@@ -53,8 +56,10 @@ ML1M_METHODS: dict[str, list[str]] = {
     "pretrain": ["experiment=melu_ml1m_pretrain"],
     "ridge_trans": ["experiment=melu_ml1m_trans"],
     "tanp": ["experiment=melu_ml1m_tanp"],
+    "metaemb": ["experiment=melu_ml1m_metaemb"],  # inductive
+    "metaemb_warmup": ["experiment=melu_ml1m_metaemb_warmup"],  # transductive
+    "mwuf": ["experiment=melu_ml1m_mwuf"],  # transductive
 }
-TRANSDUCTIVE_ALGOS = ("lwa", "nlba")  # item-centric: a new item's support is the state's visible ratings
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
     "ml-100k": ("METAREC_ML100K", Path("outputs/results"), Path("docs/results.md")),
@@ -125,7 +130,9 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
              "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"],
              "tanp": ["weight_decay", "modulation", "encoder_hidden", "latent_dim", "task_hidden", "task_dim", "clusters",
-                      "decoder_hidden", "kl_weight", "cluster_weight"]}.get(a.name, [])
+                      "decoder_hidden", "kl_weight", "cluster_weight"],
+             "metaemb": ["pretrain_steps", "gen_lr", "alpha", "warm_lr", "warm_up"],
+             "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
@@ -134,11 +141,12 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
 
 def transductive(methods: list[str], data: str) -> list[str]:
     """The methods that read other test users' support ratings of the state (data.transductive, or an
-    item-centric algorithm): the page marks them."""
+    algorithm that reads TaskSource.visible): the page marks them."""
+    from metarec.algos import ALGOS
     out = []
     for m in methods:
         cfg = preset(tuple(presets_of(data)[m]))
-        if cfg.data.get("transductive", False) or cfg.algo.name in TRANSDUCTIVE_ALGOS:
+        if cfg.data.get("transductive", False) or ALGOS[cfg.algo.name].transductive(cfg.algo):
             out.append(m)
     return out
 

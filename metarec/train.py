@@ -46,6 +46,8 @@ def build(cfg: DictConfig, device: torch.device, progress: bool = True):
         algo = ALGOS[cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile, fast_paths=cfg.trainer.fast_paths)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if hasattr(algo, "attach"):  # an algorithm that reads the source itself (item-centric tasks: metaemb)
+        algo.attach(source)
     return source, model, algo
 
 
@@ -164,10 +166,11 @@ class Trainer:
         """Score the validation tasks, keep best.pt and last.pt; True when trainer.patience says stop."""
         p, metric = self.progress, VAL_METRIC[self.source.kind]
         val = evaluate_all(self.cfg, self.source, self.algo, "val", select=True)  # fixed tasks: draws nothing
-        if "val" not in val["states"]:
+        state = getattr(self.algo, "select_state", "val")  # metaemb: val_new
+        if state not in val["states"]:
             raise UserError("there are no validation tasks to select the best checkpoint with: "
                             "give validation users a share (data.split) or loosen the data filter")
-        row = val["states"]["val"]["steps"][val["states"]["val"]["headline_step"]]
+        row = val["states"][state]["steps"][val["states"][state]["headline_step"]]
         self.run.metrics({"step": p.step, "split": "val", **{k: v for k, v in row.items() if not k.endswith("_ci")}})
         value = row[metric]
         improved = p.best is None or (value > p.best if metric == "acc" else value < p.best)

@@ -252,4 +252,5 @@ def test_new_items_table_is_every_method_against_bias_transductive_and_marks_tra
     page = render(s, None, {}, "python -m metarec.results")
     assert "| item_cold | reptile (transductive) | " in page and "| item_cold | maml | " in page
     assert "| floor: bias_transductive (transductive) |" in page
-    assert results.transductive(["ridge", "ridge_trans"], "ml-100k") == ["ridge_trans"]
+    assert results.transductive(["ridge", "ridge_trans", "metaemb", "metaemb_warmup", "mwuf"], "ml-100k") == [
+        "ridge_trans", "metaemb_warmup", "mwuf"]

@@ -1,5 +1,7 @@
 """Algorithm name -> class; conf/algo/NAME.yaml configures metarec/algos/NAME.py."""
 from metarec.algos.maml import MAML
+from metarec.algos.metaemb import MetaEmb
+from metarec.algos.mwuf import MWUF
 from metarec.algos.pretrain import Pretrain
 from metarec.algos.prompt import Prompt
 from metarec.algos.reptile import Reptile
@@ -7,4 +9,4 @@ from metarec.algos.ridge import Ridge
 from metarec.algos.tanp import TaNP
 
 ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain,
-         "tanp": TaNP}
+         "tanp": TaNP, "metaemb": MetaEmb, "mwuf": MWUF}

@@ -52,6 +52,12 @@ class MetaLearner:
         """What this algorithm asks of the model it trains (e.g. prompt vectors), passed to from_config."""
         return {}
 
+    @classmethod
+    def transductive(cls, cfg) -> bool:
+        """Whether it reads other test users' support ratings of a state (TaskSource.visible) to predict
+        there, as the bias_transductive floor does; results pages mark such rows."""
+        return False
+
     def meta_parameters(self) -> list[Tensor]:
         return list(self.model.parameters())
 

@@ -1,0 +1,88 @@
+"""Item-centric episodes for the item-cold-start learners (MetaEmb, MWUF): a task is one existing item,
+its two mini-batches (a, b) drawn at random from the ratings that meta-train users gave it in the
+training pool (never a query, never a validation or test user). Padded [items, K] like the user tasks,
+so a meta-batch of items is one gather; built once from the task source's training ratings."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metarec.errors import UserError
+from metarec.tasks import TaskBatch
+
+
+class ItemTasks:
+    """Episodes over the items that have at least two training ratings (one per mini-batch)."""
+
+    def __init__(self, source, shots: int):
+        if shots < 1:
+            raise UserError(f"algo.item_shots={shots} must be at least 1 (ratings per mini-batch of an item task)")
+        self.source, self.shots = source, shots
+        device = source.y.device
+        ratings = torch.as_tensor(source.train_ratings, device=device)
+        items = source.rating_item[ratings]
+        order = items.argsort(stable=True)
+        ratings, items = ratings[order], items[order]
+        ids, counts = items.unique_consecutive(return_counts=True)
+        keep = counts >= 2
+        if not bool(keep.any()):
+            raise UserError("no existing item has two training ratings: item-centric tasks need them")
+        starts = torch.cumsum(counts, 0) - counts
+        width = int(counts[keep].max())
+        pos = torch.arange(width, device=device)
+        index = (starts[keep, None] + pos[None]).clamp(max=len(ratings) - 1)
+        self.count = counts[keep]  # [items]
+        self.mask = pos[None] < self.count[:, None]  # [items, width]
+        self.pool = torch.where(self.mask, ratings[index], torch.zeros_like(index))  # rating indices, padded
+        self.items = ids[keep]  # item rows of the raw table
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, n_items: int, generator: torch.Generator) -> TaskBatch:
+        """n_items distinct items (fewer if there are fewer), each a first mini-batch (support) of
+        min(K, n // 2) random ratings and a second (query) of min(K, n - that) others."""
+        device = self.pool.device
+        chosen = torch.randperm(len(self), generator=generator)[:n_items].to(device)
+        pool, mask, count = self.pool[chosen], self.mask[chosen], self.count[chosen]
+        keys = torch.rand(pool.shape, generator=generator).to(device) + (~mask) * 2.0  # padding last
+        shuffled = pool.gather(1, keys.argsort(dim=1))
+        n_a = torch.clamp(count // 2, max=self.shots)
+        n_b = torch.clamp(count - n_a, max=self.shots)
+        k = min(self.shots, pool.shape[1])
+        pos = torch.arange(k, device=device)[None]
+        a = shuffled[:, :k]
+        b = shuffled.gather(1, (n_a[:, None] + pos).clamp(max=pool.shape[1] - 1))
+        return item_batch(self.source, a, (pos < n_a[:, None]).float(), b, (pos < n_b[:, None]).float(), generator)
+
+
+def item_batch(source, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor, generator: torch.Generator) -> TaskBatch:
+    """The model inputs of rating indices a (support) and b (query), as a training episode's: the
+    source's own assembly (item context re-drawn per episode, item-id dropout). MovieLensTasks has no
+    public name for it yet; its _batch takes any padded rating indices, users' or items'."""
+    return source._batch(a, a_mask, b, b_mask, generator)
+
+
+def visible_item_tasks(source, state: str, cold: Tensor) -> tuple[Tensor, TaskBatch] | None:
+    """The ratings `state` shows of each new item (source.visible: other users' support ratings in the
+    same state, never a query) as one item task per item: (item rows [items], a TaskBatch whose support
+    holds the item's visible ratings, padded; its query is a copy). cold: [table rows] bool, the ID rows
+    of new items. None when the state shows none of them."""
+    seen = source.visible(state)
+    if seen is None:
+        return None
+    device = source.y.device
+    rows, items = seen.rows.to(device), seen.items.to(device) + 1  # table row = item row + 1 (0: UNK)
+    keep = cold[items]
+    rows, items = rows[keep], items[keep]
+    if not len(rows):
+        return None
+    order = items.argsort(stable=True)
+    rows, items = rows[order], items[order]
+    ids, counts = items.unique_consecutive(return_counts=True)
+    pos = torch.arange(int(counts.max()), device=device)
+    mask = pos[None] < counts[:, None]
+    index = ((torch.cumsum(counts, 0) - counts)[:, None] + pos[None]).clamp(max=len(rows) - 1)
+    padded = torch.where(mask, rows[index], torch.zeros_like(index))
+    m = mask.float()
+    return ids, source._batch(padded, m, padded, m, context=state)
