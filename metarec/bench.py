@@ -31,7 +31,8 @@ from metarec.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 # (algo, first_order): the bench grid's algorithms, each with its config defaults otherwise
-ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False)]
+ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False), ("mamo", False)]
+GRID_OVERRIDES = {"mamo": ["model=mamo"]}  # an algorithm's grid row needs these too (its own model)
 ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
 
 
@@ -52,11 +53,14 @@ def build_algo(cfg, source, name: str | None = None):
 def reference_step(algo) -> Callable:
     """One meta-update of the per-task loop that the gradient test uses (+ the algorithm's optimizer)."""
     from metarec.reference import per_task_meta_loss, per_task_reptile_step
-    cfg, names = algo.cfg, algo.engine.inner_names
+    cfg = algo.cfg
 
     def step(batch):
         algo.optimizer.zero_grad(set_to_none=True)
-        if cfg.name == "reptile":
+        names = algo.engine.inner_names if hasattr(algo, "engine") else None
+        if hasattr(algo, "reference_loss"):  # the algorithm's own per-task loop (its test's oracle)
+            algo.reference_loss(batch).backward()
+        elif cfg.name == "reptile":
             per_task_reptile_step(algo.model, names, batch, algo.kind, cfg.inner_lr, cfg.inner_steps, algo.inner_adam())
         else:
             per_task_meta_loss(algo.model, names, batch, algo.kind, algo.inner_lr(), cfg.inner_steps,
@@ -119,9 +123,10 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
         for meta_batch in batch_sizes:
             batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
             for steps in inner_steps:
-                cfg = compose(base_overrides(source) + [f"algo={algo_name}", f"algo.inner_steps={steps}",
-                                                        *(["algo.first_order=true"] if first_order else []),  # maml's key
-                                                        f"trainer.meta_batch_size={meta_batch}"])
+                cfg = compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, [])
+                              + [f"algo={algo_name}", f"algo.inner_steps={steps}",
+                                 *(["algo.first_order=true"] if first_order else []),  # maml's key
+                                 f"trainer.meta_batch_size={meta_batch}"])
                 engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
                                                  build_algo(cfg, source, "pretrain"))
                 times = time_interleaved({"reference": reference_step(reference), "engine": engine.step,
@@ -286,6 +291,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a small grid (maml, meta-batch 32, 5 steps), no ml-1m run")
     parser.add_argument("--no-compile", action="store_true", help="skip the trainer.compile=true measurement")
     parser.add_argument("--no-ml1m", action="store_true", help="skip the ml-1m-sized peak RSS run")
+    parser.add_argument("--algos", nargs="+", choices=sorted({a for a, _ in ALGO_GRID}),
+                        help="only these algorithms' rows of the grid")
     args = parser.parse_args(argv)
 
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -304,6 +311,8 @@ def run(args: argparse.Namespace, threads: int) -> int:
         repeats, min_time = min(args.repeats, 3), min(args.min_time, 0.1)
     else:
         grid, batch_sizes, inner_steps, repeats, min_time = ALGO_GRID, [32, 256], [1, 5], args.repeats, args.min_time
+    if args.algos:
+        grid = [(a, fo) for a, fo in ALGO_GRID if a in args.algos]
 
     from metarec.data import build_source
     from metarec.device import resolve_device

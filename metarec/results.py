@@ -42,12 +42,16 @@ METHODS: dict[str, list[str]] = {
     "prompt (adapt=prompt)": ["experiment=melu_ml100k_prompt_adapt"],
     "ridge": ["experiment=melu_ml100k_ridge"],
     "pretrain": ["experiment=melu_ml100k_pretrain"],
+    "melu_paper": ["experiment=melu_ml100k_paper"],
+    "mamo": ["experiment=melu_ml100k_mamo"],
 }
 # ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
 ML1M_METHODS: dict[str, list[str]] = {
     "maml": ["experiment=melu_ml1m"],
     "ridge": ["experiment=melu_ml1m_ridge"],
     "pretrain": ["experiment=melu_ml1m_pretrain"],
+    "melu_paper": ["experiment=melu_ml1m_paper"],
+    "mamo": ["experiment=melu_ml1m_mamo"],
 }
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
@@ -117,7 +121,8 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
     keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name == "ridge"  # no gradient steps in its inner loop
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
-             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"]}.get(a.name, [])
+             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"],
+             "mamo": ["memory_slots", "profile_rate", "bias_rate", "pref_rate", "bias_scale", "convex_write"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
