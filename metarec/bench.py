@@ -127,8 +127,11 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
                               + [f"algo={algo_name}", f"algo.inner_steps={steps}",
                                  *(["algo.first_order=true"] if first_order else []),  # maml's key
                                  f"trainer.meta_batch_size={meta_batch}"])
+                # the supervised step on the same model (an algorithm with its own model: pretrain's schema for it)
+                plain = (compose(base_overrides(source) + GRID_OVERRIDES[algo_name] + ["algo=pretrain"])
+                         if algo_name in GRID_OVERRIDES else cfg)
                 engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
-                                                 build_algo(cfg, source, "pretrain"))
+                                                 build_algo(plain, source, "pretrain"))
                 times = time_interleaved({"reference": reference_step(reference), "engine": engine.step,
                                           "supervised": supervised_step(supervised)}, batches, repeats, min_time,
                                          synchronizer(source.device))

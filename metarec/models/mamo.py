@@ -55,10 +55,11 @@ class MAMONet(nn.Module):
         return cls(spec, cfg.embedding_dim, list(cfg.hidden))
 
     def param_groups(self) -> dict[str, list[str]]:
-        """local: what MAMO's local update adapts (towers, preference matrix, MLP); the field
-        embeddings stay global only, as MeLU's."""
+        """local (= mlp, the name other algorithms ask for): what MAMO's local update adapts (towers,
+        preference matrix, MLP); the field embeddings stay global only, as MeLU's."""
         names = [n for n, _ in self.named_parameters()]
-        return {"local": [n for n in names if not n.startswith("encoder.")], "all": names}
+        local = [n for n in names if not n.startswith("encoder.")]
+        return {"local": local, "mlp": local, "all": names}
 
     def profile(self, h: Tensor) -> Tensor:
         """p_u [..., user_dim] from the encoder's output h."""
