@@ -9,7 +9,7 @@ local update: `inner_steps` SGD steps of rate rho on the support set, of every w
 embeddings (towers, preference matrix, MLP); meta-loss: mean query loss after them, second order (or
 first order), Adam over phi (and the embeddings). After each meta-step the memories are written:
     M_P  <- alpha a_u p_u^T      + (1 - alpha) M_P
-    M_U  <- beta  a_u (x) g_u    + (1 - beta)  M_U    g_u: the query loss's gradient at the adapted user tower (fast gradients)
+    M_U  <- beta  a_u (x) g_u    + (1 - beta)  M_U    g_u: the fast gradient, the query loss's at the adapted user tower
     M_UI <- gamma a_u (x) M'_u,I + (1 - gamma) M_UI   M'_u,I: the adapted preference matrix
 At evaluation the memories are read, never written (a test user's data never reaches another's start).
 
@@ -111,14 +111,16 @@ class MAMO(MetaLearner):
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         if not isinstance(model, MAMONet):
-            raise UserError(f"algo=mamo needs model=mamo (MAMO's towers and preference matrix), not model={type(model).__name__.lower()}")
+            raise UserError("algo=mamo needs model=mamo (MAMO's towers and preference matrix), "
+                            f"not model={type(model).__name__.lower()}")
         if kind != "rating":
             raise UserError("algo=mamo predicts ratings: use it with data=movielens")
         for key in ("profile_rate", "bias_rate", "pref_rate"):
             if not 0 <= cfg[key] <= 1:
                 raise UserError(f"algo.{key}={cfg[key]} must be in [0, 1] (a memory's write rate)")
         if cfg.memory_slots < 1 or cfg.inner_steps < 0:
-            raise UserError(f"algo.memory_slots={cfg.memory_slots} must be >= 1 and algo.inner_steps={cfg.inner_steps} >= 0")
+            raise UserError(f"algo.memory_slots={cfg.memory_slots} must be >= 1 and "
+                            f"algo.inner_steps={cfg.inner_steps} >= 0")
         self.local = model.param_groups()["local"]
         self.memory = Memory(model, cfg.memory_slots)
         super().__init__(cfg, model, kind)
