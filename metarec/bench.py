@@ -31,7 +31,8 @@ from metarec.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 # (algo, first_order): the bench grid's algorithms, each with its config defaults otherwise
-ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False), ("tanp", False)]
+ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False), ("tanp", False), ("mamo", False)]
+GRID_OVERRIDES = {"mamo": ["model=mamo"]}  # an algorithm's grid row needs these too (its own model)
 ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
 
 
@@ -125,12 +126,15 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
         for meta_batch in batch_sizes:
             batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
             for steps in ([0] if getattr(ALGOS[algo_name], "one_pass", False) else inner_steps):  # tanp: no steps
-                cfg = compose(base_overrides(source) + [f"algo={algo_name}", f"algo.inner_steps={steps}",
-                                                        *(["algo.first_order=true"] if first_order else []),  # maml's key
-                                                        f"trainer.meta_batch_size={meta_batch}"])
-                sup_cfg = cfg if "inner_params" in cfg.algo else compose(base_overrides(source) + ["algo=pretrain"])
+                cfg = compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, [])
+                              + [f"algo={algo_name}", f"algo.inner_steps={steps}",
+                                 *(["algo.first_order=true"] if first_order else []),  # maml's key
+                                 f"trainer.meta_batch_size={meta_batch}"])
+                # the supervised step on the same model (pretrain's schema where the algorithm has no inner_params)
+                plain = (cfg if "inner_params" in cfg.algo and algo_name not in GRID_OVERRIDES
+                         else compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, []) + ["algo=pretrain"]))
                 engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
-                                                 build_algo(sup_cfg, source, "pretrain"))
+                                                 build_algo(plain, source, "pretrain"))
                 times = time_interleaved({"reference": reference_step(reference), "engine": engine.step,
                                           "supervised": supervised_step(supervised)}, batches, repeats, min_time,
                                          synchronizer(source.device))

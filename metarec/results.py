@@ -48,6 +48,8 @@ METHODS: dict[str, list[str]] = {
     "metaemb": ["experiment=melu_ml100k_metaemb"],  # inductive: a new item's ID embedding from its features
     "metaemb_warmup": ["experiment=melu_ml100k_metaemb_warmup"],  # transductive: + a warm-up on its visible ratings
     "mwuf": ["experiment=melu_ml100k_mwuf"],  # transductive: scaling / shifting from its visible ratings
+    "melu_paper": ["experiment=melu_ml100k_paper"],
+    "mamo": ["experiment=melu_ml100k_mamo"],
 }
 # ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
 ML1M_METHODS: dict[str, list[str]] = {
@@ -59,6 +61,8 @@ ML1M_METHODS: dict[str, list[str]] = {
     "metaemb": ["experiment=melu_ml1m_metaemb"],  # inductive
     "metaemb_warmup": ["experiment=melu_ml1m_metaemb_warmup"],  # transductive
     "mwuf": ["experiment=melu_ml1m_mwuf"],  # transductive
+    "melu_paper": ["experiment=melu_ml1m_paper"],
+    "mamo": ["experiment=melu_ml1m_mamo"],
 }
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
@@ -132,7 +136,9 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
              "tanp": ["weight_decay", "modulation", "encoder_hidden", "latent_dim", "task_hidden", "task_dim", "clusters",
                       "decoder_hidden", "kl_weight", "cluster_weight"],
              "metaemb": ["pretrain_steps", "gen_lr", "alpha", "warm_lr", "warm_up"],
-             "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"]}.get(a.name, [])
+             "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"],
+
+             "mamo": ["memory_slots", "profile_rate", "bias_rate", "pref_rate", "bias_scale", "convex_write"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "

@@ -2,6 +2,7 @@
 from metarec.algos.maml import MAML
 from metarec.algos.metaemb import MetaEmb
 from metarec.algos.mwuf import MWUF
+from metarec.algos.mamo import MAMO
 from metarec.algos.pretrain import Pretrain
 from metarec.algos.prompt import Prompt
 from metarec.algos.reptile import Reptile
@@ -9,4 +10,4 @@ from metarec.algos.ridge import Ridge
 from metarec.algos.tanp import TaNP
 
 ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain,
-         "tanp": TaNP, "metaemb": MetaEmb, "mwuf": MWUF}
+         "tanp": TaNP, "metaemb": MetaEmb, "mwuf": MWUF, "mamo": MAMO}

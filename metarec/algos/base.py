@@ -17,7 +17,7 @@ from metarec.tasks import TaskBatch
 class AlgoConfig:
     """The keys of every algorithm's schema (the trainer and evaluation read them whatever the algo)."""
 
-    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain
+    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain | mamo
     inner_steps: int = 1  # adaptation steps in meta-training
     eval_steps: Optional[int] = None  # adaptation steps for the headline metric; null = inner_steps
     meta_lr: float = 1e-3  # beta: the outer optimizer's learning rate

@@ -1,0 +1,138 @@
+"""MAMO: the vectorised meta-loss and meta-gradient equal the per-task loop; the memories' read and
+write by hand on a tiny case; a short train through the console script."""
+import pytest
+import torch
+from conftest import ML100K, needs_ml100k, read_json, run_cli
+from fixtures import SPEC, rating_batch
+from omegaconf import OmegaConf
+
+from metarec.algos.mamo import MAMO, Memory
+from metarec.errors import UserError
+from metarec.models.mamo import MAMONet
+from metarec.models.melu import MeLU
+
+
+def make(steps=2, first_order=False, convex=False, dtype=torch.float64, slots=3):
+    torch.manual_seed(0)
+    model = MAMONet(SPEC, embedding_dim=4, hidden=[8, 6]).to(dtype)
+    cfg = OmegaConf.create(dict(name="mamo", inner_steps=steps, inner_lr=0.3, first_order=first_order,
+                                memory_slots=slots, profile_rate=0.5, bias_rate=0.3, pref_rate=0.2, bias_scale=0.5,
+                                convex_write=convex, meta_lr=1e-3, weight_decay=0.0, eval_steps=None))
+    return model, MAMO(cfg, model, "rating")
+
+
+def scramble(algo):
+    """Memories far from their start, so that the read (attention, bias, preference matrix) matters."""
+    g = torch.Generator().manual_seed(1)
+    for buf in algo.memory.buffers():
+        buf.copy_(torch.randn(buf.shape, generator=g, dtype=buf.dtype))
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vectorised_meta_loss_and_gradient_equal_the_per_task_loop(steps, first_order):
+    model, algo = make(steps, first_order)
+    scramble(algo)
+    batch = rating_batch()
+    params = algo.meta_parameters()
+    loss, ref = algo.meta_loss(batch), algo.reference_loss(batch)
+    assert torch.allclose(loss, ref, atol=1e-12, rtol=0)
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(ref, params, allow_unused=True)
+    names = [n for n, p in model.named_parameters() if n != "pref.weight"]
+    for name, a, b in zip(names, got, want):
+        assert a is not None and b is not None, name
+        assert a.abs().sum() > 0, name  # every meta-parameter gets a gradient (embeddings through the attention too)
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), name
+
+
+def test_second_order_gradient_differs_from_first_order():
+    batch = rating_batch()
+    _, second = make(2, False)
+    _, first = make(2, True)
+    g2 = torch.autograd.grad(second.meta_loss(batch), second.meta_parameters())
+    g1 = torch.autograd.grad(first.meta_loss(batch), first.meta_parameters())
+    assert max((a - b).abs().max().item() for a, b in zip(g1, g2)) > 1e-6
+
+
+def test_memory_read_by_hand():
+    """K=2 slots, a 2-d profile: attention = softmax of cosines; read = attention-weighted slots."""
+    model, algo = make(slots=2)
+    mem = algo.memory
+    mem.profile.copy_(torch.zeros_like(mem.profile))
+    mem.profile[0, 0], mem.profile[1, 1] = 1.0, 1.0  # slot 0 along e_0, slot 1 along e_1
+    p_u = torch.zeros(1, mem.profile.shape[1], dtype=torch.float64)
+    p_u[0, 0] = 1.0  # cos = (1, 0)
+    a = mem.attention(p_u)
+    e = torch.e
+    assert torch.allclose(a, torch.tensor([[e / (e + 1), 1 / (e + 1)]], dtype=torch.float64), atol=1e-15)
+    mem.pref.copy_(torch.stack([torch.full_like(mem.pref[0], 2.0), torch.full_like(mem.pref[0], -1.0)]))
+    bias, pref = mem.read(a)
+    assert torch.allclose(pref, torch.full_like(pref, 2 * e / (e + 1) - 1 / (e + 1)), atol=1e-14)
+    w = mem.bias()["user.weight"]
+    assert torch.allclose(bias["user.weight"][0], a[0, 0] * w[0] + a[0, 1] * w[1], atol=1e-14)
+
+
+@pytest.mark.parametrize("convex", [False, True])
+def test_memory_write_by_hand(convex):
+    """Two users, K=2: the paper's rule M <- r mean_u a_u (x) x_u + (1 - r) M; convex: M_k += r mean_u a_uk (x_u - M_k)."""
+    memory = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # K=2 slots of a 2-vector
+    a = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    x = torch.tensor([[4.0, 4.0], [2.0, 0.0]])
+    got = Memory.written(memory, a, x, 0.5, convex)
+    if not convex:  # slot 0: 0.5 * ((4,4) + (1,0)) / 2 + 0.5 * (1,0); slot 1: 0.5 * (1,0) / 2 + 0.5 * (0,2)
+        want = torch.tensor([[0.5 * 2.5 + 0.5, 0.5 * 2.0], [0.25, 1.0]])
+    else:  # slot 0: (1,0) + 0.5 ((2.5,2) - 0.75 (1,0)); slot 1: (0,2) + 0.5 ((0.5,0) - 0.25 (0,2))
+        want = torch.tensor([[1.0 + 0.25 * 3.5, 1.0], [0.25, 1.75]])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_step_writes_the_memories_and_evaluation_does_not():
+    _, algo = make()
+    batch = rating_batch()
+    before = {k: v.clone() for k, v in algo.memory.state_dict().items()}
+    preds = algo.adapt_trace(batch, 2)
+    assert len(preds) == 3 and preds[0].shape == batch.query_y.shape
+    assert all(torch.equal(before[k], v) for k, v in algo.memory.state_dict().items())
+    loss, (a, p_u, fast) = algo.forward_batch(batch)
+    algo.step(batch)
+    after = algo.memory.state_dict()
+    want = Memory.written(before["pref"], a.detach(), fast["pref.weight"].detach(), 0.2, False)
+    assert torch.allclose(after["pref"], want, atol=1e-12)
+    assert not torch.equal(before["profile"], after["profile"])
+    # the saved state restores the memories
+    _, other = make()
+    other.load_state_dict(algo.state_dict())
+    assert all(torch.equal(v, algo.memory.state_dict()[k]) for k, v in other.memory.state_dict().items())
+
+
+def test_trace_after_k_steps_matches_the_meta_loss_path():
+    """Evaluation's prediction after inner_steps steps is the meta-loss path's (no graph)."""
+    _, algo = make(steps=2)
+    scramble(algo)
+    batch = rating_batch()
+    pred = algo.adapt_trace(batch, 2, at=[2])[0]
+    from metarec.engine import masked_task_loss
+    loss = masked_task_loss(pred, batch.query_y, batch.query_mask, "rating").mean()
+    assert torch.allclose(loss, algo.meta_loss(batch).detach(), atol=1e-12)
+
+
+def test_wrong_model_is_one_clear_line():
+    torch.manual_seed(0)
+    cfg = make()[1].cfg
+    with pytest.raises(UserError, match="model=mamo"):
+        MAMO(cfg, MeLU(SPEC, embedding_dim=4, hidden=[8]), "rating")
+
+
+@needs_ml100k()
+def test_short_train_through_the_console_script(tmp_path, cache_env):
+    run = tmp_path / "run"
+    r = run_cli("train", "experiment=melu_ml100k_mamo", f"data.root={ML100K}", "trainer.max_steps=10",
+                "trainer.val_every=5", "trainer.meta_batch_size=8", "trainer.progress=false", "device=cpu",
+                "device.threads=1", f"hydra.run.dir={run}", env=cache_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = read_json(run / "eval.json")
+    uc = result["states"]["user_cold"]
+    assert uc["n_tasks"] > 50 and 0.5 < uc["steps"][str(uc["headline_step"])]["mae"] < 1.5
+    ck = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert ck["config"]["algo"]["name"] == "mamo" and "memory" in ck["algo"]
