@@ -72,6 +72,7 @@ class EvalConfig:
     chunk: int = 512  # evaluation tasks per batch
     checkpoint: Optional[str] = None  # metarec eval: the checkpoint to evaluate
     split: str = "test"  # metarec eval: test (the test states) | val (validation users only; MovieLens: val, val_new)
+    allow_protocol_change: bool = False  # metarec eval: accept a seed / data.* that redraws the checkpoint's split (marked in eval.md)
 
 
 @dataclass

@@ -4,7 +4,9 @@ or an unwritable folder ends the run with one line, never with a half-written fi
 from __future__ import annotations
 
 import json
+import logging
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -13,17 +15,25 @@ import metarec
 from metarec import checkpoint
 from metarec.device import cpu_count, parallel_jobs
 from metarec.errors import UserError
+from metarec.run_lock import RunLock, busy, held, identity
 from metarec.tasks import TaskSource
+
+log = logging.getLogger("metarec")
 
 
 class RunFolder:
-    """Writes the run's records; `saved` says which checkpoint this process last wrote at which step."""
+    """Writes the run's records; `saved` says which checkpoint this process last wrote at which step.
+    Holds the folder's lock (metarec/run_lock.py) from its creation until release() or the process's end."""
 
-    def __init__(self, path: Path, tensorboard: bool = False):
+    def __init__(self, path: Path, tensorboard: bool = False, what: str = "train"):
         self.path = path
         writing(path, lambda: self.path.mkdir(parents=True, exist_ok=True))
+        self.lock = RunLock.take(path, what)  # before anything is written: a live run's folder is refused
+        if self.lock.stale and _status(path) == "running":  # its holder died without a last word
+            log.warning("%s was left by %s, which is no longer running: this run takes the folder over",
+                        path, busy(self.lock.stale))
         self.had_status = (path / "status.json").exists()  # a previous run's record, kept unless we run
-        self.running = False
+        self.running, self.step = False, 0
         self.saved: dict[str, int] = {}  # checkpoint name -> the step this process last wrote to it
         self.tensorboard = tensorboard_writer(path / "tensorboard") if tensorboard else None
 
@@ -39,8 +49,21 @@ class RunFolder:
         writing(self.path / name, write, cleanup=tmp)
 
     def status(self, status: str, step: int, reason: str | None = None) -> None:
-        self.write_json("status.json", {"status": status, "reason": reason, "step": step})
+        """status.json: the status, the step, and a heartbeat (the time of this write) with the writer's
+        pid and host, so that a reader can tell a run that stopped writing (died) from a live one."""
+        self.write_json("status.json", {"status": status, "reason": reason, "step": step,
+                                        "heartbeat": round(time.time(), 3), **identity()})
         self.running = status == "running"
+        self.step = step
+
+    def beat(self, step: int | None = None) -> None:
+        """Keep a running run's status.json current: its step (when given) and the heartbeat."""
+        if self.running:
+            self.status("running", self.step if step is None else step)
+
+    def release(self) -> None:
+        """Give up the folder's lock (the process's end does it too)."""
+        self.lock.release()
 
     def record_failure(self, step: int, reason: str) -> None:
         """status.json says failed, unless the folder holds another run's record that this run never
@@ -56,6 +79,8 @@ class RunFolder:
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
         writing(self.path / "metrics.jsonl", append)
+        if row.get("split") == "train":
+            self.beat(row["step"])  # every trainer.log_every steps
         if self.tensorboard is not None:
             for key, value in row.items():
                 if key not in ("step", "split") and isinstance(value, (int, float)):
@@ -102,11 +127,18 @@ class BareFolder:
 
     def record_failure(self, step: int, reason: str) -> None:
         status = self.path / "status.json"
-        if self.path.is_dir() and not status.exists():
+        if self.path.is_dir() and not status.exists() and not held(self.path):  # never a live run's folder
             try:
                 status.write_text(json.dumps({"status": "failed", "reason": reason, "step": step}, indent=2) + "\n")
             except OSError:
                 pass
+
+
+def _status(path: Path) -> str | None:
+    try:
+        return json.loads((path / "status.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def writing(path: Path, write, cleanup: Path | None = None) -> None:
