@@ -50,7 +50,8 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
     path = cli_cfg.checkpoint or cli_cfg.eval.checkpoint
     if not path:
         raise UserError("metarec eval needs a checkpoint: metarec eval checkpoint=outputs/DATE/TIME/checkpoints/best.pt")
-    run = RunFolder(run_dir, what="eval")  # locked until this process ends: a live run's folder is refused
+    run = RunFolder(run_dir)
+    run.take_lock("eval")  # until this process ends: a live run's folder is refused
     if records(run_dir):  # Hydra's own .hydra/ is already there; another run's records are not ours to overwrite
         raise refuse_occupied(run_dir, records(run_dir), EVAL_ADVICE)
     ck = checkpoint.load(path)

@@ -62,11 +62,12 @@ def resume_path(cfg, ckpt_dir: Path) -> Path | None:
 def take_over(cfg: DictConfig, run: RunFolder) -> Path | None:
     """The checkpoint to resume from, if any; a folder that holds another run is refused, not overwritten."""
     ckpt_dir = run.path / "checkpoints"
-    checkpoint.remove_stale_temps(ckpt_dir)  # a killed writer's leftovers
     start = resume_path(cfg, ckpt_dir)
     if start is None and (ckpt_dir / "last.pt").exists():
         raise refuse_occupied(run.path, ["checkpoints/last.pt"], "continue it with trainer.resume=auto, "
                               "or choose a new hydra.run.dir to start over")
+    run.take_lock("train")  # from here this process alone writes the folder
+    checkpoint.remove_stale_temps(ckpt_dir)  # a killed writer's leftovers (never a live writer's)
     if start is None:
         run.status("running", 0)  # a resumed run takes the folder over only once its checkpoint is accepted
     return start

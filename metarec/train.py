@@ -74,7 +74,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         rank, world = distributed.setup(device)  # torchrun: this process's rank and the number of ranks; else 0, 1
         run_dir = distributed.rank_dir(run_dir, rank, world)  # rank 0 writes the run folder, other ranks a scratch one
         progress_lines.show(cfg.trainer.progress and rank == 0)  # decoding, factor fits, evaluation, floors
-        run = RunFolder(run_dir, cfg.trainer.tensorboard)  # locks the folder: one live run per folder
+        run = RunFolder(run_dir, cfg.trainer.tensorboard)
         signals.beat = run.beat  # the heartbeat between evaluation chunks
         return _train(cfg, run, device, (rank, world), progress, signals)
     except Interrupted as e:
