@@ -61,6 +61,10 @@ def remove_stale_temps(folder: str | Path) -> None:
 def load(path: str | Path) -> dict:
     """Read a metarec checkpoint; anything else (or anything that would run code) is refused."""
     path = Path(path)
+    if path.is_dir():
+        inside = next((p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()), None)
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: pass "
+                        f"{inside or 'the path of a .pt file in a run' + chr(39) + 's checkpoints/ folder'}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: pass the path of a .pt file in a run's checkpoints/ folder")
     try:

@@ -81,6 +81,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "metarec").expanduser()
 
 
+def checked_cache(cache: Path) -> Path:
+    """`cache`, unless it (or the nearest existing folder above it) is a file: then one line saying so."""
+    existing = cache
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"the cache folder {cache} cannot be made: {existing} is a file, not a folder; set "
+                        f"{CACHE_ENV} (or data.cache_dir) to a folder")
+    return cache
+
+
 def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Path | None = None, *,
                      sources: list[Source | dict] | None = None, timeout: float = 10.0,
                      progress: bool = True) -> Path:
@@ -106,7 +117,7 @@ def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Pat
                         "run's data fingerprint records this copy", folder / name, variant)
         return folder
 
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = checked_cache(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     target = cache / variant
     aside = None
     if detect_format(target) is not None:

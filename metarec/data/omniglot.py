@@ -24,7 +24,7 @@ from PIL import Image
 
 from metarec import progress
 from metarec.data import cache_check
-from metarec.data.download import atomic_write, default_cache_dir, fetch_file, one_line, verify
+from metarec.data.download import atomic_write, checked_cache, default_cache_dir, fetch_file, one_line, verify
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch, TaskSource
 
@@ -56,7 +56,7 @@ class OmniglotConfig:
 
 
 def cache_dir() -> Path:
-    return default_cache_dir() / "omniglot"  # $METAREC_CACHE or ~/.cache/metarec, as for MovieLens
+    return checked_cache(default_cache_dir() / "omniglot")  # $METAREC_CACHE or ~/.cache/metarec, as for MovieLens
 
 
 def _part_path(folder: Path, part: str) -> Optional[Path]:
