@@ -81,7 +81,7 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
     share one batched pass)."""
     scored = [steps] if only_last else list(range(steps + 1))
     per_step: dict[int, dict[str, list[Tensor]]] = {k: {} for k in scored}
-    bar = progress.bar(total=batch.n_tasks, desc="evaluate", unit="task", enabled=not only_last)
+    bar = progress.Phase(batch.n_tasks, "evaluate", "task", progress.EVAL_HINT, enabled=not only_last)
     for start in range(0, batch.n_tasks, chunk):
         between_chunks()  # a stop request takes effect here, not after the whole evaluation
         part = batch.select(slice(start, start + chunk))
