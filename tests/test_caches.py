@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ML100K, needs_ml100k
-from test_classic_data import omniglot_dirs, small_cfg  # noqa: F401 - the fixture, generated Omniglot zips
-from test_download import Server
+from test_classic_data import omniglot_dirs  # noqa: F401 - the fixture, generated Omniglot zips
+from test_download import server  # noqa: F401 - the fixture, an HTTP server on 127.0.0.1
 
 from metarec.data import cache_check, download, omniglot
 from metarec.data.download import Source, locate_movielens
@@ -19,14 +19,6 @@ from metarec.data.movielens_io import read_movielens
 from metarec.errors import UserError
 
 FILES = ("u.data", "u.user", "u.item")
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
 
 
 def release_zip() -> bytes:
@@ -47,7 +39,7 @@ def cut_copy(folder: Path, lines: int) -> Path:
 
 
 @pytest.fixture
-def release_source(server, monkeypatch):
+def release_source(server, monkeypatch):  # noqa: F811
     """ml-100k's default source served from 127.0.0.1 (the same files and digests as GroupLens' zip)."""
     body = release_zip()
     url = server.add("/ml-100k.zip", body)
@@ -58,7 +50,7 @@ def release_source(server, monkeypatch):
 
 
 @needs_ml100k()
-def test_a_cached_u_data_cut_in_half_is_named_and_fetched_again(tmp_path, server, release_source, caplog):
+def test_a_cached_u_data_cut_in_half_is_named_and_fetched_again(tmp_path, server, release_source, caplog):  # noqa: F811
     cached = cut_copy(tmp_path / "cache" / "ml-100k", 50_177)
     assert len(read_movielens(cached).rating) == 50_177  # what a run trained on, silently, before
     with caplog.at_level(logging.WARNING):
@@ -75,7 +67,7 @@ def test_a_cached_u_data_cut_in_half_is_named_and_fetched_again(tmp_path, server
 
 
 @needs_ml100k()
-def test_a_damaged_cache_that_cannot_be_fetched_again_stays_and_is_named(tmp_path, server, release_source, caplog):
+def test_a_damaged_cache_that_cannot_be_fetched_again_stays_and_is_named(tmp_path, server, release_source, caplog):  # noqa: F811
     cached = cut_copy(tmp_path / "cache" / "ml-100k", 50_177)
     server.routes.clear()  # the source answers 404 now
     with caplog.at_level(logging.WARNING):
@@ -87,7 +79,7 @@ def test_a_damaged_cache_that_cannot_be_fetched_again_stays_and_is_named(tmp_pat
 
 
 @needs_ml100k()
-def test_a_cache_folder_missing_its_files_is_fetched_again(tmp_path, server, release_source):
+def test_a_cache_folder_missing_its_files_is_fetched_again(tmp_path, server, release_source):  # noqa: F811
     cached = cut_copy(tmp_path / "cache" / "ml-100k", 10)
     (cached / "u.item").unlink()
     folder = locate_movielens("ml-100k", None, tmp_path / "cache", progress=False)
@@ -147,7 +139,8 @@ def test_a_truncated_omniglot_zip_in_data_root_is_one_line_naming_it(omniglot_di
     assert "\n" not in str(err.value) and str(cut / "images_evaluation.zip") in str(err.value)
 
 
-def test_a_damaged_cached_omniglot_zip_is_downloaded_again(omniglot_dirs, tmp_path, monkeypatch, server, caplog):  # noqa: F811
+def test_a_damaged_cached_omniglot_zip_is_downloaded_again(omniglot_dirs, tmp_path, monkeypatch, server,  # noqa: F811
+                                                            caplog):
     _, zips = omniglot_dirs
     for part in omniglot.PARTS:
         server.add(f"/{part}.zip", (zips / f"{part}.zip").read_bytes())

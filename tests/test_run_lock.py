@@ -10,19 +10,12 @@ import time
 
 import pytest
 from conftest import read_json, run_cli
-from test_resume import QUICK, STEPS, assert_same_run, start, train, wait_for
+from test_resume import QUICK, assert_same_run, start, straight, train, wait_for  # noqa: F401 - straight: a fixture
 
 from metarec import run_lock
 from metarec.errors import UserError
 from metarec.run_lock import RunLock, held
 from metarec.runs import load_run
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    run = tmp_path_factory.mktemp("straight") / "run"
-    train(run)
-    return run
 
 
 def test_a_second_run_into_a_live_runs_folder_is_refused_and_the_first_is_untouched(tmp_path):
@@ -45,7 +38,7 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_and_the_first_is_untouc
     assert "trainer.resume=auto" not in (run / ".hydra" / "overrides.yaml").read_text()  # the first run's record
 
 
-def test_kill_9_leaves_a_run_that_report_calls_died_and_resume_takes_its_lock_over(tmp_path, straight):
+def test_kill_9_leaves_a_run_that_report_calls_died_and_resume_takes_its_lock_over(tmp_path, straight):  # noqa: F811
     run = tmp_path / "run"
     proc = start(run)
     wait_for(run / "checkpoints" / "last.pt", proc)  # step 50 is saved; the run goes on
