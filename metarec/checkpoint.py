@@ -61,6 +61,10 @@ def remove_stale_temps(folder: str | Path) -> None:
 def load(path: str | Path) -> dict:
     """Read a metarec checkpoint; anything else (or anything that would run code) is refused."""
     path = Path(path)
+    if path.is_dir():
+        inside = next((p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()), None)
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: pass "
+                        f"{inside or 'the path of a .pt file in a run' + chr(39) + 's checkpoints/ folder'}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: pass the path of a .pt file in a run's checkpoints/ folder")
     try:
@@ -117,3 +121,22 @@ def _refusal(message: str) -> str:
             line = line.split("error:")[-1].strip()  # "WeightsUnpickler error: Unsupported global: ..."
             return line.split(". ")[0].rstrip(".")[:160]
     return "not plain data"
+
+
+def mismatch(state: dict, module: torch.nn.Module) -> str:
+    """Why `state` does not load into `module`, in full (torch's message puts it after a line break):
+    the first parameter whose shape differs with both shapes, else the names one side lacks."""
+    own = module.state_dict()
+    differ = [k for k, v in state.items() if k in own and getattr(v, "shape", None) is not None
+              and tuple(v.shape) != tuple(own[k].shape)]
+    more = lambda names: f" (and {len(names) - 1} more)" if len(names) > 1 else ""  # noqa: E731
+    if differ:
+        k = differ[0]
+        return (f"{k} is {list(state[k].shape)} in the checkpoint but {list(own[k].shape)} in the model "
+                f"this config builds{more(differ)}")
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing:
+        return f"the checkpoint has no {missing[0]}{more(missing)}, which the model this config builds has"
+    if unexpected:
+        return f"the checkpoint has {unexpected[0]}{more(unexpected)}, which the model this config builds lacks"
+    return "its parameters do not fit"

@@ -113,7 +113,7 @@ def _hydra(app, name: str, argv: list[str]) -> int:
     named = any(a.startswith("hydra.job.name=") for a in argv) or "--shell-completion" in argv
     if name != "data" and os.environ.get("HYDRA_FULL_ERROR") != "1":
         try:
-            _check_output_dir(argv)
+            _check_output_dir(argv, name)
         except UserError as e:
             print(f"metarec: error: {e}", file=sys.stderr)
             return 2
@@ -135,7 +135,7 @@ def _hydra(app, name: str, argv: list[str]) -> int:
     return 0
 
 
-def _check_output_dir(argv: list[str]) -> None:
+def _check_output_dir(argv: list[str], name: str = "train") -> None:
     """Hydra creates the run folder before metarec's code runs and reports a failure there with a
     traceback: try the folder's nearest existing parent first, so that a bad path is one line."""
     if any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
@@ -144,6 +144,9 @@ def _check_output_dir(argv: list[str]) -> None:
     key = "hydra.sweep.dir" if ("-m" in argv or "--multirun" in argv) else "hydra.run.dir"
     given = [a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")]
     folder = Path(given[-1].split("${")[0] if given else "outputs")  # the part before an interpolation
+    if given and "${" not in given[-1]:
+        from metarec.run_lock import precheck  # a live run's folder, or a run's records for eval: refused
+        precheck(name, folder, key == "hydra.sweep.dir")
     parent = folder.absolute()
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -78,6 +78,7 @@ class EvalConfig:
     checkpoint: Optional[str] = None  # metarec eval: the checkpoint to evaluate
     split: str = "test"  # metarec eval: test (the test states) | val (validation users only; MovieLens: val, val_new)
     ranking: str = "query"  # query (each user's query items, MeLU's) | catalog (also every item of the state's pool: metarec/ranking.py)
+    allow_protocol_change: bool = False  # metarec eval: accept a seed / data.* that redraws the checkpoint's split (marked in eval.md)
 
 
 @dataclass

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 
 from metarec import ranking
+from metarec import progress
+from metarec.signals import between_chunks
 from metarec.tasks import TaskBatch, TaskSource
 
 NDCG_KS = (1, 3, 5)
@@ -80,11 +82,15 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
     share one batched pass); with `headline`, also each metric at that step per support-size bucket."""
     scored = [steps] if only_last else list(range(steps + 1))
     per_step: dict[int, dict[str, list[Tensor]]] = {k: {} for k in scored}
+    bar = progress.Phase(batch.n_tasks, "evaluate", "task", progress.EVAL_HINT, enabled=not only_last)
     for start in range(0, batch.n_tasks, chunk):
+        between_chunks()  # a stop request takes effect here, not after the whole evaluation
         part = batch.select(slice(start, start + chunk))
         for k, pred in zip(scored, algo.adapt_trace(part, steps, at=[steps] if only_last else None)):
             for name, v in task_metrics(pred.float(), part, kind, gain, seed + start).items():
                 per_step[k].setdefault(name, []).append(v.cpu())
+        bar.update(part.n_tasks)
+    bar.close()
     per_step_cat = {k: {n: torch.cat(v) for n, v in d.items()} for k, d in per_step.items()}
     result = {"n_tasks": batch.n_tasks, "steps": {str(k): summarize(d) for k, d in per_step_cat.items()},
               "per_task": {str(k): _paired(d) for k, d in per_step_cat.items()}}

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from metarec.errors import UserError
+from metarec.signals import between_chunks
 from metarec.tasks import TaskBatch
 
 KS = (5, 10, 20)
@@ -114,6 +115,7 @@ def catalog_state(source, algo, batch: TaskBatch, state: str, steps: int, seed: 
     method: dict[str, list[Tensor]] = {}
     floor_parts: dict[str, dict[str, list[Tensor]]] = {name: {} for name in floors}
     for start in range(0, batch.n_tasks, chunk):
+        between_chunks()  # the heartbeat, and a stop request takes effect here
         part, sl = batch.select(slice(start, start + chunk)), slice(start, start + chunk)
         qx = source.catalog_rows(state, sl, cat.items)  # [tasks, N, F]
         ones = torch.ones(qx.shape[:2], dtype=part.query_y.dtype, device=qx.device)

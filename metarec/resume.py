@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from metarec import checkpoint
 from metarec.errors import UserError, first_line
 from metarec.run_folder import RunFolder
+from metarec.run_lock import occupied
 
 log = logging.getLogger("metarec")
 
@@ -61,12 +62,12 @@ def resume_path(cfg, ckpt_dir: Path) -> Path | None:
 def take_over(cfg: DictConfig, run: RunFolder) -> Path | None:
     """The checkpoint to resume from, if any; a folder that holds another run is refused, not overwritten."""
     ckpt_dir = run.path / "checkpoints"
-    checkpoint.remove_stale_temps(ckpt_dir)  # a killed writer's leftovers
     start = resume_path(cfg, ckpt_dir)
     if start is None and (ckpt_dir / "last.pt").exists():
-        keep_record(run.path, checkpoint.load(ckpt_dir / "last.pt"))
-        raise UserError(f"{run.path} already holds a run (checkpoints/last.pt): continue it with trainer.resume=auto, "
-                        f"or choose a new hydra.run.dir to start over")
+        raise refuse_occupied(run.path, ["checkpoints/last.pt"], "continue it with trainer.resume=auto, "
+                              "or choose a new hydra.run.dir to start over")
+    run.take_lock("train")  # from here this process alone writes the folder
+    checkpoint.remove_stale_temps(ckpt_dir)  # a killed writer's leftovers (never a live writer's)
     if start is None:
         run.status("running", 0)  # a resumed run takes the folder over only once its checkpoint is accepted
     return start
@@ -85,6 +86,13 @@ def resume(cfg, path: Path, run: RunFolder, fingerprint: str, model, algo, gener
     _check_config(cfg, ck, path, run)
     try:
         model.load_state_dict(ck["model"])
+    except (KeyError, RuntimeError) as e:
+        changed = config_changes(checkpoint.config(ck, path), cfg)
+        why = checkpoint.mismatch(ck["model"], model) if isinstance(ck.get("model"), dict) else first_line(e)
+        raise UserError(f"checkpoint {path} does not fit the model this config builds: {why}"
+                        + (f" (the config differs: {', '.join(changed)})" if changed else "")
+                        + ": resume with the overrides it was trained with") from None
+    try:
         algo.load_state_dict(ck["algo"])
         generator.set_state(ck["rng"]["sampler"])
         torch.set_rng_state(ck["rng"]["torch"])
@@ -147,6 +155,15 @@ def _flat(tree, prefix: str = "") -> dict:
     for k, v in tree.items():
         out.update(_flat(v, f"{prefix}{k}."))
     return out
+
+
+def refuse_occupied(run_path: Path, found: list[str], advice: str) -> UserError:
+    """The refusal of a command into a folder that holds another run's records (train without
+    trainer.resume, eval): its .hydra/ record is put back first (keep_record) when it has a last.pt."""
+    last = run_path / "checkpoints" / "last.pt"
+    if last.is_file():
+        keep_record(run_path, checkpoint.load(last))
+    return occupied(run_path, found, advice)
 
 
 def keep_record(run_path: Path, ck: dict) -> None:

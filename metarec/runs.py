@@ -11,10 +11,13 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from metarec.run_lock import STALE_HEARTBEAT_S, held
 
 VAL_SPLITS = ("val", "valid", "validation")
 
@@ -26,7 +29,7 @@ class Run:
     name: str  # path shown in the report: relative to the report folder when inside it
     overrides: list[str]  # from .hydra/overrides.yaml, e.g. ["algo=maml", "seed=1"]
     config: dict  # .hydra/config.yaml, {} when missing
-    status: str  # finished | failed | running | unfinished
+    status: str  # finished | failed | interrupted | running | died | unfinished
     reason: str | None  # why it is not finished
     step: int | None  # last training step status.json recorded
     info: dict  # run_info.json, {} when missing
@@ -112,6 +115,8 @@ def load_run(path: Path, name: str | None = None) -> Run:
     status, reason, step = status_doc.get("status"), status_doc.get("reason"), status_doc.get("step")
     if status in (None, "finished") and not states:
         status, reason = "unfinished", reason or eval_error
+    elif status == "running":
+        status, reason = liveness(path, status_doc)
     elif status is None:
         status = "finished"  # evaluated, but written by a version that kept no status.json
     return Run(
@@ -126,6 +131,21 @@ def load_run(path: Path, name: str | None = None) -> Run:
         val=[row for row in _read_jsonl(path / "metrics.jsonl") if row.get("split") in VAL_SPLITS],
         states=states,
     )
+
+
+def liveness(path: Path, status_doc: dict) -> tuple[str, str | None]:
+    """A run whose status.json says running: still "running", or "died" when no process holds its lock
+    (tested on the host that wrote it) or, where the lock cannot be tested, its heartbeat is stale."""
+    beat = number(status_doc.get("heartbeat"))
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(beat)) if beat is not None else None
+    last = f"; last heartbeat {since}" if since else ""
+    live = held(path)
+    if live is False:
+        return "died", f"its process ended without a last word (killed?) at step {status_doc.get('step')}{last}: " \
+                       f"continue it with trainer.resume=auto"
+    if live is None and beat is not None and time.time() - beat > STALE_HEARTBEAT_S:
+        return "died", f"no heartbeat for {(time.time() - beat) / 60:.0f} min{last}: continue it with trainer.resume=auto"
+    return "running", None
 
 
 def _override_key(override: str) -> str:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import metarec
 from metarec import checkpoint, distributed
+from metarec import progress as progress_lines
 from metarec.algos import ALGOS
 from metarec.algos.base import MetaLearner
 from metarec.data import build_source
@@ -74,7 +75,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         device = setup_device(cfg.device)
         rank, world = distributed.setup(device)  # torchrun: this process's rank and the number of ranks; else 0, 1
         run_dir = distributed.rank_dir(run_dir, rank, world)  # rank 0 writes the run folder, other ranks a scratch one
+        progress_lines.show(cfg.trainer.progress and rank == 0)  # decoding, factor fits, evaluation, floors
         run = RunFolder(run_dir, cfg.trainer.tensorboard)
+        signals.beat = run.beat  # the heartbeat between evaluation chunks
         return _train(cfg, run, device, (rank, world), progress, signals)
     except Interrupted as e:
         raise SystemExit(stopped(e, run, run_dir, progress.step)) from None
@@ -83,6 +86,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         raise
     finally:
         signals.restore()
+        if run is not None:
+            run.release()
 
 
 def _train(cfg: DictConfig, run: RunFolder, device: torch.device, ranks: tuple[int, int], progress: Progress,

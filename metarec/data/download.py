@@ -23,6 +23,7 @@ from typing import BinaryIO, Iterator
 
 from tqdm import tqdm
 
+from metarec.data import cache_check
 from metarec.data.movielens_io import EXPECTED_HINT, detect_format
 from metarec.errors import UserError
 
@@ -35,7 +36,9 @@ _CHUNK = 1 << 16
 class Source:
     """One place a data set can come from.
 
-    kind "zip": `url` is the zip's address (http(s):// or file://), `sha256` the zip's digest.
+    kind "zip": `url` is the zip's address (http(s):// or file://), `sha256` the zip's digest; `files`
+    maps the names of the files it holds to their digests, `lines` to their line counts (where known),
+    against which a cached copy is checked each time it is used.
     kind "wheel": `url` is what `pip download` gets (a requirement such as "recbole==1.2.1", or a
     wheel's path or address); `files` maps each member path in the wheel to its digest.
     """
@@ -43,6 +46,7 @@ class Source:
     url: str
     sha256: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
         return f"{self.url} ({'pip download' if self.kind == 'wheel' else self.kind})"
@@ -52,7 +56,10 @@ _RECBOLE_ML100K = "recbole/dataset_example/ml-100k/"
 DEFAULT_SOURCES: dict[str, list[Source]] = {
     "ml-100k": [
         Source("zip", "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
-               sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"),
+               sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", files={
+                   "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+                   "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+                   "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701"}),
         # The mirror: RecBole's wheel ships ml-100k as atomic files (.inter body == u.data).
         Source("wheel", "recbole==1.2.1", files={
             _RECBOLE_ML100K + "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
@@ -62,13 +69,27 @@ DEFAULT_SOURCES: dict[str, list[Source]] = {
     ],
     "ml-1m": [
         Source("zip", "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-               sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"),
+               sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", files={
+                   "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
+                   "movies.dat": "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9"},
+               lines={"ratings.dat": 1_000_209}),  # GroupLens' README: 1,000,209 ratings
     ],
 }
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "metarec").expanduser()
+
+
+def checked_cache(cache: Path) -> Path:
+    """`cache`, unless it (or the nearest existing folder above it) is a file: then one line saying so."""
+    existing = cache
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"the cache folder {cache} cannot be made: {existing} is a file, not a folder; set "
+                        f"{CACHE_ENV} (or data.cache_dir) to a folder")
+    return cache
 
 
 def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Path | None = None, *,
@@ -80,17 +101,66 @@ def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Pat
     """
     if root is not None and str(root) != "":
         folder = Path(root).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"data.root={folder} is a file, not a folder: point data.root at the folder that holds "
+                            f"the {variant} files ({EXPECTED_HINT})")
         if not folder.is_dir():
             raise UserError(f"data.root={folder} does not exist: fix the path, or leave data.root unset to download {variant}")
         if detect_format(folder) is None:
             raise UserError(f"data.root={folder} holds no MovieLens data ({EXPECTED_HINT}): fix the path")
+        if detect_format(folder) in DEFAULT_SOURCES and detect_format(folder) != variant:
+            raise UserError(f"data.root={folder} holds {detect_format(folder)} files but data.variant={variant}: set "
+                            f"data.variant={detect_format(folder)} (its cut year and presets), or point data.root "
+                            f"at a copy of {variant}")
+        for name in _damaged(variant, folder, None, lines=False):  # the user's copy: used as it is
+            log.warning("data.root: %s is not the %s release's file (its SHA-256 differs): using it as it is; the "
+                        "run's data fingerprint records this copy", folder / name, variant)
         return folder
 
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = checked_cache(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     target = cache / variant
+    aside = None
     if detect_format(target) is not None:
+        bad = _damaged(variant, target, sources)
+        if not bad:
+            return target
+        aside = _set_aside(target, [str(target / n) for n in bad])
+    elif target.exists():  # a folder without the data set's files (some deleted): fetched again too
+        aside = _set_aside(target, [f"{target} (it lacks the {variant} files)"])
+    try:
+        found = _fetch_variant(variant, cache, target, sources, timeout, progress)
+    except UserError:
+        if aside is None or detect_format(aside) is None:
+            raise
+        os.replace(aside, target)  # what there was, back in place (a copy put there by hand stays usable)
+        aside.parent.rmdir()
+        log.warning("using the cached %s as it is: fetching the release again failed", target)
         return target
+    if aside is not None:  # never deleted: a copy put into the cache by hand looks the same
+        log.warning("the previous %s is kept in %s: delete it when it is not needed", target, aside.parent)
+    return found
 
+
+def _damaged(variant: str, folder: Path, sources, lines: bool = True) -> list[str]:
+    """The files in `folder` that are not what their sources say they are: their digests (and, with
+    `lines`, line counts); the default sources of `variant` when `sources` is None."""
+    given = DEFAULT_SOURCES.get(variant, []) if sources is None else sources
+    given = [s if isinstance(s, Source) else Source(**s) for s in given]
+    return cache_check.differing(folder, {Path(m).name: d for s in given for m, d in s.files.items()},
+                                 {n: c for s in given for n, c in s.lines.items()} if lines else None)
+
+
+def _set_aside(target: Path, bad: list[str]) -> Path:
+    """Move a damaged cache folder out of the way (beside it, hidden) before fetching it again."""
+    log.warning("the cached %s is not the release's file (checksum or length differs: cut short or "
+                "changed): fetching %s again", ", ".join(bad), target.name)
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-replaced-", dir=target.parent))
+    os.replace(target, aside / target.name)
+    return aside / target.name
+
+
+def _fetch_variant(variant: str, cache: Path, target: Path, sources, timeout: float, progress: bool) -> Path:
+    """Fetch `variant` into the cache from the first source that works (every failure is named)."""
     if sources is None:
         if variant not in DEFAULT_SOURCES:
             raise UserError(

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from metarec import progress
+
 USER_BIAS_PRECISION = 3.0  # the bias floor's shrinkage of a user's mean residual (movielens.py reads it too)
 ITEM_BIAS_PRECISION = 5.0  # ... and of an item's
 
@@ -43,7 +45,7 @@ def als(ratings: Tensor, mask: Tensor, mu: float, rank: int, reg: float, iters: 
     the mask touches gets zeros."""
     q, b_item = start.clone(), torch.zeros(ratings.shape[1], dtype=ratings.dtype, device=ratings.device)
     resid = ratings - mu
-    for _ in range(iters):
+    for _ in progress.bar(range(iters), desc=f"factorise {ratings.shape[0]}x{ratings.shape[1]} (ALS)", unit="sweep"):
         p, b_user = _ridge_rows(mask, resid - b_item, q, reg, USER_BIAS_PRECISION)
         q, b_item = _ridge_rows(mask.T, (resid - b_user.unsqueeze(1)).T, p, reg, ITEM_BIAS_PRECISION)
     return q, b_item

@@ -81,6 +81,9 @@ def parse_ratings(path: Path, sep: bytes) -> tuple[np.ndarray, np.ndarray]:
     fields; anything else goes through the per-line parser, which names the first bad line.
     """
     data = path.read_bytes()
+    if not data.strip():
+        raise UserError(f"{path} is empty (no ratings): a copy cut short? Re-download it (or the data set), "
+                        f"or point data.root at a complete copy")
     if sep != b"\t":
         data = data.replace(sep, b"\t")
     values = _fast_table(data, fields=4)
@@ -192,7 +195,11 @@ def assemble(ratings_path: Path, values: np.ndarray, lines: np.ndarray, user_ids
 def split_lines(path: Path, sep: str, fields: int) -> list[tuple[int, list[str]]]:
     """Small '|' or '::' tables (users, items): [(1-based line, fields)], blank lines skipped."""
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="latin-1").split("\n"), start=1):
+    text = path.read_text(encoding="latin-1")
+    if not text.strip():
+        raise UserError(f"{path} is empty: a copy cut short? Re-download it (or the data set), or point data.root "
+                        f"at a complete copy")
+    for lineno, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
         if not line.strip():
             continue

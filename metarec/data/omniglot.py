@@ -13,6 +13,7 @@ import io
 import logging
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metarec.data.download import atomic_write, default_cache_dir, fetch_file, one_line
+from metarec import progress
+from metarec.data import cache_check
+from metarec.data.download import atomic_write, checked_cache, default_cache_dir, fetch_file, one_line, verify
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch, TaskSource
 
@@ -53,7 +56,7 @@ class OmniglotConfig:
 
 
 def cache_dir() -> Path:
-    return default_cache_dir() / "omniglot"  # $METAREC_CACHE or ~/.cache/metarec, as for MovieLens
+    return checked_cache(default_cache_dir() / "omniglot")  # $METAREC_CACHE or ~/.cache/metarec, as for MovieLens
 
 
 def _part_path(folder: Path, part: str) -> Optional[Path]:
@@ -73,6 +76,9 @@ def find_sources(root: Optional[str]) -> list[Path]:
     """The two parts (zip or extracted folder): from data.root, else the cache, else downloaded."""
     if root is not None:
         folder = Path(root).expanduser()
+        if folder.is_file():
+            raise UserError(f"data.root={folder} is a file, not a folder: point data.root at the folder holding "
+                            "images_background.zip and images_evaluation.zip")
         found = [_part_path(folder, part) for part in PARTS]
         missing = [part for part, path in zip(PARTS, found) if path is None]
         if missing:
@@ -82,6 +88,10 @@ def find_sources(root: Optional[str]) -> list[Path]:
     folder, sources = cache_dir(), []
     for part in PARTS:
         path = _part_path(folder, part)
+        if path is not None and path.is_file() and not _md5_ok(path, part):
+            log.warning("the cached %s is damaged (its MD5 is not the official zip's): downloading it again", path)
+            path.unlink()
+            path = None
         if path is None:
             try:
                 path = _download(part, folder)
@@ -91,6 +101,14 @@ def find_sources(root: Optional[str]) -> list[Path]:
                                 "get the zips from github.com/brendenlake/omniglot and set data.root=FOLDER") from None
         sources.append(path)
     return sources
+
+
+def _md5_ok(path: Path, part: str) -> bool:
+    try:
+        verify(path, MD5[part], "md5")
+    except ValueError:
+        return False
+    return True
 
 
 def _fingerprint(sources: list[Path], image_size: int) -> str:
@@ -130,19 +148,25 @@ def _decode(png: bytes, size: int) -> np.ndarray:
 
 
 def decode_all(sources: list[Path], image_size: int) -> tuple[np.ndarray, list[str]]:
-    """Every image as uint8 [characters, drawers, size, size] and the characters' names."""
+    """Every image as uint8 [characters, drawers, size, size] and the characters' names. A damaged zip
+    or image is one line naming the file (a zip cut short, a PNG that does not decode)."""
     images, names = [], []
     for src in sources:
-        chars = _character_files(src)
-        zf = zipfile.ZipFile(src) if src.is_file() else None
         try:
-            for key in sorted(chars):
+            chars = _character_files(src)
+            zf = zipfile.ZipFile(src) if src.is_file() else None
+            try:
                 read = zf.read if zf else Path.read_bytes
-                images.append(np.stack([_decode(read(f), image_size) for f in chars[key]]))
-                names.append("/".join(key))
-        finally:
-            if zf:
-                zf.close()
+                for key in progress.bar(sorted(chars), desc=f"decode {src.name}", unit="character"):
+                    images.append(np.stack([_decode(read(f), image_size) for f in chars[key]]))
+                    names.append("/".join(key))
+            finally:
+                if zf:
+                    zf.close()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, Image.UnidentifiedImageError) as err:
+            raise UserError(f"{src} is damaged ({one_line(err)}): replace it with the official "
+                            f"{src.name if src.suffix == '.zip' else src.name + '.zip'} "
+                            "(github.com/brendenlake/omniglot), or delete it to download it again") from None
     if not images:
         raise UserError(f"no Omniglot PNGs found in {', '.join(map(str, sources))}: expected PART/ALPHABET/CHARACTER/*.png")
     counts = {len(a) for a in images}
@@ -157,18 +181,44 @@ def load_images(root: Optional[str], image_size: int = 28) -> tuple[np.ndarray, 
     key = _fingerprint(sources, image_size)
     cached = cache_dir() / f"decoded-{key}.npz"
     meta = {"sources": [str(s) for s in sources], "fingerprint": key, "decoded_cache": str(cached)}
-    if cached.is_file():
-        with np.load(cached, allow_pickle=False) as z:
-            return z["images"], [str(n) for n in z["names"]], meta
+    found = _read_decoded(cached) if cached.is_file() else None
+    if found is not None:
+        return (*found, meta)
     start = time.perf_counter()
     images, names = decode_all(sources, image_size)
     log.info("decoded %d Omniglot images in %.1f s", images.shape[0] * images.shape[1], time.perf_counter() - start)
     try:
         with atomic_write(cached) as f:
             np.savez(f, images=images, names=np.array(names))
+        cache_check.write_stamp(cached)  # its size and hash, checked whenever it is read
     except OSError as err:  # a read-only cache only costs the next run a decode
         log.warning("could not write the decoded Omniglot cache %s: %s", cached, err)
     return images, names, meta
+
+
+def _read_decoded(cached: Path) -> tuple[np.ndarray, list[str]] | None:
+    """The decoded cache, if it is whole: it matches its stamp (a cache written before stamps: it loads);
+    else a warning naming it, and None (the caller decodes again and rewrites it)."""
+    stamped = cache_check.stamp_path(cached).is_file()
+    if not stamped or cache_check.stamp_ok(cached):
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                images, names = z["images"], [str(n) for n in z["names"]]
+            if images.ndim == 4 and len(names) == images.shape[0]:
+                if not stamped:
+                    _try(cache_check.write_stamp, cached)  # a cache from before stamps, whole: stamp it now
+                return images, names
+        except Exception:  # noqa: BLE001 - a cut or garbled npz fails in many ways: all mean "decode again"
+            pass
+    log.warning("the decoded Omniglot cache %s is damaged (cut short or changed): decoding the zips again", cached)
+    return None
+
+
+def _try(fn, *args) -> None:
+    try:
+        fn(*args)
+    except OSError:  # a read-only cache: checked by loading it, each time
+        pass
 
 
 class OmniglotTasks(TaskSource):
