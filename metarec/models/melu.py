@@ -41,6 +41,9 @@ class FieldEncoder(nn.Module):
 class MeLU(nn.Module):
     """Rating predictor; spec comes from the MovieLens task source (field sizes, rating mean)."""
 
+    data_kinds = ("rating",)  # what metarec/fit.py checks a config against: MovieLens-style fields
+    offers = ("prompt", "last_layer")
+
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64),
                  prompt_len: int = 0, prompt_dim: int = 0):
         super().__init__()
