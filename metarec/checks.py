@@ -69,11 +69,11 @@ def _items(v: Any) -> list:
 
 
 def shares(n: int) -> Callable[[Any], str | None]:
-    """A rule: n shares in [0, 1] that sum to 1."""
+    """A rule: n shares, each above 0 (every part gets some), that sum to 1."""
     def check(v) -> str | None:
         v = _items(v)
-        if len(v) != n or not all(_number(x) and 0 <= x <= 1 for x in v) or abs(sum(v) - 1) > 1e-6:
-            return f"must be {n} shares in [0, 1] that sum to 1"
+        if len(v) != n or not all(_number(x) and 0 < x < 1 for x in v) or abs(sum(v) - 1) > 1e-6:
+            return f"must be {n} shares in (0, 1) that sum to 1"
         return None
     return check
 

@@ -34,30 +34,34 @@ CASES = {
     "meta_batch_negative": (["train", "trainer.meta_batch_size=-3", NOWHERE], "trainer.meta_batch_size=-3: must be >= 1"),
     "max_steps_negative": (["train", "trainer.max_steps=-5", NOWHERE], "trainer.max_steps=-5: must be >= 1"),
     "val_every_zero": (["train", "trainer.val_every=0", NOWHERE], "trainer.val_every=0: must be >= 1"),
-    "patience_zero": (["train", "trainer.patience=0", NOWHERE], "trainer.patience=0: must be >= 1"),
     "inner_steps_negative": (["train", "algo.inner_steps=-1", NOWHERE], "algo.inner_steps=-1: must be >= 0"),
-    "inner_lr_zero": (["train", "algo.inner_lr=0", NOWHERE], "algo.inner_lr=0.0: must be > 0"),
-    "meta_lr_negative": (["train", "algo=ridge", "algo.meta_lr=-0.1", NOWHERE], "algo.meta_lr=-0.1: must be > 0"),
     "ndcg_gain_bogus": (["train", "eval.ndcg_gain=bogus", NOWHERE], "eval.ndcg_gain=bogus: must be one of exp, linear"),
-    "eval_chunk_zero": (["train", "eval.chunk=0", NOWHERE], "eval.chunk=0: must be >= 1"),
     "threads_zero": (["train", "device.threads=0", NOWHERE], "device.threads=0: must be >= 1"),
     "split_not_shares": (["train", "data.split=[0.5,0.5,0.5]", NOWHERE], "data.split=[0.5, 0.5, 0.5]: must be 3 shares"),
     "min_ratings_below_query": (["train", "data.min_ratings=5", NOWHERE], "data.query_size must be < data.min_ratings"),
-    "hidden_zero": (["train", "model.hidden=[64,0]", NOWHERE], "model.hidden=[64, 0]: each item must be >= 1"),
     "prompt_dim_zero": (["train", "data=sinusoid", "algo=prompt", "algo.prompt_dim=0"], "algo.prompt_dim=0: must be >= 1"),
     "reptile_betas": (["train", "data=sinusoid", "algo=reptile", "algo.inner_betas=[0.9,1.0]"], "algo.inner_betas=[0.9, 1.0]: must be two numbers in [0, 1)"),
     "sinusoid_query_zero": (["train", "data=sinusoid", "data.query_size=0"], "data.query_size=0: must be >= 1"),
-    "sinusoid_x_range": (["train", "data=sinusoid", "data.x_min=6"], "data.x_min must be < data.x_max"),
     "omniglot_one_way": (["train", "data=omniglot", "data.ways=1", "data.root=/nonexistent"], "data.ways=1: must be >= 2"),
-    "omniglot_too_many_shots": (["train", "data=omniglot", "data.shots=10", "data.root=/nonexistent"], "their sum must be <= 20"),
     "eval_ndcg_gain": (["eval", "checkpoint=/nonexistent.pt", "eval.ndcg_gain=bogus"], "eval.ndcg_gain=bogus: must be one of"),
-    "eval_negative_steps": (["eval", "checkpoint=/nonexistent.pt", "eval.max_steps=-1"], "eval.max_steps=-1: must be >= 0"),
     "data_info": (["data", "info", "data.query_size=0", NOWHERE], "data.query_size=0: must be >= 1"),
     # ---- fit ---------------------------------------------------------------------------------------
     "prompt_on_conv4": (["train", "data=omniglot", "algo=prompt", "model=conv4"], "algo=prompt does not fit model=conv4"),
     "omniglot_prompt": (["train", "data=omniglot", "algo=prompt"], "algo=prompt does not fit model=conv4"),
     "sinusoid_melu": (["train", "data=sinusoid", "model=melu"], "model=melu does not fit data=sinusoid"),
     "movielens_mlp": (["train", "model=mlp", NOWHERE], "model=mlp does not fit data=movielens"),
+}
+# the same, composed in this process (the console script's path is the one above)
+IN_PROCESS = {
+    "patience_zero": (["train", "trainer.patience=0", NOWHERE], "trainer.patience=0: must be >= 1"),
+    "inner_lr_zero": (["train", "algo.inner_lr=0", NOWHERE], "algo.inner_lr=0.0: must be > 0"),
+    "meta_lr_negative": (["train", "algo=ridge", "algo.meta_lr=-0.1", NOWHERE], "algo.meta_lr=-0.1: must be > 0"),
+    "eval_chunk_zero": (["train", "eval.chunk=0", NOWHERE], "eval.chunk=0: must be >= 1"),
+    "split_without_validation": (["train", "data.split=[0.8,0,0.2]", NOWHERE], "data.split=[0.8, 0.0, 0.2]: must be 3 shares in (0, 1)"),
+    "hidden_zero": (["train", "model.hidden=[64,0]", NOWHERE], "model.hidden=[64, 0]: each item must be >= 1"),
+    "sinusoid_x_range": (["train", "data=sinusoid", "data.x_min=6"], "data.x_min must be < data.x_max"),
+    "omniglot_too_many_shots": (["train", "data=omniglot", "data.shots=10", "data.root=/nonexistent"], "their sum must be <= 20"),
+    "eval_negative_steps": (["eval", "checkpoint=/nonexistent.pt", "eval.max_steps=-1"], "eval.max_steps=-1: must be >= 0"),
     "movielens_conv4": (["train", "algo=prompt", "model=conv4", NOWHERE], "model=conv4 does not fit data=movielens"),
     "omniglot_ridge": (["train", "data=omniglot", "algo=ridge"], "algo=ridge does not fit data=omniglot"),
     "omniglot_mlp": (["train", "data=omniglot", "model=mlp"], "model=mlp does not fit data=omniglot"),
@@ -116,6 +120,15 @@ def _one_line(r: subprocess.CompletedProcess, message: str) -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_a_bad_value_or_a_misfit_is_one_line_before_any_data(outcomes, name):
     _one_line(outcomes[1][name], CASES[name][1])
+
+
+@pytest.mark.parametrize("name", IN_PROCESS)
+def test_more_bad_values_and_misfits_composed_in_process(name):
+    args, message = IN_PROCESS[name]
+    overrides = [a for a in args[1:] if a.startswith(("data", "algo", "model", "trainer", "eval", "device"))]
+    with pytest.raises(UserError) as e:
+        compose(overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("name", EXTRAS)
