@@ -13,7 +13,8 @@ A rule is ">= a", "> a", "<= a", "< a", "in [a, b]" (or "(a, b]", "[a, b)", "(a,
 string) or None. A schema with keys that bind each other (min <= max) gives a static method
 `relations(node, prefix)` that returns the broken ones as lines (`ordered` writes them). A field without a rule is not checked.
 `check(cfg)` walks a composed config's typed nodes (each knows its dataclass) before any data is
-read, and raises one UserError line: `trainer.meta_batch_size=0: must be >= 1`.
+read, and raises one UserError line: `trainer.meta_batch_size=0: must be >= 1`, `eval.ndcg_gain='bogus'
+is not one of exp, linear`.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def parse(check: str | Callable) -> Callable[[Any], str | None]:
         return lambda v: next((f"each item {m}" for x in _items(v) if (m := inner(x))), None)
     if text.startswith("one of "):
         choices = [c.strip() for c in text[7:].split(",")]
-        return lambda v: None if str(v) in choices else f"must be one of {', '.join(choices)}"
+        return lambda v: None if str(v) in choices else f"is not one of {', '.join(choices)}"
     if text.startswith("in "):
         lo_open, hi_open = text[3] == "(", text[-1] == ")"
         lo, hi = (float(x) for x in text[4:-1].split(","))
@@ -104,8 +105,8 @@ def problems(cfg, prefix: str = "") -> list[str]:
         elif value is not None and "check" in f.metadata:
             plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             message = parse(f.metadata["check"])(plain)
-            if message:
-                lines.append(f"{key}={_show(plain)}: {message}")
+            if message:  # a choice reads as the constructors' messages do: key='value' is not one of a, b
+                lines.append(f"{key}={plain!r} {message}" if message.startswith("is not one of") else f"{key}={_show(plain)}: {message}")
     relations = getattr(schema, "relations", None)
     if relations is not None and not lines:
         lines += relations(cfg, prefix.rstrip("."))

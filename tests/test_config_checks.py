@@ -35,7 +35,7 @@ CASES = {
     "max_steps_negative": (["train", "trainer.max_steps=-5", NOWHERE], "trainer.max_steps=-5: must be >= 1"),
     "val_every_zero": (["train", "trainer.val_every=0", NOWHERE], "trainer.val_every=0: must be >= 1"),
     "inner_steps_negative": (["train", "algo.inner_steps=-1", NOWHERE], "algo.inner_steps=-1: must be >= 0"),
-    "ndcg_gain_bogus": (["train", "eval.ndcg_gain=bogus", NOWHERE], "eval.ndcg_gain=bogus: must be one of exp, linear"),
+    "ndcg_gain_bogus": (["train", "eval.ndcg_gain=bogus", NOWHERE], "eval.ndcg_gain='bogus' is not one of exp, linear"),
     "threads_zero": (["train", "device.threads=0", NOWHERE], "device.threads=0: must be >= 1"),
     "split_not_shares": (["train", "data.split=[0.5,0.5,0.5]", NOWHERE], "data.split=[0.5, 0.5, 0.5]: must be 3 shares"),
     "min_ratings_below_query": (["train", "data.min_ratings=5", NOWHERE], "data.query_size must be < data.min_ratings"),
@@ -43,7 +43,7 @@ CASES = {
     "reptile_betas": (["train", "data=sinusoid", "algo=reptile", "algo.inner_betas=[0.9,1.0]"], "algo.inner_betas=[0.9, 1.0]: must be two numbers in [0, 1)"),
     "sinusoid_query_zero": (["train", "data=sinusoid", "data.query_size=0"], "data.query_size=0: must be >= 1"),
     "omniglot_one_way": (["train", "data=omniglot", "data.ways=1", "data.root=/nonexistent"], "data.ways=1: must be >= 2"),
-    "eval_ndcg_gain": (["eval", "checkpoint=/nonexistent.pt", "eval.ndcg_gain=bogus"], "eval.ndcg_gain=bogus: must be one of"),
+    "eval_ndcg_gain": (["eval", "checkpoint=/nonexistent.pt", "eval.ndcg_gain=bogus"], "eval.ndcg_gain='bogus' is not one of"),
     "data_info": (["data", "info", "data.query_size=0", NOWHERE], "data.query_size=0: must be >= 1"),
     # ---- fit ---------------------------------------------------------------------------------------
     "prompt_on_conv4": (["train", "data=omniglot", "algo=prompt", "model=conv4"], "algo=prompt does not fit model=conv4"),
