@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metarec.errors import UserError
+from metarec.extras import check_extras
 
 USAGE = """usage: metarec COMMAND [ARGS]
 
@@ -45,6 +46,7 @@ def _user_errors(fn):
     """A UserError ends the job with one line (the full trace with HYDRA_FULL_ERROR=1)."""
     def wrapper(cfg: DictConfig):
         try:
+            _checked(cfg, fn.__name__)
             return fn(cfg)
         except UserError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -58,6 +60,19 @@ def _user_errors(fn):
     wrapper.__name__ = fn.__name__
     wrapper.__module__ = fn.__module__
     return wrapper
+
+
+def _checked(cfg: DictConfig, app: str) -> None:
+    """Every key in its range, a model, data set and algorithm that fit, the packages it needs: before
+    any data is read. A train job's refusal is its run's record too (status.json), as its other failures."""
+    from metarec.fit import check_config
+    try:
+        check_config(cfg)
+    except UserError as e:
+        if app == "train_app":
+            from metarec.run_folder import BareFolder
+            BareFolder(_run_dir()).record_failure(0, str(e))
+        raise
 
 
 def _failed_value() -> float:
@@ -113,6 +128,7 @@ def _hydra(app, name: str, argv: list[str]) -> int:
     named = any(a.startswith("hydra.job.name=") for a in argv) or "--shell-completion" in argv
     if name != "data" and os.environ.get("HYDRA_FULL_ERROR") != "1":
         try:
+            check_extras(argv)  # a launcher or sweeper of a missing extra: the pip command, not Hydra's "Could not find"
             _check_output_dir(argv, name)
         except UserError as e:
             print(f"metarec: error: {e}", file=sys.stderr)

@@ -5,13 +5,19 @@ The bench, the results page and the tests compose presets this way instead of st
 from __future__ import annotations
 
 
-def compose(overrides: list[str]):
-    """The DictConfig `metarec train OVERRIDES` would run with (schemas registered, interpolations kept)."""
+def compose(overrides: list[str], check: bool = True):
+    """The DictConfig `metarec train OVERRIDES` would run with (schemas registered, interpolations kept,
+    checked unless check=False: a value out of its range or a model that does not fit raises
+    metarec.errors.UserError)."""
     from hydra import compose as hydra_compose, initialize_config_module
     from metarec.config import register
     register()
+    from metarec.fit import check_config
     with initialize_config_module("metarec.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+        cfg = hydra_compose("config", overrides=overrides)
+    if check:
+        check_config(cfg)  # ranges and fit, as every command checks them
+    return cfg
 
 
 def compose_plain(overrides: list[str]) -> dict:

@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from metarec.data import build_source
 from metarec.device import setup_device
 from metarec.errors import UserError, first_line
 from metarec.evaluate import evaluate_all, format_table
+from metarec.fit import check_config
 from metarec.models import MODELS
 from metarec.resume import Progress, overrides, resume, take_over
 from metarec.run_folder import BareFolder, RunFolder, run_info
@@ -39,14 +41,14 @@ VAL_METRIC = {"rating": "mae", "regression": "mse", "classification": "acc"}
 
 
 def build(cfg: DictConfig, device: torch.device, progress: bool = True):
-    """The task source, the model and the algorithm a config describes (seeded)."""
+    """The task source, the model and the algorithm a config describes (seeded); the config is
+    checked (ranges, and a model, data set and algorithm that fit) before any data is read."""
+    check_config(cfg)
     source = build_source(cfg.data, device, cfg.seed, progress)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.algo, source.model_spec()).to(device)
-    try:
+    with settings_errors():
         algo = ALGOS[cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile, fast_paths=cfg.trainer.fast_paths)
-    except ValueError as e:
-        raise UserError(str(e)) from None
     if hasattr(algo, "attach"):  # an algorithm that reads the source itself (item-centric tasks: metaemb)
         algo.attach(source)
     return source, model, algo
@@ -58,7 +60,19 @@ def build_model(model_cfg, algo_cfg, spec: dict) -> torch.nn.Module:
         raise UserError(f"model={model_cfg.name!r} is not one of {', '.join(MODELS)}")
     if algo_cfg.name not in ALGOS:
         raise UserError(f"algo={algo_cfg.name!r} is not one of {', '.join(ALGOS)}")
-    return MODELS[model_cfg.name].from_config(spec, model_cfg, **ALGOS[algo_cfg.name].model_options(algo_cfg))
+    with settings_errors():
+        return MODELS[model_cfg.name].from_config(spec, model_cfg, **ALGOS[algo_cfg.name].model_options(algo_cfg))
+
+
+@contextmanager
+def settings_errors():
+    """Models and algorithms refuse settings they cannot use with a ValueError that says which and
+    what to do (their constructors know no CLI): here, where a config builds them, it becomes the
+    one-line UserError the CLI prints, for the model as for the algorithm."""
+    try:
+        yield
+    except ValueError as e:
+        raise UserError(first_line(e, limit=None)) from None
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:

@@ -95,7 +95,8 @@ def ml100k_atomic(tmp_path_factory):
 @pytest.mark.parametrize("preset", [[], pytest.param(["data.split=[0.6,0.2,0.2]", "data.heavy_users=true", "data.item_ids=true"],
                                                     marks=pytest.mark.slow)], ids=["default", "preset"])
 def test_ml100k_as_atomic_files_gives_movielens_tasks_and_floors(ml100k_atomic, preset):
-    movielens = source("data=movielens", f"data.root={ML100K}", *preset)
+    movielens = source("data=movielens", f"data.root={ML100K}", "data.split=[0.7,0.1,0.2]", "data.heavy_users=false",
+                       *preset)  # the protocol's schema defaults, which data=atomic has (data=movielens: tuned MAML's)
     atomic = source(*ml100k_overrides(ml100k_atomic), *preset)
     a, b = everything(movielens), everything(atomic)
     assert_equal(a, b)
@@ -111,7 +112,7 @@ def test_recboles_own_ml100k_copy_gives_movielens_tasks(tmp_path):
     zip_code is the whole code here)."""
     from test_movielens_copies import write_recbole_ml100k
     folder = write_recbole_ml100k(ML100K, tmp_path / "ml-100k")
-    movielens = source("data=movielens", f"data.root={folder}")
+    movielens = source("data=movielens", f"data.root={folder}", "data.split=[0.7,0.1,0.2]", "data.heavy_users=false")
     atomic = source("data=atomic", f"data.root={folder}", "data.user_features=[age,gender,occupation,zip_code]",
                     "data.item_features=[class]", f"data.float_edges={{age:{AGE_EDGES}}}".replace(" ", ""),
                     "data.cut.field=release_year", "data.cut.value=1996")
@@ -142,7 +143,8 @@ def test_the_protocol_keys_are_movielens_ones():
     from metarec.data.atomic_config import AtomicConfig
     movielens = {f.name: f for f in dataclasses.fields(MovieLensConfig)}
     shared = [f for f in dataclasses.fields(AtomicConfig) if f.name in movielens and f.name not in ("name", "root")]
-    assert len(shared) == 17
+    from metarec.data.protocol_config import ProtocolConfig
+    assert len(shared) == len(dataclasses.fields(ProtocolConfig)) == 21
     for f in shared:
         m = movielens[f.name]
         assert (f.default, f.default_factory() if f.default_factory is not dataclasses.MISSING else None) == \

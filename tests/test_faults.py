@@ -24,7 +24,7 @@ SINUSOID = ["data=sinusoid", "trainer.meta_batch_size=4", "trainer.val_every=5",
             "trainer.max_steps=20", "trainer.progress=false", "device=cpu", "device.threads=1",
             "data.n_val_tasks=10", "data.n_test_tasks=10"]
 MOVIELENS = ["trainer.max_steps=2", "trainer.meta_batch_size=4", "trainer.progress=false", "device=cpu",
-             "device.threads=1"]
+             "device.threads=1", "data.split=[0.7,0.1,0.2]", "data.heavy_users=false"]  # MeLU's split: the messages' numbers
 
 # `python -c` prologues that inject one fault into an otherwise real run of `metarec ...`.
 RUN_MAIN = "\nfrom metarec.cli import main\nsys.exit(main())\n"

@@ -10,6 +10,7 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
+from metarec.checks import rule
 from metarec.tasks import TaskBatch
 
 
@@ -17,11 +18,11 @@ from metarec.tasks import TaskBatch
 class AlgoConfig:
     """The keys of every algorithm's schema (the trainer and evaluation read them whatever the algo)."""
 
-    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain | mamo
-    inner_steps: int = 1  # adaptation steps in meta-training
-    eval_steps: Optional[int] = None  # adaptation steps for the headline metric; null = inner_steps
-    meta_lr: float = 1e-3  # beta: the outer optimizer's learning rate
-    weight_decay: float = 0.0  # the outer optimizer's
+    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain | tanp | mamo | metaemb | mwuf
+    inner_steps: int = rule(1, ">= 0")  # adaptation steps in meta-training
+    eval_steps: Optional[int] = rule(None, ">= 0")  # adaptation steps for the headline metric; null = inner_steps
+    meta_lr: float = rule(1e-3, "> 0")  # beta: the outer optimizer's learning rate
+    weight_decay: float = rule(0.0, ">= 0")  # the outer optimizer's
 
 
 def adapted_names(model: nn.Module, group: str) -> list[str]:
@@ -41,6 +42,17 @@ class MetaLearner:
     algorithm's schema (conf/algo/NAME.yaml builds on it)."""
 
     Config = AlgoConfig
+    data_kinds = ("rating", "regression", "classification")  # the data it fits (metarec/fit.py)
+
+    @classmethod
+    def model_needs(cls, cfg) -> tuple[str, ...]:
+        """What the model must offer (its class's `offers`, e.g. "prompt"), checked before data is read."""
+        return ()
+
+    @classmethod
+    def data_needs(cls, data_cfg) -> str | None:
+        """What it needs of the data's config beyond its kind (e.g. item ids), in words; None: nothing."""
+        return None
 
     def __init__(self, cfg, model: nn.Module, kind: str):
         self.cfg, self.model, self.kind = cfg, model, kind

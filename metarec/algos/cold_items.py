@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from metarec.algos.item_tasks import ItemTasks, visible_item_tasks
 from metarec.algos.pretrain import Pretrain, PretrainConfig
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
@@ -27,9 +28,9 @@ USER_FIELDS = ("gender", "age", "occupation", "zip")
 class ColdItemConfig(PretrainConfig):
     """algo=pretrain's keys (phase 1 and evaluation) and the item tasks' of phase 2."""
 
-    pretrain_steps: int = 1000  # phase 1: supervised steps of the base model; the networks train after
-    item_shots: int = 10  # K: ratings per mini-batch of an item task
-    items_per_step: int = 64  # items per phase-2 meta-batch
+    pretrain_steps: int = rule(1000, ">= 0")  # phase 1: supervised steps of the base model; the networks train after
+    item_shots: int = rule(10, ">= 1")  # K: ratings per mini-batch of an item task
+    items_per_step: int = rule(64, ">= 1")  # items per phase-2 meta-batch
 
 
 def item_features(encoder: nn.Module, x: Tensor) -> Tensor:
@@ -48,8 +49,19 @@ def user_features(encoder: nn.Module, x: Tensor) -> Tensor:
 
 
 class ColdItemLearner(Pretrain):
+    data_kinds = ("rating",)  # what metarec/fit.py checks, before any data is read
     select_state = "val_new"  # the trainer keeps the checkpoint best on validation users' new items
     warm_up = False  # whether evaluation reads the ratings a state shows of its new items (transductive)
+
+    @classmethod
+    def model_needs(cls, cfg) -> tuple[str, ...]:
+        return ("fields",)  # MeLU's field embeddings, the item id among them
+
+    @classmethod
+    def data_needs(cls, data_cfg) -> str | None:
+        if not data_cfg.get("item_ids", False):
+            return "it learns new items' ID embeddings: set data.item_ids=true (its presets do)"
+        return None
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         enc = getattr(model, "encoder", None)

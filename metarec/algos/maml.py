@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner, adapted_names
+from metarec.checks import rule
 from metarec.engine import Engine, InnerLoop, Params, masked_task_loss
 from metarec.tasks import TaskBatch
 
@@ -16,7 +17,7 @@ class MAMLConfig(AlgoConfig):
     """algo=maml (conf/algo/maml.yaml); also what algo=prompt builds on."""
 
     name: str = "maml"
-    inner_lr: float = 0.1  # alpha
+    inner_lr: float = rule(0.1, "> 0")  # alpha
     first_order: bool = False  # FOMAML: drop the inner gradients' graph
     inner_params: str = "mlp"  # the model's parameter group the inner loop adapts: mlp | all | prompt
     learn_inner_lr: bool = False  # Meta-SGD: per-parameter inner learning rates, meta-learned

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metarec.algos.base import AlgoConfig, MetaLearner
+from metarec.checks import rule
 from metarec.engine import Params, masked_task_loss
 from metarec.errors import UserError
 from metarec.models.mamo import MAMONet
@@ -52,14 +53,14 @@ class MAMOConfig(AlgoConfig):
     """algo=mamo (conf/algo/mamo.yaml); needs model=mamo. Symbols as in the paper."""
 
     name: str = "mamo"
-    inner_steps: int = 3  # local steps (the code's n_inner_loop)
-    inner_lr: float = 0.01  # rho, the local SGD rate
+    inner_steps: int = rule(3, ">= 0")  # local steps (the code's n_inner_loop)
+    inner_lr: float = rule(0.01, "> 0")  # rho, the local SGD rate
     first_order: bool = False  # drop the local gradients' graph
-    memory_slots: int = 3  # K (n_k)
-    profile_rate: float = 0.5  # alpha: M_P's write rate
-    bias_rate: float = 0.05  # beta: M_U's
-    pref_rate: float = 0.1  # gamma: M_UI's
-    bias_scale: float = 0.01  # tau: theta_u = phi_u - tau b_u
+    memory_slots: int = rule(3, ">= 1")  # K (n_k)
+    profile_rate: float = rule(0.5, "in [0, 1]")  # alpha: M_P's write rate
+    bias_rate: float = rule(0.05, "in [0, 1]")  # beta: M_U's
+    pref_rate: float = rule(0.1, "in [0, 1]")  # gamma: M_UI's
+    bias_scale: float = rule(0.01, ">= 0")  # tau: theta_u = phi_u - tau b_u
     convex_write: bool = False  # write each slot towards its attention-weighted mean (see the module docstring)
 
 
@@ -108,6 +109,11 @@ class Memory(nn.Module):
 
 class MAMO(MetaLearner):
     Config = MAMOConfig
+    data_kinds = ("rating",)  # what metarec/fit.py checks, before any data is read
+
+    @classmethod
+    def model_needs(cls, cfg) -> tuple[str, ...]:
+        return ("mamo",)  # MAMO's towers and preference matrix (model=mamo)
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         if not isinstance(model, MAMONet):

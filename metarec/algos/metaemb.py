@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.cold_items import ITEM, ColdItemConfig, ColdItemLearner, item_features
+from metarec.checks import rule
 from metarec.tasks import TaskBatch
 
 __all__ = ["ITEM", "EmbeddingGenerator", "MetaEmb", "MetaEmbConfig"]
@@ -53,10 +54,10 @@ class MetaEmbConfig(ColdItemConfig):
     tasks' (metarec/algos/cold_items.py) and the generator's."""
 
     name: str = "metaemb"
-    gen_lr: float = 0.001  # Adam lr of the generator (phase 2)
-    gen_hidden: int = 32  # the generator's hidden width (0: one linear layer)
-    alpha: float = 0.1  # weight of the cold-start loss; 1 - alpha: the warm-up loss
-    warm_lr: float = 0.1  # a: the step size of the warm-up step on the generated embedding
+    gen_lr: float = rule(0.001, "> 0")  # Adam lr of the generator (phase 2)
+    gen_hidden: int = rule(32, ">= 0")  # the generator's hidden width (0: one linear layer)
+    alpha: float = rule(0.1, "in [0, 1]")  # weight of the cold-start loss; 1 - alpha: the warm-up loss
+    warm_lr: float = rule(0.1, "> 0")  # a: the step size of the warm-up step on the generated embedding
     warm_up: bool = False  # transductive: at evaluation, one warm-up step of each new item's embedding on
     # the ratings its state shows of it (other users' support sets), as the warm-up loss trained it
 

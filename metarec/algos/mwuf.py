@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from metarec.algos.cold_items import ITEM as ITEM_NAME
 from metarec.algos.cold_items import ColdItemConfig, ColdItemLearner, item_features, user_features
+from metarec.checks import rule
 from metarec.tasks import TaskBatch
 
 
@@ -45,9 +46,9 @@ class MWUFConfig(ColdItemConfig):
     """algo=mwuf (conf/algo/mwuf.yaml): algo=pretrain's keys, the item tasks' and the meta networks'."""
 
     name: str = "mwuf"
-    nets_lr: float = 0.001  # Adam lr of the meta scaling and shifting networks (the warm loss)
-    cold_lr: float = 1.0  # the SGD step of a cold item's ID embedding on its cold loss
-    hidden: int = 32  # hidden width of both meta networks
+    nets_lr: float = rule(0.001, "> 0")  # Adam lr of the meta scaling and shifting networks (the warm loss)
+    cold_lr: float = rule(1.0, "> 0")  # the SGD step of a cold item's ID embedding on its cold loss
+    hidden: int = rule(32, ">= 1")  # hidden width of both meta networks
 
 
 def mlp(n_in: int, hidden: int, n_out: int, bias: float) -> nn.Sequential:

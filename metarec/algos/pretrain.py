@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from metarec.algos.base import AlgoConfig
 from metarec.algos.maml import MAML
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.tasks import TaskBatch
 
@@ -15,7 +16,7 @@ class PretrainConfig(AlgoConfig):
     """algo=pretrain (conf/algo/pretrain.yaml): meta_lr is the supervised training's, the rest fine-tuning's."""
 
     name: str = "pretrain"
-    inner_lr: float = 0.01  # fine-tuning lr at evaluation
+    inner_lr: float = rule(0.01, "> 0")  # fine-tuning lr at evaluation
     inner_params: str = "mlp"  # the model's parameter group fine-tuning adapts
     # inner_steps / eval_steps (AlgoConfig): fine-tuning steps for the headline metric
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from metarec.algos.maml import MAML, MAMLConfig
+from metarec.checks import rule
 
 
 @dataclass
@@ -16,13 +17,17 @@ class PromptConfig(MAMLConfig):
     """algo=prompt (conf/algo/prompt.yaml): MAML's keys and the prompt vectors'."""
 
     name: str = "prompt"
-    prompt_len: int = 0  # number of prompt vectors joined to the MLP input
-    prompt_dim: int = 0  # size of each prompt vector
-    adapt: str = "theta"  # theta (the seed's formulation) | prompt (the inner loop adapts phi only)
+    prompt_len: int = rule(4, ">= 1")  # number of prompt vectors joined to the MLP input (0 would be MAML)
+    prompt_dim: int = rule(8, ">= 1")  # size of each prompt vector
+    adapt: str = rule("theta", "one of theta, prompt")  # theta (the seed's formulation) | prompt (the inner loop adapts phi only)
 
 
 class Prompt(MAML):
     Config = PromptConfig
+
+    @classmethod
+    def model_needs(cls, cfg) -> tuple[str, ...]:
+        return ("prompt",)
 
     @classmethod
     def model_options(cls, cfg) -> dict:

@@ -1,7 +1,7 @@
 """Reptile: several SGD (or Adam) steps per task from theta, then theta moves towards the mean adapted weights."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -9,8 +9,15 @@ from torch import nn
 
 from metarec.algos.base import AlgoConfig
 from metarec.algos.maml import MAML
+from metarec.checks import parse, rule
 from metarec.engine import InnerLoop, masked_task_loss
 from metarec.tasks import TaskBatch
+
+
+def betas(v) -> str | None:
+    """The rule of algo.inner_betas: Adam's two betas."""
+    v = list(v)
+    return None if len(v) == 2 and parse("each in [0, 1)")(v) is None else "must be two numbers in [0, 1), e.g. [0.0, 0.999]"
 
 
 @dataclass
@@ -18,12 +25,12 @@ class ReptileConfig(AlgoConfig):
     """algo=reptile (conf/algo/reptile.yaml): no meta-gradient, so no first_order or learn_inner_lr."""
 
     name: str = "reptile"
-    inner_lr: float = 0.1  # the inner steps' learning rate (SGD or Adam)
+    inner_lr: float = rule(0.1, "> 0")  # the inner steps' learning rate (SGD or Adam)
     inner_params: str = "mlp"  # the model's parameter group the inner loop adapts (and theta moves)
-    outer: str = "adam"  # interpolate (theta += beta * mean delta) | adam (delta as a gradient)
-    inner_optimizer: str = "sgd"  # sgd | adam (lr inner_lr, moments fresh per task; also at evaluation)
-    inner_betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # inner Adam's betas (the paper: beta1=0)
-    anneal_steps: Optional[int] = None  # beta decays linearly to 0 over N meta-steps (the paper); null = constant
+    outer: str = rule("adam", "one of interpolate, adam")  # interpolate (theta += beta * mean delta) | adam (delta as a gradient)
+    inner_optimizer: str = rule("sgd", "one of sgd, adam")  # sgd | adam (lr inner_lr, moments fresh per task; also at evaluation)
+    inner_betas: list[float] = rule([0.0, 0.999], betas)  # inner Adam's betas (the paper: beta1=0)
+    anneal_steps: Optional[int] = rule(None, ">= 1")  # beta decays linearly to 0 over N meta-steps (the paper); null = constant
 
 
 class Reptile(MAML):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
@@ -36,14 +37,19 @@ class RidgeConfig(AlgoConfig):
     exact solve, which evaluation's later steps repeat)."""
 
     name: str = "ridge"
-    prior_precision: float = 10.0  # lambda, the pull of a user's last-layer weights towards w0 ...
-    prior_precision_bias: float = 3.0  # ... and of its bias (3: the bias floor's shrinkage)
-    prior_precision_factors: Optional[float] = None  # ... and of the item-factor weights (null = prior_precision)
+    prior_precision: float = rule(10.0, "> 0")  # lambda, the pull of a user's last-layer weights towards w0 ...
+    prior_precision_bias: float = rule(3.0, "> 0")  # ... and of its bias (3: the bias floor's shrinkage)
+    prior_precision_factors: Optional[float] = rule(None, "> 0")  # ... and of the item-factor weights (null = prior_precision)
     learn_prior: bool = True  # meta-learn one log lambda per last-layer weight
 
 
 class Ridge(MetaLearner):
     Config = RidgeConfig
+    data_kinds = ("rating", "regression")  # a squared error
+
+    @classmethod
+    def model_needs(cls, cfg) -> tuple[str, ...]:
+        return ("last_layer",)
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):  # no inner steps
         if kind == "classification":

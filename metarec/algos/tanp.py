@@ -33,12 +33,13 @@ Where ours departs from the paper and the authors' code, and why:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.models.melu import FieldEncoder
 from metarec.models.tanp import TaNPNet
@@ -50,17 +51,17 @@ class TaNPConfig(AlgoConfig):
     """algo=tanp (conf/algo/tanp.yaml): the neural process's sizes and loss weights, no inner-loop keys."""
 
     name: str = "tanp"
-    inner_steps: int = 0  # no gradient steps: evaluation has one headline row, the forward pass
-    encoder_hidden: list[int] = field(default_factory=lambda: [32, 16])  # latent path: (x, y) -> r_i
-    latent_dim: int = 32  # z
-    task_hidden: list[int] = field(default_factory=lambda: [32, 32])  # deterministic path: (x, y) -> task
-    task_dim: int = 16
-    clusters: int = 10  # task memory: the number of centres
-    temperature: float = 1.0  # the Student-t kernel's degrees of freedom
-    decoder_hidden: list[int] = field(default_factory=lambda: [32, 32, 16])
-    modulation: str = "film"  # film | gating
-    kl_weight: float = 1.0  # KL(posterior || prior) of z
-    cluster_weight: float = 1.0  # lambda: the clustering loss
+    inner_steps: int = rule(0, "in [0, 0]")  # no gradient steps: evaluation has one headline row, the forward pass
+    encoder_hidden: list[int] = rule([32, 16], "each >= 1")  # latent path: (x, y) -> r_i
+    latent_dim: int = rule(32, ">= 1")  # z
+    task_hidden: list[int] = rule([32, 32], "each >= 1")  # deterministic path: (x, y) -> task
+    task_dim: int = rule(16, ">= 1")
+    clusters: int = rule(10, ">= 1")  # task memory: the number of centres
+    temperature: float = rule(1.0, "> 0")  # the Student-t kernel's degrees of freedom
+    decoder_hidden: list[int] = rule([32, 32, 16], "each >= 1")
+    modulation: str = rule("film", "one of film, gating")  # film | gating
+    kl_weight: float = rule(1.0, ">= 0")  # KL(posterior || prior) of z
+    cluster_weight: float = rule(1.0, ">= 0")  # lambda: the clustering loss
 
 
 def cluster_loss(c: Tensor) -> Tensor:
@@ -77,10 +78,16 @@ def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) 
 
 class TaNP(MetaLearner):
     Config = TaNPConfig
+    data_kinds = ("rating",)  # what metarec/fit.py checks, before any data is read
+
+    @classmethod
+    def model_needs(cls, cfg) -> tuple[str, ...]:
+        return ("fields",)  # it encodes the inputs with MeLU's field embeddings
+
     one_pass = True  # evaluation: adaptation is a forward pass, not steps (metarec/evaluate.py)
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
-        if kind != "rating" or not isinstance(getattr(model, "encoder", None), FieldEncoder):
+        if kind != "rating" or "fields" not in getattr(model, "offers", ()) or not isinstance(model.encoder, FieldEncoder):
             raise ValueError("algo=tanp reads MeLU's field embeddings: it needs model=melu on MovieLens ratings")
         if cfg.modulation not in ("film", "gating"):
             raise ValueError(f"algo.modulation={cfg.modulation!r}: use film or gating")

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from metarec import progress
+from metarec.checks import ordered, rule
 from metarec.data import cache_check
 from metarec.data.download import atomic_write, checked_cache, default_cache_dir, fetch_file, one_line, verify
 from metarec.errors import UserError
@@ -43,16 +44,26 @@ _SPLIT_OFFSET = {"val": 1, "test": 2}
 class OmniglotConfig:
     name: str = "omniglot"
     root: Optional[str] = None  # folder with images_background(.zip) and images_evaluation(.zip)
-    ways: int = 5  # N classes per task
-    shots: int = 1  # K support images per class
-    query_size: int = 15  # query images per class
-    image_size: int = 28  # images are resized to image_size x image_size
-    train_classes: int = 1200  # characters for meta-training (validation included); the rest test
-    val_classes: int = 100  # validation characters, carved from the train_classes
+    ways: int = rule(5, ">= 2")  # N classes per task
+    shots: int = rule(1, ">= 1")  # K support images per class
+    query_size: int = rule(15, ">= 1")  # query images per class
+    image_size: int = rule(28, ">= 1")  # images are resized to image_size x image_size
+    train_classes: int = rule(1200, "in [2, 1622]")  # characters for meta-training (validation included); the rest (of 1,623) test
+    val_classes: int = rule(100, ">= 1")  # validation characters, carved from the train_classes
     rotations: bool = True  # 90-degree rotations as new classes (4x the classes)
-    n_val_tasks: int = 200  # fixed validation tasks
-    n_test_tasks: int = 600  # fixed test tasks
-    eval_seed: int = 0  # fixes the val/test tasks, identical across runs
+    n_val_tasks: int = rule(200, ">= 1")  # fixed validation tasks
+    n_test_tasks: int = rule(600, ">= 1")  # fixed test tasks
+    eval_seed: int = rule(0, ">= 0")  # fixes the val/test tasks, identical across runs
+
+    @staticmethod
+    def relations(c, prefix: str) -> list[str]:
+        """Validation characters are carved from the meta-train ones; a task draws its images from one
+        character's 20 drawers."""
+        lines = ordered(c, prefix, ("val_classes", "<", "train_classes"))
+        if c.shots + c.query_size > 20:
+            lines.append(f"{prefix}.shots={c.shots} and {prefix}.query_size={c.query_size}: their sum must be <= 20, "
+                         f"the drawers of each Omniglot character")
+        return lines
 
 
 def cache_dir() -> Path:

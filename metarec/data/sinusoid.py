@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from metarec.checks import ordered, rule
 from metarec.tasks import TaskBatch, TaskSource
 
 _SPLIT_OFFSET = {"val": 1, "test": 2}  # val and test draw from different seeded streams
@@ -14,17 +15,21 @@ _SPLIT_OFFSET = {"val": 1, "test": 2}  # val and test draw from different seeded
 @dataclass
 class SinusoidConfig:
     name: str = "sinusoid"
-    shots: int = 5  # K support points per task
-    query_size: int = 10  # query points per task
-    amp_min: float = 0.1  # amplitude A ~ U[amp_min, amp_max]
-    amp_max: float = 5.0
-    phase_min: float = 0.0  # phase ~ U[phase_min, phase_max]
-    phase_max: float = math.pi
-    x_min: float = -5.0  # inputs x ~ U[x_min, x_max]
-    x_max: float = 5.0
-    n_val_tasks: int = 100  # fixed validation tasks
-    n_test_tasks: int = 600  # fixed test tasks
-    eval_seed: int = 0  # fixes the val/test tasks, identical across runs
+    shots: int = rule(5, ">= 1")  # K support points per task
+    query_size: int = rule(10, ">= 1")  # query points per task
+    amp_min: float = rule(0.1, "any")  # amplitude A ~ U[amp_min, amp_max]
+    amp_max: float = rule(5.0, "any")
+    phase_min: float = rule(0.0, "any")  # phase ~ U[phase_min, phase_max]
+    phase_max: float = rule(math.pi, "any")
+    x_min: float = rule(-5.0, "any")  # inputs x ~ U[x_min, x_max]
+    x_max: float = rule(5.0, "any")
+    n_val_tasks: int = rule(100, ">= 1")  # fixed validation tasks
+    n_test_tasks: int = rule(600, ">= 1")  # fixed test tasks
+    eval_seed: int = rule(0, ">= 0")  # fixes the val/test tasks, identical across runs
+
+    @staticmethod
+    def relations(c, prefix: str) -> list[str]:
+        return ordered(c, prefix, ("amp_min", "<=", "amp_max"), ("phase_min", "<=", "phase_max"), ("x_min", "<", "x_max"))
 
 
 class SinusoidTasks(TaskSource):
