@@ -215,7 +215,7 @@ def test_every_preset_passes_its_checks():
 # ---- fit: the declaration agrees with what building the model and the algorithm does -----------------
 
 SPECS = {  # a model spec of each data kind, as its task source gives it (small)
-    "rating": {"fields": [["gender", 3], ["age", 8], ["occupation", 22], ["zip", 11], ["year", 9]],
+    "rating": {"fields": [["gender", 3], ["age", 8], ["occupation", 22], ["zip", 11], ["year", 9], ["item", 40]],
                "multi_hot": ["genre", 5], "offset": 3.5},
     "regression": {"in_dim": 1},
     "classification": {"ways": 5},

@@ -56,7 +56,8 @@ class MetaLearner:
 
     def __init__(self, cfg, model: nn.Module, kind: str):
         self.cfg, self.model, self.kind = cfg, model, kind
-        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=cfg.meta_lr, weight_decay=cfg.weight_decay)
+        self._optimizer: torch.optim.Optimizer | None = None  # made when first used (see `optimizer`)
+        self._optimizer_state: dict | None = None  # a checkpoint's, loaded into it then
         self.sync = None  # data-parallel training: averages the meta-gradients across ranks before a step
 
     @classmethod
@@ -91,8 +92,26 @@ class MetaLearner:
             self.sync(self.meta_parameters())
         self.optimizer.step()
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Adam over meta_parameters(), made at its first use: constructing a torch optimizer imports
+        torch's compiler stack (about 1.7 s), which `metarec eval` and `recommend` never need."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.cfg.meta_lr, weight_decay=self.cfg.weight_decay)
+            if self._optimizer_state is not None:
+                self._optimizer.load_state_dict(self._optimizer_state)
+                self._optimizer_state = None
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:  # an algorithm with an optimizer of its own
+        self._optimizer, self._optimizer_state = optimizer, None
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self._optimizer is None:
+            self._optimizer_state = state["optimizer"]  # loaded when the optimizer is made
+        else:
+            self._optimizer.load_state_dict(state["optimizer"])

@@ -65,7 +65,7 @@ class ColdItemLearner(Pretrain):
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         enc = getattr(model, "encoder", None)
-        if kind != "rating" or enc is None or "item" not in getattr(enc, "field_names", []):
+        if kind != "rating" or "fields" not in getattr(model, "offers", ()) or "item" not in getattr(enc, "field_names", []):
             raise ValueError(f"algo={cfg.name} learns new items' ID embeddings: it needs model=melu on MovieLens "
                              "with data.item_ids=true")
         if cfg.pretrain_steps < 0 or cfg.items_per_step < 1:
