@@ -50,6 +50,8 @@ METHODS: dict[str, list[str]] = {
     "mwuf": ["experiment=melu_ml100k_mwuf"],  # transductive: scaling / shifting from its visible ratings
     "melu_paper": ["experiment=melu_ml100k_paper"],
     "mamo": ["experiment=melu_ml100k_mamo"],
+    "lwa": ["experiment=melu_ml100k_lwa"],  # transductive: a new item's scorer from its raters' class means
+    "nlba": ["experiment=melu_ml100k_nlba"],  # transductive
 }
 # ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
 ML1M_METHODS: dict[str, list[str]] = {
@@ -63,6 +65,8 @@ ML1M_METHODS: dict[str, list[str]] = {
     "mwuf": ["experiment=melu_ml1m_mwuf"],  # transductive
     "melu_paper": ["experiment=melu_ml1m_paper"],
     "mamo": ["experiment=melu_ml1m_mamo"],
+    "lwa": ["experiment=melu_ml1m_lwa"],  # transductive; ml-100k's settings, not re-tuned on ml-1m
+    "nlba": ["experiment=melu_ml1m_nlba"],  # transductive; ml-100k's settings, not re-tuned on ml-1m
 }
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
@@ -137,6 +141,8 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
                       "decoder_hidden", "kl_weight", "cluster_weight"],
              "metaemb": ["pretrain_steps", "gen_lr", "alpha", "warm_lr", "warm_up"],
              "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"],
+             "lwa": ["pretrain_steps", "nets_lr", "like_threshold"],
+             "nlba": ["pretrain_steps", "nets_lr", "like_threshold"],
 
              "mamo": ["memory_slots", "profile_rate", "bias_rate", "pref_rate", "bias_scale", "convex_write"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)

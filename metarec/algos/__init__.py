@@ -1,4 +1,5 @@
 """Algorithm name -> class; conf/algo/NAME.yaml configures metarec/algos/NAME.py."""
+from metarec.algos.lwa import LWA, NLBA
 from metarec.algos.maml import MAML
 from metarec.algos.metaemb import MetaEmb
 from metarec.algos.mwuf import MWUF
@@ -10,4 +11,5 @@ from metarec.algos.ridge import Ridge
 from metarec.algos.tanp import TaNP
 
 ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain,
-         "tanp": TaNP, "metaemb": MetaEmb, "mwuf": MWUF, "mamo": MAMO}
+         "tanp": TaNP, "metaemb": MetaEmb, "mwuf": MWUF, "mamo": MAMO,
+         "lwa": LWA, "nlba": NLBA}
