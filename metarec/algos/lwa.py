@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from metarec.algos.cold_items import ITEM, ColdItemConfig, ColdItemLearner, user_features
 from metarec.algos.item_tasks import visible_item_tasks
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.tasks import TaskBatch
 
@@ -56,8 +57,8 @@ class LWAConfig(ColdItemConfig):
     """algo=lwa (conf/algo/lwa.yaml): algo=pretrain's keys, the item tasks' and the adaptation's."""
 
     name: str = "lwa"
-    nets_lr: float = 0.001  # Adam lr of the adaptation weights (phase 2)
-    like_threshold: float = 4.0  # a rating at or above it is in the liked class (R1), below it in R0
+    nets_lr: float = rule(0.001, "> 0")  # Adam lr of the adaptation weights (phase 2)
+    like_threshold: float = rule(4.0, "any")  # a rating at or above it is in the liked class (R1), below it in R0
 
 
 @dataclass
