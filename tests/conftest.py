@@ -37,3 +37,11 @@ def cache_env(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("METAREC_CACHE", str(cache))
     return {"METAREC_CACHE": str(cache)}
+
+
+def assert_same_loss_and_gradients(ours, ref, params, atol=1e-10):
+    """A vectorised loss equals its per-task reference loop, and so do their gradients on `params`."""
+    import torch
+    assert torch.allclose(ours, ref, atol=atol, rtol=0)
+    for a, b in zip(torch.autograd.grad(ours, params, retain_graph=True), torch.autograd.grad(ref, params)):
+        assert torch.allclose(a, b, atol=atol, rtol=0)

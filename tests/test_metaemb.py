@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import ML100K, needs_ml100k, read_json, run_cli
+from conftest import ML100K, assert_same_loss_and_gradients, needs_ml100k, read_json, run_cli
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
@@ -81,10 +81,7 @@ def test_generator_meta_gradient_equals_a_per_item_loop():
     items = torch.arange(1, N_ITEMS + 1)
     batch = task_batch(items[:, None].expand(-1, 5), items[:, None].expand(-1, 4))
     gen = list(algo.generator.parameters())
-    ours, ref = algo.meta_loss(batch), reference_item_loss(algo, batch)
-    assert torch.allclose(ours, ref, atol=1e-10, rtol=0)
-    for a, b in zip(torch.autograd.grad(ours, gen), torch.autograd.grad(ref, gen)):
-        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    assert_same_loss_and_gradients(algo.meta_loss(batch), reference_item_loss(algo, batch), gen)
 
 
 @pytest.mark.parametrize("inner_params", ["mlp", "all"])

@@ -4,6 +4,7 @@ import types
 
 import pytest
 import torch
+from conftest import assert_same_loss_and_gradients
 from omegaconf import OmegaConf
 from test_metaemb import GENRES, N_ITEMS, SPEC, YEAR, inputs, task_batch
 from torch.func import functional_call
@@ -60,10 +61,7 @@ def test_warm_loss_and_its_meta_gradient_equal_a_per_item_loop():
     items = torch.arange(1, N_ITEMS + 1)
     batch = task_batch(items[:, None].expand(-1, 5), items[:, None].expand(-1, 4))
     nets = list(algo.nets.parameters())
-    ours, ref = algo.meta_loss(batch), reference_loss(algo, batch)
-    assert torch.allclose(ours, ref, atol=1e-10, rtol=0)
-    for a, b in zip(torch.autograd.grad(ours, nets), torch.autograd.grad(ref, nets)):
-        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    assert_same_loss_and_gradients(algo.meta_loss(batch), reference_loss(algo, batch), nets)
 
 
 def test_evaluation_writes_warmed_rows_for_visible_new_items_and_scaled_means_for_the_rest():
