@@ -31,6 +31,7 @@ from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.movielens_catalog import CatalogRows
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
 from metarec.data.features import Features, RatingTable
+from metarec.data.item_context import BIAS_EDGES, COUNT_EDGES, ItemContext
 from metarec.data.movielens_features import rating_features
 from metarec.data.movielens_io import RATING_MAX, RATING_MIN, read_movielens
 from metarec.errors import UserError
@@ -38,8 +39,6 @@ from metarec.states import CUT_YEAR, STATES
 from metarec.tasks import TaskBatch, TaskSource
 
 VAL_STATES = ("val", "val_new")  # validation users on existing items (model selection) and on new ones
-BIAS_EDGES = np.round(np.arange(-1.5, 1.51, 0.15), 2)  # item context: shrunk mean residual ...
-COUNT_EDGES = [1, 2, 4, 8, 16, 32, 64, 128]  # ... and number of ratings it rests on
 
 
 def _pad(rows: list[np.ndarray], width: int | None = None) -> tuple[Tensor, Tensor]:
@@ -63,7 +62,7 @@ class EvalTasks:
     query_mask: Tensor
 
 
-class MovieLensTasks(CatalogRows, TaskSource):
+class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
     """TaskSource over one MovieLens copy (or, through _build, any rating table): the whole set lives as
     tensors on `device`."""
 
@@ -284,73 +283,6 @@ class MovieLensTasks(CatalogRows, TaskSource):
         support = shuffled.gather(1, s_pos)
         support_mask = (pos[:, :s_width] < n_support[:, None]).float()
         return self._batch(support, support_mask, query, query_mask, generator)
-
-    def _item_context(self) -> dict[str, Tensor]:
-        """Per rating, its item's mean residual and its count over OTHER users' ratings in the same
-        context: the training pool for meta-training (re-drawn per episode, see _train_context); the
-        pool plus every support set of the state at evaluation (never a query). Two categorical columns."""
-        pool = torch.from_numpy(self.train_ratings).to(self.device)
-        self.rating_user = torch.from_numpy(self.raw.rating_user).to(self.device)
-        context = {"train": self._stat_columns(pool, pool)}
-        for state, t in self.tasks.items():
-            support = t.support[t.support_mask.bool()]
-            rows = torch.cat([support, t.query[t.query_mask.bool()]]).unique()
-            context[state] = self._stat_columns(self._state_members(state), rows)
-        return context
-
-    def _state_members(self, state: str) -> Tensor:
-        """The ratings a state's item context reads: the training pool and every support set of the state."""
-        pool = torch.from_numpy(self.train_ratings).to(self.device)
-        in_pool = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
-        in_pool[pool] = True
-        t = self.tasks[state]
-        support = t.support[t.support_mask.bool()]
-        return torch.cat([pool, support[~in_pool[support]]])
-
-    def _stat_columns(self, members: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
-        """Item context of `rows` from the ratings `members` (each row leaves its own rating out):
-        the item's mean of (rating - mu - the rater's bias), shrunk, and its count, bucketed. Removing
-        each rater's bias (as the bias_transductive floor does) keeps a new item seen by a few users
-        from inheriting their leniency. Written into `out` ([ratings, 2], zeros) at `rows`."""
-        debiased, total, count = self._item_sums(members)
-        member = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
-        member[members] = True
-        it, own = self.rating_item[rows], member[rows].float()
-        out = torch.zeros(len(self.y), 2, dtype=torch.long, device=self.device) if out is None else out
-        out[rows] = self._context_codes(total[it] - own * debiased[rows], count[it] - own)
-        return out
-
-    def _item_sums(self, members: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Each rating's residual less its rater's bias [ratings], and per item their sum and count over `members`."""
-        resid = self.y - self.mu
-        n_users, n_items = self.raw.num_users, self.raw.num_items
-        users, items = self.rating_user[members], self.rating_item[members]
-        u_total = torch.zeros(n_users, device=self.device).index_add(0, users, resid[members])
-        u_count = torch.zeros(n_users, device=self.device).index_add(0, users, torch.ones_like(resid[members]))
-        user_bias = u_total / (u_count + USER_BIAS_PRECISION)
-        debiased = resid - user_bias[self.rating_user]  # [ratings]
-        total = torch.zeros(n_items, device=self.device).index_add(0, items, debiased[members])
-        count = torch.zeros(n_items, device=self.device).index_add(0, items, torch.ones_like(debiased[members]))
-        return debiased, total, count
-
-    def _context_codes(self, t: Tensor, c: Tensor) -> Tensor:
-        """Sums t and counts c of debiased residuals -> the two item-context codes [n, 2] (0: no rating)."""
-        mean = t / (c + self.bias_shrink)
-        edges = torch.as_tensor(BIAS_EDGES, dtype=mean.dtype, device=self.device)
-        bias = torch.where(c > 0, torch.bucketize(mean, edges) + 1, torch.zeros_like(c, dtype=torch.long))
-        count = torch.bucketize(c, torch.as_tensor(COUNT_EDGES, dtype=c.dtype, device=self.device), right=True)
-        return torch.stack([bias, count], 1)
-
-    def _train_context(self, rows: Tensor, generator: torch.Generator) -> Tensor:
-        """Training item context from a random share (uniform in [0.05, 1], drawn per episode) of the
-        meta-train users. New items are seen at evaluation only through a few users' support sets, so
-        small counts must also occur for popular items in training, not only for obscure ones."""
-        share = 0.05 + 0.95 * torch.rand((), generator=generator).item()
-        chosen = (torch.rand(len(self.pool_users), generator=generator) < share).to(self.device)  # [pool users]
-        members = self.pool[chosen][self.pool_mask[chosen].bool()]
-        if len(members) == 0:
-            members = self.pool[:1][self.pool_mask[:1].bool()]
-        return self._stat_columns(members, rows.flatten().unique())
 
     def _batch(self, support, support_mask, query, query_mask, generator=None, context: str = "train") -> TaskBatch:
         sx, qx = self.x[support], self.x[query]
