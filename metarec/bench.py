@@ -125,7 +125,7 @@ def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -
     for algo_name, first_order in grid:
         for meta_batch in batch_sizes:
             batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
-            for steps in ([0] if getattr(ALGOS[algo_name], "one_pass", False) else inner_steps):  # tanp: no steps
+            for steps in ([0] if ALGOS[algo_name].one_pass else inner_steps):  # tanp: no steps
                 cfg = compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, [])
                               + [f"algo={algo_name}", f"algo.inner_steps={steps}",
                                  *(["algo.first_order=true"] if first_order else []),  # maml's key

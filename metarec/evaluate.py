@@ -11,8 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from metarec import ranking
-from metarec import progress
+from metarec import progress, ranking
 from metarec.signals import between_chunks
 from metarec.tasks import TaskBatch, TaskSource
 
@@ -121,23 +120,21 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
     select=True (the trainer's model selection): the "val" state alone (the algorithm's select_state
     if it names one), at the headline step alone."""
     headline = eval_steps(cfg)
-    one_pass = getattr(algo, "one_pass", False)  # adapts by one forward pass (TaNP): no steps to trace
-    steps = headline if select or one_pass else max(cfg.eval.max_steps, headline)
+    steps = headline if select or algo.one_pass else max(cfg.eval.max_steps, headline)
     catalog = not select and ranking.catalog_wanted(cfg, source)
     states = {}
     for state, batch in source.eval_tasks(split).items():
-        if select and state != getattr(algo, "select_state", "val"):
+        if select and state != algo.select_state:
             continue
         floors = None if select else source.floors(state)
-        if hasattr(algo, "enter_state"):  # an algorithm that reads the state's visible ratings (metaemb's warm_up)
-            algo.enter_state(state)
+        algo.enter_state(state)  # e.g. metaemb's warm-up reads the state's visible ratings
         # validation selects on the headline step alone: no query forward for the steps before it
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
                            only_last=select, headline=None if select else headline)
         r["headline_step"] = str(headline)
         if catalog:
             r["catalog"] = ranking.catalog_state(source, algo, batch, state, headline, cfg.seed)
-        if one_pass:
+        if algo.one_pass:
             r["adaptation"] = "one forward pass over the support set, no gradient steps"
         states[state] = r
     result = {"states": states}

@@ -49,8 +49,7 @@ def build(cfg: DictConfig, device: torch.device, progress: bool = True):
     model = build_model(cfg.model, cfg.algo, source.model_spec()).to(device)
     with settings_errors():
         algo = ALGOS[cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile, fast_paths=cfg.trainer.fast_paths)
-    if hasattr(algo, "attach"):  # an algorithm that reads the source itself (item-centric tasks: metaemb)
-        algo.attach(source)
+    algo.attach(source)  # an algorithm that reads the source itself (item tasks: metaemb) keeps it
     return source, model, algo
 
 
@@ -185,7 +184,7 @@ class Trainer:
         """Score the validation tasks, keep best.pt and last.pt; True when trainer.patience says stop."""
         p, metric = self.progress, VAL_METRIC[self.source.kind]
         val = evaluate_all(self.cfg, self.source, self.algo, "val", select=True)  # fixed tasks: draws nothing
-        state = getattr(self.algo, "select_state", "val")  # metaemb: val_new
+        state = self.algo.select_state  # metaemb: val_new
         if state not in val["states"]:
             raise UserError("there are no validation tasks to select the best checkpoint with: "
                             "give validation users a share (data.split) or loosen the data filter")

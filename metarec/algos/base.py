@@ -43,6 +43,8 @@ class MetaLearner:
 
     Config = AlgoConfig
     data_kinds = ("rating", "regression", "classification")  # the data it fits (metarec/fit.py)
+    one_pass = False  # evaluation: adaptation is one forward pass, not steps (TaNP), so no step trace
+    select_state = "val"  # the validation state the trainer keeps the best checkpoint on
 
     @classmethod
     def model_needs(cls, cfg) -> tuple[str, ...]:
@@ -70,6 +72,12 @@ class MetaLearner:
         """Whether it reads other test users' support ratings of a state (TaskSource.visible) to predict
         there, as the bias_transductive floor does; results pages mark such rows."""
         return False
+
+    def attach(self, source) -> None:
+        """Called once the task source is built, for an algorithm that reads it itself (item tasks)."""
+
+    def enter_state(self, state: str) -> None:
+        """Called before evaluation scores `state`, for an algorithm that reads what the state shows."""
 
     def meta_parameters(self) -> list[Tensor]:
         return list(self.model.parameters())
