@@ -111,7 +111,7 @@ def test_evaluation_adapts_new_items_from_the_ratings_the_state_shows(name):
     x, y = inputs(item_row + 1, g), torch.randint(1, 6, (7,), generator=g).double()
     seen = Visible(torch.arange(7), item_row, y, torch.arange(7))
     algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
-                                        _batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+                                        rows_batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
     algo.enter_state("item_cold")
     assert algo.warmed[0].tolist() == [4, 5]
     batch = task_batch(torch.tensor([[6, 4, 1]]), torch.tensor([[5, 2, 6]]), seed=2)

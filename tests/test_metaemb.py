@@ -137,7 +137,7 @@ def test_item_tasks_hold_one_items_training_ratings_in_two_disjoint_batches():
     rating_item = torch.as_tensor(rng.integers(0, 8, 200))
     train = np.sort(rng.choice(200, 120, replace=False))
     source = types.SimpleNamespace(train_ratings=train, rating_item=rating_item, y=torch.zeros(200),
-                                   _batch=lambda a, am, b, bm, gen: (a, am, b, bm))
+                                   rows_batch=lambda a, am, b, bm, gen: (a, am, b, bm))
     tasks = ItemTasks(source, shots=3)
     a, am, b, bm = tasks.sample(5, torch.Generator().manual_seed(0))
     assert a.shape == (5, 3) and len(tasks) == 8
@@ -178,7 +178,7 @@ def test_warm_up_is_one_step_per_new_item_on_the_ratings_its_state_shows():
     x, y = inputs(item_row + 1, g), torch.randint(1, 6, (8,), generator=g).double()
     seen = Visible(torch.arange(8), item_row, y, torch.arange(8))
     algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
-                                        _batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+                                        rows_batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
     algo.enter_state("item_cold")
     ids, warmed = algo.warmed
     assert ids.tolist() == [4, 5, 6]

@@ -71,7 +71,7 @@ def test_evaluation_writes_warmed_rows_for_visible_new_items_and_scaled_means_fo
     x, y = inputs(item_row + 1, g), torch.randint(1, 6, (7,), generator=g).double()
     seen = Visible(torch.arange(7), item_row, y, torch.arange(7))
     algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
-                                        _batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+                                        rows_batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
     algo.enter_state("user_item_cold")
     ids, rows = algo.warmed
     assert ids.tolist() == [4, 5]

@@ -58,9 +58,8 @@ class ItemTasks:
 
 def item_batch(source, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor, generator: torch.Generator) -> TaskBatch:
     """The model inputs of rating indices a (support) and b (query), as a training episode's: the
-    source's own assembly (item context re-drawn per episode, item-id dropout). MovieLensTasks has no
-    public name for it yet; its _batch takes any padded rating indices, users' or items'."""
-    return source._batch(a, a_mask, b, b_mask, generator)
+    source's own assembly (MovieLensTasks.rows_batch: item context re-drawn per episode, item-id dropout)."""
+    return source.rows_batch(a, a_mask, b, b_mask, generator)
 
 
 def visible_item_tasks(source, state: str, cold: Tensor) -> tuple[Tensor, TaskBatch] | None:
@@ -85,4 +84,4 @@ def visible_item_tasks(source, state: str, cold: Tensor) -> tuple[Tensor, TaskBa
     index = ((torch.cumsum(counts, 0) - counts)[:, None] + pos[None]).clamp(max=len(rows) - 1)
     padded = torch.where(mask, rows[index], torch.zeros_like(index))
     m = mask.float()
-    return ids, source._batch(padded, m, padded, m, context=state)
+    return ids, source.rows_batch(padded, m, padded, m, context=state)

@@ -108,7 +108,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
 
     def input_rows(self, users: np.ndarray, items: np.ndarray) -> Tensor:
         """The feature input x of each (user row, item row) pair [n, F], as self.x holds it for a rating:
-        without the item-context columns (data.item_stats, added per state in _batch) or the factor
+        without the item-context columns (data.item_stats, added per state in rows_batch) or the factor
         column (data.item_factors)."""
         return torch.from_numpy(self.features.rows(np.asarray(users), np.asarray(items))).to(self.device)
 
@@ -282,9 +282,11 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         s_pos = (n_query[:, None] + pos[:, :s_width]).clamp(max=pool.shape[1] - 1)
         support = shuffled.gather(1, s_pos)
         support_mask = (pos[:, :s_width] < n_support[:, None]).float()
-        return self._batch(support, support_mask, query, query_mask, generator)
+        return self.rows_batch(support, support_mask, query, query_mask, generator)
 
-    def _batch(self, support, support_mask, query, query_mask, generator=None, context: str = "train") -> TaskBatch:
+    def rows_batch(self, support, support_mask, query, query_mask, generator=None, context: str = "train") -> TaskBatch:
+        """The model inputs of padded rating rows (a user's, or an item's as algos/item_tasks.py builds):
+        the item context of `context` (redrawn per episode for "train" with a generator), item-id dropout."""
         sx, qx = self.x[support], self.x[query]
         if self.trans_rows is not None:  # the transductive context's row: training's or the state's own
             lookup = self.trans_rows["train" if context == "train" else "eval"]
@@ -308,7 +310,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         for s in states:
             t = self.tasks[s]
             if len(t.users):
-                out[s] = self._batch(t.support, t.support_mask, t.query, t.query_mask, context=s)
+                out[s] = self.rows_batch(t.support, t.support_mask, t.query, t.query_mask, context=s)
         return out
 
     def floors(self, state: str) -> dict[str, Tensor]:

@@ -2,7 +2,7 @@
 catalogue ranking of evaluation (eval.ranking=catalog, metarec/ranking.py) and `metarec recommend`
 (metarec/api.py) score every item of the catalogue for a user.
 
-A row is laid out as a training row (movielens.py's _batch; features.Features.rows): the user's codes,
+A row is laid out as a training row (movielens.py's rows_batch; features.Features.rows): the user's codes,
 the item's codes, the user's and the item's multi-hot flags, the two item context codes after the
 first n_base columns (data.item_stats) and the factor-table row last (data.item_factors). The user's
 and the item's columns are read off one of their ratings, so they carry the training encoding by
