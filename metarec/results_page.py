@@ -18,6 +18,7 @@ from metarec.states import STATES
 
 FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive", "mf_foldin", "mf_transductive")
 NEW_ITEM_STATES = ("item_cold", "user_item_cold")
+NEW_USER_BARS = ("floor: mf_foldin", "ridge", "maml", "melu_paper")  # issue #22's bars on user_cold
 BASELINE = "pretrain"  # not a meta-learner: never "the best meta-learner"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -107,7 +108,20 @@ def summarize(runs: list[SeedRun]) -> dict:
             comparisons[state] = out
     return {"methods": methods, "seeds": seeds, "states": states, "table": table,
             "val_mae": {m: mean_ci(v) for m, v in val.items()}, "best": best, "comparisons": comparisons,
-            "new_items": new_items(by_method, states)}
+            "new_items": new_items(by_method, states), "new_users": new_users(by_method, states)}
+
+
+def new_users(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Every method against issue #22's bars on user_cold (the MF fold-in floor, ridge, plain MAML and
+    MeLU as published, those present): method -> bar -> paired MAE (difference, SE) over identical tasks."""
+    if "user_cold" not in states:
+        return {}
+    first = next(iter(by_method.values()))
+    bars = [b for b in NEW_USER_BARS if b in by_method or (b.startswith("floor: ") and all(
+        b[7:] in first[k]["user_cold"].get("floors_per_task", {}) for k in first))]
+    return {m: {b: paired(runs, None if b.startswith("floor: ") else by_method[b], "user_cold", "mae",
+                          b[7:] if b.startswith("floor: ") else None) for b in bars if b != m}
+            for m, runs in by_method.items()}
 
 
 def new_items(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[str, dict[str, dict]]:
@@ -214,6 +228,22 @@ def new_item_lines(summary: dict) -> list[str]:
     return lines + [""]
 
 
+def new_user_lines(summary: dict) -> list[str]:
+    """The table of every method minus each of issue #22's bars on user_cold (MAE)."""
+    rows = summary.get("new_users")
+    if not rows:
+        return []
+    bars = list(dict.fromkeys(b for diffs in rows.values() for b in diffs))
+    lines = ["## New users: every method against the MF fold-in floor, ridge, MAML and MeLU as published", "",
+             "user_cold MAE, method minus the column's method or floor on identical tasks (per seed the mean over "
+             "tasks and its SE, combined over seeds); negative favours the row's method; z in brackets.", "",
+             "| method | " + " | ".join(f"vs {b}" for b in bars) + " |", "|---|" + "---|" * len(bars)]
+    for m, diffs in rows.items():
+        cells = [f"{diffs[b][0]:+.4f} ± {diffs[b][1]:.4f} ({_z(*diffs[b])})" if b in diffs else "" for b in bars]
+        lines.append(f"| {m}{mark(m, summary)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def mark(name: str, summary: dict) -> str:
     """' (transductive)' for a method or floor that reads other test users' support ratings of the state."""
     return " (transductive)" if name in summary.get("transductive", ()) or name.endswith("_transductive") else ""
@@ -243,7 +273,7 @@ def render(summary: dict, wall: tuple[float, int] | None, hparams: dict[str, str
             best = " (best meta-learner)" if name == summary["best"] else ""
             lines.append(f"| {name}{mark(name, summary)}{best} | {_pm(row.get('mae'))} | {_pm(row.get('ndcg@3'))} | {_pm(row.get('ndcg_lin@3'))} |")
         lines.append("")
-    lines += new_item_lines(summary)
+    lines += new_user_lines(summary) + new_item_lines(summary)
     best = summary["best"]
     if best is not None:
         lines += ["## Paired differences of the best meta-learner", "",

@@ -257,3 +257,26 @@ def test_new_items_table_is_every_method_against_bias_transductive_and_marks_tra
     assert "| floor: bias_transductive (transductive) |" in page
     assert results.transductive(["ridge", "ridge_trans", "metaemb", "metaemb_warmup", "mwuf"], "ml-100k") == [
         "ridge_trans", "metaemb_warmup", "mwuf"]
+
+
+def test_new_users_table_is_every_method_against_mf_foldin_ridge_maml_and_melu_paper():
+    from metarec.results_page import render
+    out = []
+    for name, values in (("maml", MAML), ("pretrain", PRETRAIN), ("ridge", REPTILE)):
+        for seed in (0, 1):
+            doc = state(values[seed], seed)
+            doc["floors_per_task"]["mf_foldin"] = {"mae": BIAS[seed], "ndcg@3": [0.7] * len(BIAS[seed])}
+            doc["floors"]["mf_foldin"] = {"mae": mean(BIAS[seed]), "ndcg@3": 0.7, "ndcg_lin@3": 0.85}
+            out.append(SeedRun(name, seed, {"user_cold": doc}, VAL.get(name, 0.8) + seed / 100))
+    s = summarize(out)
+    rows = s["new_users"]
+    assert set(rows["maml"]) == {"floor: mf_foldin", "ridge"}  # no melu_paper run, and not against itself
+    d, se = rows["maml"]["floor: mf_foldin"]  # the numbers of maml against the bias floor (same per-task values)
+    assert d == pytest.approx(-0.05) and se == pytest.approx(0.0288675 / 2, abs=1e-6)
+    # pretrain - ridge: seed 0 d = [.3, .3, .5], mean .366667, SE .066667; seed 1 d = [.2, .2, .4, .6], mean .35, SE .095743
+    d, se = rows["pretrain"]["ridge"]
+    assert d == pytest.approx((0.366667 + 0.35) / 2, abs=1e-6)
+    assert se == pytest.approx(math.sqrt(0.0666667 ** 2 + 0.0957427 ** 2) / 2, abs=1e-6)
+    page = render(s, None, {}, "python -m metarec.results")
+    assert "| method | vs floor: mf_foldin | vs ridge |" in page
+    assert "| ridge | " in page and "| maml | -0.0500 ± 0.0144 (-3.5) | " in page
