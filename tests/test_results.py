@@ -49,6 +49,19 @@ def runs() -> list[SeedRun]:
     return out
 
 
+def runs_with_floor(state_name: str, floor: str, ndcg: float, names: tuple[str, str, str]) -> list[SeedRun]:
+    """runs() in state `state_name`, with names for MAML's, PRETRAIN's and REPTILE's values, and the
+    floor `floor` holding the bias floor's per-task MAE."""
+    out = []
+    for name, values in zip(names, (MAML, PRETRAIN, REPTILE)):
+        for seed in (0, 1):
+            doc = state(values[seed], seed)
+            doc["floors_per_task"][floor] = {"mae": BIAS[seed], "ndcg@3": [ndcg] * len(BIAS[seed])}
+            doc["floors"][floor] = {"mae": mean(BIAS[seed]), "ndcg@3": ndcg, "ndcg_lin@3": 0.85}
+            out.append(SeedRun(name, seed, {state_name: doc}, VAL.get(name, 0.8) + seed / 100))
+    return out
+
+
 def test_paired_difference_combined_over_seeds_by_hand():
     s = summarize(runs())
     assert s["best"] == "maml"  # chosen by validation MAE among meta-learners, not by test MAE (reptile)
@@ -239,14 +252,7 @@ def test_the_wall_time_sums_the_invocations_that_trained_the_pages_runs(tmp_path
 
 def test_new_items_table_is_every_method_against_bias_transductive_and_marks_transductive_rows():
     from metarec.results_page import render
-    out = []
-    for name, values in (("maml", MAML), ("pretrain", PRETRAIN), ("reptile", REPTILE)):
-        for seed in (0, 1):
-            doc = state(values[seed], seed)
-            doc["floors_per_task"]["bias_transductive"] = {"mae": BIAS[seed], "ndcg@3": [0.75] * len(BIAS[seed])}
-            doc["floors"]["bias_transductive"] = {"mae": mean(BIAS[seed]), "ndcg@3": 0.75, "ndcg_lin@3": 0.85}
-            out.append(SeedRun(name, seed, {"item_cold": doc}, VAL[name] + seed / 100))
-    s = summarize(out)
+    s = summarize(runs_with_floor("item_cold", "bias_transductive", 0.75, ("maml", "pretrain", "reptile")))
     d, se = s["new_items"]["item_cold"]["maml"]["mae"]  # the same numbers as maml against the bias floor above
     assert d == pytest.approx(-0.05) and se == pytest.approx(0.0288675 / 2, abs=1e-6)
     d, se = s["new_items"]["item_cold"]["reptile"]["ndcg@3"]
@@ -261,14 +267,7 @@ def test_new_items_table_is_every_method_against_bias_transductive_and_marks_tra
 
 def test_new_users_table_is_every_method_against_mf_foldin_ridge_maml_and_melu_paper():
     from metarec.results_page import render
-    out = []
-    for name, values in (("maml", MAML), ("pretrain", PRETRAIN), ("ridge", REPTILE)):
-        for seed in (0, 1):
-            doc = state(values[seed], seed)
-            doc["floors_per_task"]["mf_foldin"] = {"mae": BIAS[seed], "ndcg@3": [0.7] * len(BIAS[seed])}
-            doc["floors"]["mf_foldin"] = {"mae": mean(BIAS[seed]), "ndcg@3": 0.7, "ndcg_lin@3": 0.85}
-            out.append(SeedRun(name, seed, {"user_cold": doc}, VAL.get(name, 0.8) + seed / 100))
-    s = summarize(out)
+    s = summarize(runs_with_floor("user_cold", "mf_foldin", 0.7, ("maml", "pretrain", "ridge")))  # ridge: reptile's values
     rows = s["new_users"]
     assert set(rows["maml"]) == {"floor: mf_foldin", "ridge"}  # no melu_paper run, and not against itself
     d, se = rows["maml"]["floor: mf_foldin"]  # the numbers of maml against the bias floor (same per-task values)
