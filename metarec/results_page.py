@@ -233,7 +233,7 @@ def new_user_lines(summary: dict) -> list[str]:
     rows = summary.get("new_users")
     if not rows:
         return []
-    bars = list(dict.fromkeys(b for diffs in rows.values() for b in diffs))
+    bars = [b for b in NEW_USER_BARS if any(b in diffs for diffs in rows.values())]
     lines = ["## New users: every method against the MF fold-in floor, ridge, MAML and MeLU as published", "",
              "user_cold MAE, method minus the column's method or floor on identical tasks (per seed the mean over "
              "tasks and its SE, combined over seeds); negative favours the row's method; z in brackets.", "",
