@@ -31,6 +31,7 @@ from metarec import runs as run_folders
 from metarec.compose import compose_plain
 from metarec.errors import UserError
 from metarec.results_page import SeedRun, render, shown_command, summarize
+from metarec.run_lock import RunLock
 from metarec.states import CUT_YEAR
 
 # method -> the overrides after `metarec train`; the tuned values live in the presets
@@ -286,15 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         line = protocol(args.methods, args.data)  # before any training: the methods must share tasks and training data
+        args.out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.take(args.out, "results", "choose another --out")  # one invocation per results folder
         trained = train_missing(args)
+        if trained:  # recorded before anything else can fail: the training happened
+            record_timing(args, trained, time.perf_counter() - t0)
         runs = load_runs(args)
     except UserError as e:
         print(f"metarec results: error: {e}", file=sys.stderr)
         return 1
     summary = summarize(runs)
     summary["transductive"] = transductive(args.methods, args.data)
-    if trained:
-        record_timing(args, trained, time.perf_counter() - t0)
     wall = training_wall(args)
     fingerprint = next(iter({r.fingerprint for r in runs} - {None}), None)
     folders = {Path(r.data_root).name for r in runs if r.data_root}
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=list) + "\n")
     print(text)
     print(f"metarec results: wrote {args.doc} ({time.perf_counter() - t0:.0f} s)")
+    lock.release()
     return 0
 
 

@@ -40,7 +40,7 @@ class RunLock:
         self.stale = stale  # the record of a dead holder this lock was taken over from, if any
 
     @classmethod
-    def take(cls, folder: Path, what: str = "run") -> "RunLock":
+    def take(cls, folder: Path, what: str = "run", advice: str = "choose another hydra.run.dir") -> "RunLock":
         """Lock `folder` (created by the caller) for this process, or refuse in one line naming the
         holder. A lock left by a dead process is free by construction; its record is returned as stale."""
         path = folder / LOCK
@@ -57,7 +57,7 @@ class RunLock:
                     holder = read_record(path)
                     os.close(fd)
                     raise UserError(f"{folder} is in use by another {busy(holder)}: wait for it to end, "
-                                    f"or choose another hydra.run.dir") from None
+                                    f"or {advice}") from None
                 time.sleep(0.05)
         stale = read_record(path) or None
         record = {**identity(), "what": what, "command": " ".join(sys.argv)}

@@ -4,6 +4,8 @@ validation, paired per-task differences combined over seeds (checked against han
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,3 +281,30 @@ def test_new_users_table_is_every_method_against_mf_foldin_ridge_maml_and_melu_p
     page = render(s, None, {}, "python -m metarec.results")
     assert "| method | vs floor: mf_foldin | vs ridge |" in page
     assert "| ridge | " in page and "| maml | -0.0500 ± 0.0144 (-3.5) | " in page
+
+
+def test_a_second_invocation_on_the_same_results_folder_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "runs"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from metarec.run_lock "
+                               "import RunLock; RunLock.take(Path(sys.argv[1]), 'results'); print('locked', flush=True); "
+                               "time.sleep(600)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert results.main(["--report-only", "--out", str(out), "--doc", str(tmp_path / "r.md")]) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is in use by another metarec results (pid {holder.pid} " in err and "choose another --out" in err
+        assert not (tmp_path / "r.md").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_training_time_is_recorded_even_when_the_page_cannot_be_written(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    trained = [str(results.folder_of(out, "maml", 0))]
+    monkeypatch.setattr(results, "train_missing", lambda args: trained)  # trained, then a run folder is unreadable
+    assert results.main(["--out", str(out), "--doc", str(tmp_path / "r.md"), "--seeds", "0", "--methods", "maml"]) == 1
+    assert "no eval.json" in capsys.readouterr().err
+    invocations = json.loads((out / "timing.json").read_text())["invocations"]
+    assert [i["runs"] for i in invocations] == [trained]
