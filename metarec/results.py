@@ -66,8 +66,8 @@ ML1M_METHODS: dict[str, list[str]] = {
     "mwuf": ["experiment=melu_ml1m_mwuf"],  # transductive
     "melu_paper": ["experiment=melu_ml1m_paper"],
     "mamo": ["experiment=melu_ml1m_mamo"],
-    "lwa": ["experiment=melu_ml1m_lwa"],  # transductive; ml-100k's settings, not re-tuned on ml-1m
-    "nlba": ["experiment=melu_ml1m_nlba"],  # transductive; ml-100k's settings, not re-tuned on ml-1m
+    "lwa": ["experiment=melu_ml1m_lwa"],  # transductive; ml-100k's settings, checked on ml-1m's val_new
+    "nlba": ["experiment=melu_ml1m_nlba"],  # transductive; ml-100k's settings, checked on ml-1m's val_new
 }
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
