@@ -27,6 +27,15 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
                           text=True, timeout=timeout)
 
 
+def train_ml100k(run, *overrides, env, steps=20, val_every=10):
+    """A short ml-100k run of the console script into `run` (one thread, on the CPU, no bars); fails the
+    test with the end of its stderr when it does not exit 0."""
+    r = run_cli("train", *overrides, f"data.root={ML100K}", f"trainer.max_steps={steps}", f"trainer.val_every={val_every}",
+                "trainer.progress=false", "device=cpu", "device.threads=1", f"hydra.run.dir={run}", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 

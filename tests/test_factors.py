@@ -4,7 +4,7 @@ factor column of real MovieLens tasks, and ridge's fold-in with the meta-gradien
 import numpy as np
 import pytest
 import torch
-from conftest import ML100K, needs_ml100k, read_json, run_cli
+from conftest import ML100K, needs_ml100k, read_json, run_cli, train_ml100k
 from fixtures import SPEC, rating_batch
 from test_ridge import per_task_meta_gradient, ridge_cfg
 
@@ -152,10 +152,7 @@ def test_movielens_tasks_read_cross_fitted_factors():
 @needs_ml100k()
 def test_ridge_with_factors_trains_and_its_checkpoint_evaluates_the_same(tmp_path, cache_env):
     run = tmp_path / "run"
-    quick = ["experiment=melu_ml100k_ridge", f"data.root={ML100K}", "trainer.max_steps=20", "trainer.val_every=10",
-             "trainer.progress=false", "device=cpu", "device.threads=1"]
-    r = run_cli("train", *quick, f"hydra.run.dir={run}", env=cache_env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    train_ml100k(run, "experiment=melu_ml100k_ridge", env=cache_env)
     ck = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert ck["config"]["data"]["item_factors"] > 0 and "encoder.factors" in ck["model"]
     result = read_json(run / "eval.json")["states"]

@@ -8,12 +8,11 @@ import pytest
 import torch
 from conftest import ML100K, needs_ml100k, read_json, run_cli
 from omegaconf import OmegaConf
-from test_metaemb import GENRES, N_ITEMS, SPEC, inputs, task_batch
+from test_metaemb import GENRES, SPEC, all_items_batch, inputs, show_visible, task_batch
 from torch.func import functional_call
 
 from metarec.algos.cold_items import ITEM
 from metarec.algos.lwa import LWA, NLBA, LWAConfig, NLBAConfig
-from metarec.data.transductive import Visible
 from metarec.models.melu import MeLU
 from metarec.tasks import TaskBatch
 
@@ -74,8 +73,7 @@ def reference_loss(algo, batch):
 
 
 def item_tasks(seed=0):
-    items = torch.arange(1, N_ITEMS + 1)
-    return task_batch(items[:, None].expand(-1, 6), items[:, None].expand(-1, 4), seed=seed)
+    return all_items_batch(6, 4, seed)
 
 
 @pytest.mark.parametrize("name", ["lwa", "nlba"])
@@ -106,12 +104,8 @@ def test_padding_has_no_effect(name):
 @pytest.mark.parametrize("name", ["lwa", "nlba"])
 def test_evaluation_adapts_new_items_from_the_ratings_the_state_shows(name):
     model, algo = make(name, inner_steps=0, eval_steps=0)
-    g = torch.Generator().manual_seed(4)
     item_row = torch.tensor([3, 4, 4, 0, 4, 3, 2])  # raw item rows (table row - 1): new items 4 and 5 are seen
-    x, y = inputs(item_row + 1, g), torch.randint(1, 6, (7,), generator=g).double()
-    seen = Visible(torch.arange(7), item_row, y, torch.arange(7))
-    algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
-                                        rows_batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+    x, y = show_visible(algo, item_row)
     algo.enter_state("item_cold")
     assert algo.warmed[0].tolist() == [4, 5]
     batch = task_batch(torch.tensor([[6, 4, 1]]), torch.tensor([[5, 2, 6]]), seed=2)

@@ -40,6 +40,24 @@ def task_batch(items_s: torch.Tensor, items_q: torch.Tensor, seed: int = 0) -> T
     return TaskBatch(inputs(items_s, g), ys, sm, inputs(items_q, g), yq, qm)
 
 
+def all_items_batch(support: int = 5, query: int = 4, seed: int = 0) -> TaskBatch:
+    """One item task per item: up to `support` and `query` ratings of that item (the item-task tests' batch)."""
+    items = torch.arange(1, N_ITEMS + 1)
+    return task_batch(items[:, None].expand(-1, support), items[:, None].expand(-1, query), seed=seed)
+
+
+def show_visible(algo, item_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give `algo` a task source whose every state shows one rating per entry of item_row (raw item rows,
+    table row - 1), with random inputs and ratings; returns those (x, y)."""
+    g = torch.Generator().manual_seed(4)
+    n = len(item_row)
+    x, y = inputs(item_row + 1, g), torch.randint(1, 6, (n,), generator=g).double()
+    seen = Visible(torch.arange(n), item_row, y, torch.arange(n))
+    algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
+                                        rows_batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+    return x, y
+
+
 def make(inner_params="mlp", **kw):
     torch.manual_seed(0)
     model = MeLU(SPEC, embedding_dim=5, hidden=[8, 8]).double()
@@ -78,8 +96,7 @@ def reference_item_loss(algo, batch):
 
 def test_generator_meta_gradient_equals_a_per_item_loop():
     _, algo = make()
-    items = torch.arange(1, N_ITEMS + 1)
-    batch = task_batch(items[:, None].expand(-1, 5), items[:, None].expand(-1, 4))
+    batch = all_items_batch()
     gen = list(algo.generator.parameters())
     assert_same_loss_and_gradients(algo.meta_loss(batch), reference_item_loss(algo, batch), gen)
 
@@ -173,12 +190,8 @@ def test_warm_up_is_one_step_per_new_item_on_the_ratings_its_state_shows():
     item's visible ratings; items the state does not show keep the generated row, known items their own."""
     model, algo = make(warm_up=True)
     algo.known = torch.tensor([True, True, True, True, False, False, False])
-    g = torch.Generator().manual_seed(4)
     item_row = torch.tensor([3, 4, 4, 5, 0, 4, 3, 2])  # raw item rows (table row - 1) of 8 visible ratings
-    x, y = inputs(item_row + 1, g), torch.randint(1, 6, (8,), generator=g).double()
-    seen = Visible(torch.arange(8), item_row, y, torch.arange(8))
-    algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
-                                        rows_batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+    x, y = show_visible(algo, item_row)
     algo.enter_state("item_cold")
     ids, warmed = algo.warmed
     assert ids.tolist() == [4, 5, 6]

@@ -6,14 +6,12 @@ import pytest
 import torch
 from conftest import assert_same_loss_and_gradients
 from omegaconf import OmegaConf
-from test_metaemb import GENRES, N_ITEMS, SPEC, YEAR, inputs, task_batch
+from test_metaemb import GENRES, N_ITEMS, SPEC, YEAR, all_items_batch, show_visible, task_batch
 from torch.func import functional_call
 
 from metarec.algos.cold_items import ITEM
 from metarec.algos.mwuf import MWUF, MWUFConfig
-from metarec.data.transductive import Visible
 from metarec.models.melu import MeLU
-from metarec.tasks import TaskBatch
 
 
 def make(**kw):
@@ -58,20 +56,15 @@ def reference_loss(algo, batch):
 
 def test_warm_loss_and_its_meta_gradient_equal_a_per_item_loop():
     _, algo = make()
-    items = torch.arange(1, N_ITEMS + 1)
-    batch = task_batch(items[:, None].expand(-1, 5), items[:, None].expand(-1, 4))
+    batch = all_items_batch()
     nets = list(algo.nets.parameters())
     assert_same_loss_and_gradients(algo.meta_loss(batch), reference_loss(algo, batch), nets)
 
 
 def test_evaluation_writes_warmed_rows_for_visible_new_items_and_scaled_means_for_the_rest():
     model, algo = make()
-    g = torch.Generator().manual_seed(4)
     item_row = torch.tensor([3, 4, 4, 0, 4, 3, 2])  # raw item rows (table row - 1): items 4 and 5 are seen
-    x, y = inputs(item_row + 1, g), torch.randint(1, 6, (7,), generator=g).double()
-    seen = Visible(torch.arange(7), item_row, y, torch.arange(7))
-    algo.source = types.SimpleNamespace(y=y, visible=lambda state: seen,
-                                        rows_batch=lambda a, am, b, bm, context: TaskBatch(x[a], y[a], am, x[b], y[b], bm))
+    x, y = show_visible(algo, item_row)
     algo.enter_state("user_item_cold")
     ids, rows = algo.warmed
     assert ids.tolist() == [4, 5]

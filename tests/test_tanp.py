@@ -2,7 +2,7 @@
 evaluation shows one forward pass; it trains through the console script."""
 import pytest
 import torch
-from conftest import ML100K, needs_ml100k, read_json, run_cli
+from conftest import needs_ml100k, read_json, run_cli, train_ml100k
 from fixtures import SPEC, rating_batch
 from omegaconf import OmegaConf
 
@@ -126,10 +126,7 @@ def test_eval_md_shows_one_forward_pass_not_steps():
 @needs_ml100k()
 def test_tanp_trains_and_evaluates_through_the_console_script(tmp_path, cache_env):
     run = tmp_path / "run"
-    quick = ["experiment=melu_ml100k_tanp", f"data.root={ML100K}", "trainer.max_steps=20", "trainer.val_every=10",
-             "trainer.progress=false", "device=cpu", "device.threads=1"]
-    r = run_cli("train", *quick, f"hydra.run.dir={run}", env=cache_env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    train_ml100k(run, "experiment=melu_ml100k_tanp", env=cache_env)
     result = read_json(run / "eval.json")["states"]
     cold = result["user_cold"]
     assert list(cold["steps"]) == ["0"] and cold["adaptation"].startswith("one forward pass")
