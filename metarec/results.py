@@ -54,7 +54,7 @@ METHODS: dict[str, list[str]] = {
     "lwa": ["experiment=melu_ml100k_lwa"],  # transductive: a new item's scorer from its raters' class means
     "nlba": ["experiment=melu_ml100k_nlba"],  # transductive
 }
-# ml-1m: the methods whose ml-100k settings carry over unchanged (conf/experiment/melu_ml1m*.yaml)
+# ml-1m: each method's ml-1m preset (conf/experiment/melu_ml1m*.yaml: the ml-100k settings, re-chosen where docs/tuning.md says)
 ML1M_METHODS: dict[str, list[str]] = {
     "maml": ["experiment=melu_ml1m"],
     "ridge": ["experiment=melu_ml1m_ridge"],
@@ -144,7 +144,6 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
              "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"],
              "lwa": ["pretrain_steps", "nets_lr", "like_threshold"],
              "nlba": ["pretrain_steps", "nets_lr", "like_threshold"],
-
              "mamo": ["memory_slots", "profile_rate", "bias_rate", "pref_rate", "bias_scale", "convex_write"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "

@@ -20,20 +20,13 @@ class ItemTasks:
         self.source, self.shots = source, shots
         device = source.y.device
         ratings = torch.as_tensor(source.train_ratings, device=device)
-        items = source.rating_item[ratings]
-        order = items.argsort(stable=True)
-        ratings, items = ratings[order], items[order]
-        ids, counts = items.unique_consecutive(return_counts=True)
+        ids, counts, pool, mask = by_item(ratings, source.rating_item[ratings])
         keep = counts >= 2
         if not bool(keep.any()):
             raise UserError("no existing item has two training ratings: item-centric tasks need them")
-        starts = torch.cumsum(counts, 0) - counts
-        width = int(counts[keep].max())
-        pos = torch.arange(width, device=device)
-        index = (starts[keep, None] + pos[None]).clamp(max=len(ratings) - 1)
         self.count = counts[keep]  # [items]
-        self.mask = pos[None] < self.count[:, None]  # [items, width]
-        self.pool = torch.where(self.mask, ratings[index], torch.zeros_like(index))  # rating indices, padded
+        self.mask = mask[keep]  # [items, width]; the widest item has two ratings or more, so no column is empty
+        self.pool = pool[keep]  # rating indices, padded
         self.items = ids[keep]  # item rows of the raw table
 
     def __len__(self) -> int:
@@ -53,13 +46,20 @@ class ItemTasks:
         pos = torch.arange(k, device=device)[None]
         a = shuffled[:, :k]
         b = shuffled.gather(1, (n_a[:, None] + pos).clamp(max=pool.shape[1] - 1))
-        return item_batch(self.source, a, (pos < n_a[:, None]).float(), b, (pos < n_b[:, None]).float(), generator)
+        # the source's own assembly, as a training episode's (item context re-drawn, item-id dropout)
+        return self.source.rows_batch(a, (pos < n_a[:, None]).float(), b, (pos < n_b[:, None]).float(), generator)
 
 
-def item_batch(source, a: Tensor, a_mask: Tensor, b: Tensor, b_mask: Tensor, generator: torch.Generator) -> TaskBatch:
-    """The model inputs of rating indices a (support) and b (query), as a training episode's: the
-    source's own assembly (MovieLensTasks.rows_batch: item context re-drawn per episode, item-id dropout)."""
-    return source.rows_batch(a, a_mask, b, b_mask, generator)
+def by_item(rows: Tensor, items: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rating rows grouped by their item, padded: (item ids [items] ascending, counts [items], rows
+    [items, width] padded with 0, mask [items, width] bool)."""
+    order = items.argsort(stable=True)
+    rows, items = rows[order], items[order]
+    ids, counts = items.unique_consecutive(return_counts=True)
+    pos = torch.arange(int(counts.max()), device=rows.device)
+    mask = pos[None] < counts[:, None]
+    index = ((torch.cumsum(counts, 0) - counts)[:, None] + pos[None]).clamp(max=len(rows) - 1)
+    return ids, counts, torch.where(mask, rows[index], torch.zeros_like(index)), mask
 
 
 def visible_item_tasks(source, state: str, cold: Tensor) -> tuple[Tensor, TaskBatch] | None:
@@ -76,12 +76,6 @@ def visible_item_tasks(source, state: str, cold: Tensor) -> tuple[Tensor, TaskBa
     rows, items = rows[keep], items[keep]
     if not len(rows):
         return None
-    order = items.argsort(stable=True)
-    rows, items = rows[order], items[order]
-    ids, counts = items.unique_consecutive(return_counts=True)
-    pos = torch.arange(int(counts.max()), device=device)
-    mask = pos[None] < counts[:, None]
-    index = ((torch.cumsum(counts, 0) - counts)[:, None] + pos[None]).clamp(max=len(rows) - 1)
-    padded = torch.where(mask, rows[index], torch.zeros_like(index))
+    ids, _, padded, mask = by_item(rows, items)
     m = mask.float()
     return ids, source.rows_batch(padded, m, padded, m, context=state)
