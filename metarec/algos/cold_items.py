@@ -113,13 +113,23 @@ class ColdItemLearner(Pretrain):
     def meta_parameters(self) -> list[Tensor]:
         return super().meta_parameters() + list(self.nets.parameters())
 
-    def item_loss(self, x: Tensor, y: Tensor, mask: Tensor, emb: Tensor) -> Tensor:
-        """Each item task's mean squared error [items] with its ID embedding emb [items, dim] in place
-        of the table's row (x [items, n, F]: every rating is of the task's item)."""
+    def start(self) -> Tensor:
+        """The cold ID row of every new item before anything is learned of it: the mean of the trained
+        ID rows [dim] (MWUF's and LWA / NLBA's start)."""
+        return self.model.get_parameter(ITEM).detach()[self.known].mean(0)
+
+    def item_outputs(self, x: Tensor, emb: Tensor) -> Tensor:
+        """The model's predictions [items, n] of item tasks x [items, n, F] (every rating is of the task's
+        item) with its ID embedding emb [items, dim] in place of the table's row."""
         h = self.model.encoder(x)
         lo = self.item_col * self.dim
         h = torch.cat([h[..., :lo], emb.unsqueeze(1).expand(-1, h.shape[1], -1), h[..., lo + self.dim:]], -1)
-        return masked_task_loss(self.model.head(h), y, mask, self.kind)
+        return self.model.head(h)
+
+    def item_loss(self, x: Tensor, y: Tensor, mask: Tensor, emb: Tensor) -> Tensor:
+        """Each item task's mean squared error [items] with its ID embedding emb [items, dim] in place
+        of the table's row."""
+        return masked_task_loss(self.item_outputs(x, emb), y, mask, self.kind)
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
         """Phase 1: algo=pretrain's step on the users' episode `batch`; phase 2: a step of the networks

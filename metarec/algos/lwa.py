@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.cold_items import ITEM, ColdItemConfig, ColdItemLearner, user_features
+from metarec.algos.cold_items import ColdItemConfig, ColdItemLearner, user_features
 from metarec.algos.item_tasks import visible_item_tasks
 from metarec.checks import rule
 from metarec.engine import masked_task_loss
@@ -105,10 +105,6 @@ class LWA(ColdItemLearner):
     def nets_lr(self) -> float:
         return self.cfg.nets_lr
 
-    def start(self) -> Tensor:
-        """The cold ID row of every new item: the mean of the trained ID rows [dim]."""
-        return self.model.get_parameter(ITEM).detach()[self.known].mean(0)
-
     def adapt(self, r: Tensor) -> tuple[Tensor, Tensor]:
         """From the class representations r [items, 2 (D + 1)]: the ID rows [items, dim] and the output
         weights over f~ [items, D + 1] of each item's scorer. LWA: the cold row, w = G r."""
@@ -122,10 +118,7 @@ class LWA(ColdItemLearner):
     def predict_items(self, x: Tensor, rows: Tensor, w: Tensor) -> Tensor:
         """Predictions [items, n] of item tasks x [items, n, F] with ID rows rows [items, dim] in place of the
         table's and the adapted output term w . f~(u) added."""
-        h = self.model.encoder(x)
-        lo = self.item_col * self.dim
-        h = torch.cat([h[..., :lo], rows.unsqueeze(1).expand(-1, h.shape[1], -1), h[..., lo + self.dim:]], -1)
-        return self.model.head(h) + (self.features(x) * w.unsqueeze(1)).sum(-1)
+        return self.item_outputs(x, rows) + (self.features(x) * w.unsqueeze(1)).sum(-1)
 
     def item_scorers(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Each item task's scorer (ID rows, output weights) adapted from its support ratings."""

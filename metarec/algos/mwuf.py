@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.cold_items import ITEM as ITEM_NAME
 from metarec.algos.cold_items import ColdItemConfig, ColdItemLearner, item_features, user_features
 from metarec.checks import rule
 from metarec.tasks import TaskBatch
@@ -82,11 +81,6 @@ class MWUF(ColdItemLearner):
 
     def nets_lr(self) -> float:
         return self.cfg.nets_lr
-
-    def start(self) -> Tensor:
-        """The cold start of every new item's embedding: the mean of the trained ID rows [dim]."""
-        table = self.model.get_parameter(ITEM_NAME).detach()
-        return table[self.known].mean(0)
 
     def warm(self, batch: TaskBatch) -> Tensor:
         """Each item task's warmed embedding [items, dim] from its support ratings (the ratings seen):
