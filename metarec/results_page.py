@@ -117,10 +117,11 @@ def new_users(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[
     if "user_cold" not in states:
         return {}
     first = next(iter(by_method.values()))
-    bars = [b for b in NEW_USER_BARS if b in by_method or (b.startswith("floor: ") and all(
-        b[7:] in first[k]["user_cold"].get("floors_per_task", {}) for k in first))]
-    return {m: {b: paired(runs, None if b.startswith("floor: ") else by_method[b], "user_cold", "mae",
-                          b[7:] if b.startswith("floor: ") else None) for b in bars if b != m}
+    floors = {b: b.removeprefix("floor: ") for b in NEW_USER_BARS if b.startswith("floor: ")}  # bar -> floor name
+    bars = [b for b in NEW_USER_BARS if b in by_method or (b in floors and all(
+        floors[b] in first[k]["user_cold"].get("floors_per_task", {}) for k in first))]
+    return {m: {b: paired(runs, by_method.get(b) if b not in floors else None, "user_cold", "mae", floors.get(b))
+                for b in bars if b != m}
             for m, runs in by_method.items()}
 
 
