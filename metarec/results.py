@@ -14,6 +14,7 @@ the best floor by paired per-task differences.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import os
@@ -109,7 +110,23 @@ def finished(folder: Path, overrides: list[str]) -> bool:
         recorded = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return status == "finished" and (folder / "eval.json").is_file() and recorded == compose_plain(overrides)
+    return status == "finished" and (folder / "eval.json").is_file() and same_config(recorded, compose_plain(overrides))
+
+
+# Keys added to a schema after runs were trained, each with the value that behaves as those runs did:
+# a recorded config without the key equals a composed one that holds this value.
+LATER_KEYS = {("data", "transductive"): False, ("data", "trans_rank"): 10, ("data", "trans_reg"): 10.0,
+              ("data", "trans_folds"): 5, ("data", "trans_shares"): [1.0], ("eval", "ranking"): "query",
+              ("eval", "allow_protocol_change"): False}
+
+
+def same_config(recorded: dict, composed: dict) -> bool:
+    """The recorded run's config is the composed one, up to LATER_KEYS at their old behaviour."""
+    composed = copy.deepcopy(composed)
+    for (group, key), value in LATER_KEYS.items():
+        if key not in recorded.get(group, {}) and composed.get(group, {}).get(key, value) == value:
+            composed.get(group, {}).pop(key, None)
+    return recorded == composed
 
 
 def train_one(folder: Path, overrides: list[str]) -> tuple[Path, int, float]:

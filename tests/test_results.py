@@ -171,6 +171,15 @@ def test_a_finished_run_is_reused_only_with_the_same_resolved_config(tmp_path):
     assert not results.finished(folder, overrides)
 
 
+def test_a_key_added_to_the_schema_after_a_run_keeps_it_only_at_the_old_behaviour():
+    composed = compose_plain(results.run_overrides("ridge_trans", 0, "/data/ml-100k", 1))
+    recorded = {**composed, "data": {k: v for k, v in composed["data"].items() if k != "trans_shares"}}
+    assert composed["data"]["trans_shares"] == [1.0] and results.same_config(recorded, composed)
+    thinner = {**composed, "data": {**composed["data"], "trans_shares": [0.2, 1.0]}}  # a preset that now thins
+    assert not results.same_config(recorded, thinner)
+    assert not results.same_config({**recorded, "data": {**recorded["data"], "trans_reg": 3.0}}, composed)
+
+
 def test_the_page_names_the_protocol_and_refuses_methods_that_train_on_other_data(tmp_path, monkeypatch, capsys):
     line = results.protocol(list(results.METHODS))  # the real presets share one protocol
     assert line.startswith("Protocol: users 60/20/20 meta-train / validation / test") and "data.heavy_users=true" in line

@@ -97,3 +97,34 @@ def test_movielens_states_show_their_support_ratings_and_batches_read_their_rows
     episode = src.sample_train(8, torch.Generator().manual_seed(0))
     seen = episode.support_x[..., -1][episode.support_mask.bool()]
     assert (seen > 0).all() and (seen < 1 + len(src.train_ratings)).all()  # the training block
+
+
+@needs_ml100k()
+def test_training_blocks_of_thinner_shares_and_one_block_drawn_per_task():
+    from metarec.data.movielens import MovieLensTasks
+    cfg = OmegaConf.structured(MovieLensConfig(root=str(ML100K), transductive=True, trans_rank=0, trans_shares=[1.0, 0.2]))
+    src = MovieLensTasks(cfg, "cpu", seed=0, progress=False)
+    plain = MovieLensTasks(OmegaConf.structured(MovieLensConfig(root=str(ML100K), transductive=True, trans_rank=0)),
+                           "cpu", seed=0, progress=False)
+    n_pool, first = len(src.train_ratings), src.trans_rows["train"][src.train_ratings]
+    assert torch.equal(src.factor_table[first], plain.factor_table[plain.trans_rows["train"][src.train_ratings]])
+    # block 1: the same ratings' context from the training ratings of a fifth of the meta-train users
+    train = src.visible("train")
+    chosen = torch.from_numpy(np.random.default_rng([0, 19, 1]).random(src.raw.num_users) < 0.2)
+    keep = chosen[train.users]
+    thin = Visible(train.users[keep], train.items[keep], train.ratings[keep], train.rows[keep])
+    want, count = left_out_bias(thin, thin.users, train.users, train.items, src.mu, src.raw.num_items)
+    assert torch.allclose(src.factor_table[first + n_pool, 0].double(), want, atol=1e-5)
+    _, full_count = left_out_bias(train, train.users, train.users, train.items, src.mu, src.raw.num_items)
+    assert count.median() < 0.3 * full_count.median()  # as thin as a new item's context
+    # evaluation reads the states' own rows, as before
+    assert torch.equal(src.factor_table[src.trans_rows["eval"][src.trans_rows["eval"] > 0]],
+                       plain.factor_table[plain.trans_rows["eval"][plain.trans_rows["eval"] > 0]])
+    episode = src.sample_train(64, torch.Generator().manual_seed(3))
+    rows = torch.cat([episode.support_x[..., -1] * episode.support_mask, episode.query_x[..., -1] * episode.query_mask], 1).long()
+    block = (rows - 1).div(n_pool, rounding_mode="floor")
+    real = rows > 0
+    per_task = [set(block[t][real[t]].tolist()) for t in range(len(rows))]
+    assert all(len(b) == 1 for b in per_task)  # a task reads one block ...
+    assert {b.pop() for b in per_task} == {0, 1}  # ... drawn per task: both occur
+    assert ((rows - block * n_pool)[real] <= n_pool).all()  # a training rating's own row, shifted by whole blocks

@@ -291,6 +291,11 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         if self.trans_rows is not None:  # the transductive context's row: training's or the state's own
             lookup = self.trans_rows["train" if context == "train" else "eval"]
             sx[..., -1], qx[..., -1] = lookup[support], lookup[query]
+            blocks = len(self.cfg.get("trans_shares", [1.0]))
+            if context == "train" and generator is not None and blocks > 1:  # a training block per task (data.trans_shares)
+                shift = (torch.randint(blocks, (len(support), 1), generator=generator) * len(self.train_ratings)).to(self.device)
+                for x in (sx, qx):
+                    x[..., -1] = torch.where(x[..., -1] > 0, x[..., -1] + shift, x[..., -1])
         if self.cfg.item_stats:
             ctx = (self._train_context(torch.cat([support.flatten(), query.flatten()]), generator)
                    if context == "train" and generator is not None else self.item_context[context])
