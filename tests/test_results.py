@@ -172,7 +172,7 @@ def test_a_finished_run_is_reused_only_with_the_same_resolved_config(tmp_path):
 
 
 def test_a_key_added_to_the_schema_after_a_run_keeps_it_only_at_the_old_behaviour():
-    composed = compose_plain(results.run_overrides("ridge_trans", 0, "/data/ml-100k", 1))
+    composed = compose_plain(results.run_overrides("maml", 0, "/data/ml-100k", 1))
     recorded = {**composed, "data": {k: v for k, v in composed["data"].items() if k != "trans_shares"}}
     assert composed["data"]["trans_shares"] == [1.0] and results.same_config(recorded, composed)
     thinner = {**composed, "data": {**composed["data"], "trans_shares": [0.2, 1.0]}}  # a preset that now thins
