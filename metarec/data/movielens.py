@@ -230,6 +230,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         """The exact transductive context (metarec/data/transductive.py) as float columns of the side
         table that the last input column indexes (after the item factors' columns when there are some)."""
         self.factor_table, self.trans_rows = transductive.side_table(self, settings, seed)
+        self.trans_blocks = len(settings.shares)  # training's blocks in it (data.trans_shares)
         if not self.cfg.item_factors:  # a last column of its own; with item factors it takes theirs over
             self.x = torch.cat([self.x, self.x.new_zeros(len(self.x), 1)], dim=1)
 
@@ -291,9 +292,9 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         if self.trans_rows is not None:  # the transductive context's row: training's or the state's own
             lookup = self.trans_rows["train" if context == "train" else "eval"]
             sx[..., -1], qx[..., -1] = lookup[support], lookup[query]
-            blocks = len(self.cfg.get("trans_shares", [1.0]))
-            if context == "train" and generator is not None and blocks > 1:  # a training block per task (data.trans_shares)
-                shift = (torch.randint(blocks, (len(support), 1), generator=generator) * len(self.train_ratings)).to(self.device)
+            if context == "train" and generator is not None and self.trans_blocks > 1:  # a training block per task
+                shift = (torch.randint(self.trans_blocks, (len(support), 1), generator=generator)
+                         * len(self.train_ratings)).to(self.device)
                 for x in (sx, qx):
                     x[..., -1] = torch.where(x[..., -1] > 0, x[..., -1] + shift, x[..., -1])
         if self.cfg.item_stats:

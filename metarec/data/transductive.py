@@ -52,6 +52,10 @@ class Visible:
     ratings: Tensor  # float
     rows: Tensor  # the rating's input row (its index into the task source's x and y)
 
+    def select(self, keep: Tensor) -> "Visible":
+        """The entries `keep` (a mask or indices) picks."""
+        return Visible(self.users[keep], self.items[keep], self.ratings[keep], self.rows[keep])
+
 
 @dataclass(frozen=True)
 class TransSettings:
@@ -133,8 +137,7 @@ def thinned(train: Visible, share: float, n_users: int, seed: int, block: int) -
     if share >= 1:
         return train
     chosen = torch.from_numpy(np.random.default_rng([seed, 19, block]).random(n_users) < share)
-    keep = chosen[train.users]
-    return Visible(*(getattr(train, k)[keep] for k in ("users", "items", "ratings", "rows")))
+    return train.select(chosen[train.users])
 
 
 def context(train: Visible, state: Visible | None, users: Tensor, items: Tensor, mu: float, n_users: int,
@@ -169,8 +172,8 @@ def side_table(source, settings: TransSettings, seed: int) -> tuple[Tensor, dict
     raw, n, device = source.raw, len(source.y), source.device
     rows = {"train": torch.zeros(n, dtype=torch.long), "eval": torch.zeros(n, dtype=torch.long)}
     blocks, next_row, train = [], 1, source.visible("train")
-    jobs = [("train", thinned(train, s, raw.num_users, seed, k), None) for k, s in enumerate(settings.shares)]
-    for state, seen, shown in jobs + [(s, train, source.visible(s)) for s in source.tasks]:
+    jobs = [("train", thinned(train, s, raw.num_users, seed, k), None, k == 0) for k, s in enumerate(settings.shares)]
+    for state, seen, shown, indexed in jobs + [(s, train, source.visible(s), True) for s in source.tasks]:
         targets = _targets(source, state)
         if not len(targets):
             continue
@@ -178,9 +181,8 @@ def side_table(source, settings: TransSettings, seed: int) -> tuple[Tensor, dict
         ctx = context(seen, shown, users, items, source.mu, raw.num_users, raw.num_items, settings, seed)
         old = [] if source.factor_table is None else [source.factor_table[source.x[targets.to(device), -1]].cpu().double()]
         blocks.append(torch.cat(old + [ctx], 1))
-        key = "train" if state == "train" else "eval"
-        if key == "eval" or not rows["train"].any():
-            rows[key][targets] = next_row + torch.arange(len(targets))
+        if indexed:  # training's later blocks are reached by a shift of the first one's rows
+            rows["train" if state == "train" else "eval"][targets] = next_row + torch.arange(len(targets))
         next_row += len(targets)
     flat = torch.cat(blocks).float()
     table = torch.cat([flat.new_zeros(1, flat.shape[1]), flat]).to(device)
