@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from metarec import catalog_page
+from metarec import catalog_page, results_figures
 from metarec import runs as run_folders
 from metarec.compose import compose_plain
 from metarec.errors import UserError
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(summary, wall, {m: preset_hparams(m, args.data) for m in args.methods}, command, fingerprint, line,
                   folder, args.data)
     text += "\n" + catalog_page.from_folders(lambda m, k: folder_of(args.out, m, k), args.methods, args.seeds)
+    text += "\n" + results_figures.page_section(runs, summary, args.doc.parent / "figures" / args.data, args.doc)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(text + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=list) + "\n")
