@@ -48,7 +48,10 @@ class TrainerConfig:
     resume: Optional[str] = None  # auto (newest last.pt of this run dir) | PATH
     compile: bool = False  # torch.compile the inner loop
     fast_paths: bool = True  # the engine's written-out paths for models that declare them; false: the core path alone (debugging, new models)
-    tensorboard: bool = False
+    tensorboard: bool = False  # an alias of "tensorboard" in loggers
+    loggers: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb (metarec/loggers.py)
+    tracking_experiment: Optional[str] = None  # mlflow / wandb: null = a multirun's sweep folder, else "metarec"
+    tracking_uri: Optional[str] = None  # mlflow: null = $MLFLOW_TRACKING_URI, else a file store in ./outputs/mlruns
     progress: bool = True  # tqdm bar
 
 

@@ -54,6 +54,8 @@ def check_packages(cfg) -> None:
     if cfg.trainer.get("tensorboard") and missing("tensorboard"):
         raise UserError("trainer.tensorboard=true needs the tensorboard extra (tensorboard is not installed): "
                         "pip install 'metarec[tensorboard]', or leave trainer.tensorboard=false")
+    from metarec import loggers  # trainer.loggers: each tracker's extra
+    loggers.check(cfg, missing)
 
 
 def check_extras(argv: list[str]) -> None:

@@ -20,7 +20,7 @@ log = logging.getLogger("metarec")
 # Settings a resumed run may change: how long it runs, how it reports, where it runs and the data's
 # location (the fingerprint checks the data itself). Anything else would silently mix two experiments.
 RESUME_MAY_CHANGE = ("trainer.max_steps", "trainer.resume", "trainer.progress", "trainer.log_every",
-                     "trainer.tensorboard", "trainer.val_every", "trainer.patience", "eval.", "device.",
+                     "trainer.tensorboard", "trainer.loggers", "trainer.tracking_", "trainer.val_every", "trainer.patience", "eval.", "device.",
                      "data.root", "data.cache_dir", "checkpoint")
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import metarec
-from metarec import checkpoint, distributed
+from metarec import checkpoint, distributed, loggers
 from metarec import progress as progress_lines
 from metarec.algos import ALGOS
 from metarec.algos.base import MetaLearner
@@ -83,13 +83,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     """
     signals = SignalCatcher()  # until the loop starts (and after it ends) a signal stops at once
     progress = Progress()
-    run = None
+    run, rank = None, 0
     try:
         device = setup_device(cfg.device)
         rank, world = distributed.setup(device)  # torchrun: this process's rank and the number of ranks; else 0, 1
         run_dir = distributed.rank_dir(run_dir, rank, world)  # rank 0 writes the run folder, other ranks a scratch one
         progress_lines.show(cfg.trainer.progress and rank == 0)  # decoding, factor fits, evaluation, floors
-        run = RunFolder(run_dir, cfg.trainer.tensorboard)
+        run = RunFolder(run_dir, "tensorboard" in loggers.requested(cfg))
         signals.beat = run.beat  # the heartbeat between evaluation chunks
         return _train(cfg, run, device, (rank, world), progress, signals)
     except Interrupted as e:
@@ -101,6 +101,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         signals.restore()
         if run is not None:
             run.release()
+            if run.lock is not None and rank == 0:  # a run this process ran (not a refusal), rank 0's folder
+                loggers.publish(cfg, run.path)
 
 
 def _train(cfg: DictConfig, run: RunFolder, device: torch.device, ranks: tuple[int, int], progress: Progress,

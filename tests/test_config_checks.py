@@ -31,6 +31,8 @@ NOWHERE = "data.root=/nonexistent/ml-100k"  # a MovieLens case that read data wo
 CASES = {
     # ---- ranges ------------------------------------------------------------------------------------
     "meta_batch_zero": (["train", "trainer.meta_batch_size=0", NOWHERE], "trainer.meta_batch_size=0: must be >= 1"),
+    "unknown_logger": (["train", "trainer.loggers=[neptune]", NOWHERE],
+                       "trainer.loggers: 'neptune' is not one of tensorboard, mlflow, wandb"),
     "meta_batch_negative": (["train", "trainer.meta_batch_size=-3", NOWHERE], "trainer.meta_batch_size=-3: must be >= 1"),
     "max_steps_negative": (["train", "trainer.max_steps=-5", NOWHERE], "trainer.max_steps=-5: must be >= 1"),
     "val_every_zero": (["train", "trainer.val_every=0", NOWHERE], "trainer.val_every=0: must be >= 1"),
@@ -76,13 +78,16 @@ BLOCKER = textwrap.dedent("""
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     sys.meta_path.insert(0, Absent())
 """)
-ABSENT = "hydra_plugins.hydra_joblib_launcher,hydra_plugins.hydra_optuna_sweeper,hydra_plugins.hydra_submitit_launcher,tensorboard"
+ABSENT = "hydra_plugins.hydra_joblib_launcher,hydra_plugins.hydra_optuna_sweeper,hydra_plugins.hydra_submitit_launcher,tensorboard,mlflow,wandb"
 EXTRAS = {
     "joblib": (["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"],
                "hydra/launcher=joblib needs the sweep extra (hydra-joblib-launcher is not installed): pip install 'metarec[sweep]'"),
     "optuna": (["train", "-m", "hparams_search=maml_movielens"], "hydra/sweeper=optuna needs the sweep extra"),
     "slurm": (["train", "-m", "hydra/launcher=slurm", "seed=0,1"], "pip install 'metarec[sweep]'"),
     "tensorboard": (["train", "data=sinusoid", "trainer.tensorboard=true"], "pip install 'metarec[tensorboard]'"),
+    "mlflow": (["train", "data=sinusoid", "trainer.loggers=[mlflow]"],
+               "trainer.loggers=[mlflow] needs the mlflow extra (mlflow is not installed): pip install 'metarec[mlflow]'"),
+    "wandb": (["train", "data=sinusoid", "trainer.loggers=[wandb]"], "pip install 'metarec[wandb]'"),
 }
 
 

@@ -178,6 +178,9 @@ def test_a_key_added_to_the_schema_after_a_run_keeps_it_only_at_the_old_behaviou
     thinner = {**composed, "data": {**composed["data"], "trans_shares": [0.2, 1.0]}}  # a preset that now thins
     assert not results.same_config(recorded, thinner)
     assert not results.same_config({**recorded, "data": {**recorded["data"], "trans_reg": 3.0}}, composed)
+    # the trackers' keys (metarec/loggers.py) came later too: a run without them is reused
+    before = {**composed, "trainer": {k: v for k, v in composed["trainer"].items() if k not in ("loggers", "tracking_experiment", "tracking_uri")}}
+    assert composed["trainer"]["loggers"] == [] and results.same_config(before, composed)
 
 
 def test_the_page_names_the_protocol_and_refuses_methods_that_train_on_other_data(tmp_path, monkeypatch, capsys):
