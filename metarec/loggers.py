@@ -1,14 +1,5 @@
-"""Experiment trackers (trainer.loggers): when a run ends, its folder is sent to MLflow or Weights & Biases;
-TensorBoard events are written live by the run folder (metarec/run_folder.py). The run folder stays the record.
-
-    metarec train -m algo=maml,reptile seed=0,1 'trainer.loggers=[mlflow]'   # one experiment, a run per job
-    metarec train 'trainer.loggers=[wandb]'         # offline files under RUN/wandb unless you are logged in
-
-What each tracker gets: params = the composed config flattened (algo.inner_lr, ...); metrics = every
-metrics.jsonl row as SPLIT/KEY at its training step, and eval.json's headline metrics and floors as
-test/STATE/KEY and test/STATE/floor/NAME/KEY at the best checkpoint's step; artifacts = every file of
-the run folder (checkpoints included). MLflow names may not hold "@": ndcg@3 is logged as ndcg_at_3.
-"""
+"""Experiment trackers (trainer.loggers): an ended run's folder sent to MLflow or Weights & Biases (TensorBoard
+events are written live by metarec/run_folder.py); the run folder stays the record."""
 from __future__ import annotations
 
 import json
@@ -62,7 +53,11 @@ def publish(cfg: DictConfig, run_dir: Path) -> None:
 
 
 class RunRecord:
-    """What a tracker is sent: names, params, metric rows and files, read from the run folder."""
+    """What a tracker is sent, read from the run folder: params = the composed config flattened
+    (algo.inner_lr, ...); metrics = every metrics.jsonl row as SPLIT/KEY at its training step, and
+    eval.json's headline metrics and floors as test/STATE/KEY and test/STATE/floor/NAME/KEY at the best
+    checkpoint's step; files = every file of the run folder (checkpoints included). MLflow names may not
+    hold "@": ndcg@3 goes there as ndcg_at_3."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, job: dict, status: str, rows: list[dict], result: dict):
         self.cfg, self.path, self.job, self.status, self.rows, self.result = cfg, run_dir, job, status, rows, result
@@ -222,7 +217,7 @@ def _wandb(cfg: DictConfig, run_dir: Path, record: RunRecord) -> None:
     multirun = record.job["name"] != run_dir.name
     run = wandb.init(project="metarec", group=record.job["experiment"] if multirun else None, name=record.job["name"],
                      dir=str(run_dir), config=record.params(), mode=wandb_mode(), tags=[record.status],
-                     settings=wandb.Settings(console="off", silent=True))
+                     settings=wandb.Settings(console="off", silent=True, init_timeout=300))  # a loaded machine starts W&B's service slowly
     try:
         for step, values in record.metric_rows():
             run.log(values, step=step)
@@ -233,6 +228,9 @@ def _wandb(cfg: DictConfig, run_dir: Path, record: RunRecord) -> None:
             shutil.copy2(path, copy)
     finally:
         run.finish(exit_code=0 if record.status == "finished" else 1)
+        # finish() may return before W&B's service has written the run file (seen on a loaded machine);
+        # shutting the service down waits for it, so the offline files are whole when the job ends
+        wandb.teardown()
 
 
 def _json(path: Path) -> dict:

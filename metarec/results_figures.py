@@ -1,13 +1,5 @@
-"""The results pages' figures (PNG, matplotlib's Agg canvas, as metarec/report.py draws): each method
-against the best floor of its input class, MAE and nDCG by support size, and the size benchmark's cost.
-
-    python -m metarec.results_figures scale bench-scale.json --out docs/figures/scale.png
-
-Each draw_* function returns the series it plotted (the tests check those, not pixels). A row's input
-class is eval.json's per-state "input_class" ("inductive" / "transductive") where the run wrote one,
-else the page's list of transductive methods; a floor's is its own "input_class", else its name (the
-floors whose name ends in _transductive read other test users' support sets).
-"""
+"""The results pages' figures (PNG, Agg, as metarec/report.py draws): each method against the best floor of its
+input class, MAE and nDCG by support size, and the size benchmark's cost; each returns the series it plotted."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +37,8 @@ def _save(fig, path: Path) -> Path:
 
 # ---- input classes --------------------------------------------------------------------------------------
 def method_class(runs: dict[int, dict], state: str, transductive: set[str], method: str) -> str:
-    """The class a method's eval.json gives the state's row (the same in every seed), else the page's list."""
+    """The class a method's eval.json gives the state's row ("input_class": "inductive" | "transductive", the
+    same in every seed), else the page's list of transductive methods (what the pages read before eval.json had it)."""
     found = {runs[s][state].get("input_class") for s in runs} - {None}
     if len(found) > 1:
         raise UserError(f"{method} {state}: the seeds' eval.json disagree on its input class ({sorted(found)}): "
@@ -59,6 +52,8 @@ def method_class(runs: dict[int, dict], state: str, transductive: set[str], meth
 
 
 def floor_class(state_doc: dict, floor: str) -> str:
+    """A floor's own "input_class" in eval.json, else its name: the *_transductive floors read other test
+    users' support sets of the state."""
     value = (state_doc.get("floors", {}).get(floor) or {}).get("input_class")
     return value if value in CLASSES else ("transductive" if floor.endswith("_transductive") else "inductive")
 
@@ -244,6 +239,7 @@ def page_section(runs: list[SeedRun], summary: dict, folder: Path, doc: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    """python -m metarec.results_figures scale BENCH.json --out docs/figures/scale.png"""
     p = argparse.ArgumentParser(prog="python -m metarec.results_figures", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="figure", required=True)
     scale = sub.add_parser("scale", help="time and memory per phase from `metarec bench --scale`'s JSON (log-log)")

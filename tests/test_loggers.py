@@ -153,17 +153,22 @@ def wandb_records(path: Path) -> list:
 
 
 @needs_wandb
-def test_wandb_offline_run_file_read_back_equals_the_run_folder(tmp_path, monkeypatch):
+def test_wandb_offline_run_file_read_back_equals_the_run_folder(tmp_path, monkeypatch, caplog):
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login: offline
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
     run = run_folder(tmp_path / "run")
-    loggers.publish(cfg(loggers=["wandb"]), run)
-    (offline,) = (run / "wandb").glob("offline-run-*")
+    with caplog.at_level(logging.WARNING, logger="metarec"):
+        loggers.publish(cfg(loggers=["wandb"]), run)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    found = list((run / "wandb").glob("offline-run-*"))
+    assert len(found) == 1, sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    offline = found[0]
     (wandb_file,) = offline.glob("run-*.wandb")
     records = wandb_records(wandb_file)
     kinds = [r.WhichOneof("record_type") for r in records]
+    assert kinds.count("run") == 1, (kinds, wandb_file.stat().st_size)
     (start,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert start.display_name == "run" and start.project == "metarec"
     config = {u.key: json.loads(u.value_json) for u in start.config.update if u.key != "_wandb"}
