@@ -216,3 +216,36 @@ def test_a_3_job_sweep_is_one_mlflow_experiment_with_a_run_per_job(tmp_path):
         assert got == val and len(val) == 2
         state, doc = next(iter(json.loads((folder / "eval.json").read_text())["states"].items()))
         assert run.data.metrics[f"test/{state}/mse"] == doc["steps"][str(doc["headline_step"])]["mse"]
+
+
+@needs_mlflow
+def test_jobs_racing_to_make_the_sweeps_experiment_share_it(tmp_path):
+    client = mlflow_client(tmp_path / "mlruns")
+    made = client.create_experiment("outputs/multirun/x")  # another job made it between our look and our create
+
+    class Late:  # the look that came before that job's create
+        def __init__(self):
+            self.looks = 0
+
+        def get_experiment_by_name(self, name):
+            self.looks += 1
+            return None if self.looks == 1 else client.get_experiment_by_name(name)
+
+        def create_experiment(self, name):
+            return client.create_experiment(name)
+
+    assert loggers._experiment(Late(), "outputs/multirun/x") == made
+
+
+@needs_mlflow
+@pytest.mark.slow
+def test_a_tracker_that_fails_costs_the_run_nothing(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    r = run_cli("train", *QUICK, "trainer.loggers=[mlflow]", f"trainer.tracking_uri={(blocked / 'mlruns').as_uri()}",
+                f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [line for line in (r.stdout + r.stderr).splitlines() if "trainer.loggers: mlflow could not log" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(f"the run folder {tmp_path}/run is the record")
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
+    assert (tmp_path / "run" / "eval.json").is_file() and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
