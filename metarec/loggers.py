@@ -111,14 +111,15 @@ def hydra_job(cfg: DictConfig, run_dir: Path) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     overrides: list[str] = []
-    experiment, name = cfg.trainer.get("tracking_experiment"), run_dir.name
+    experiment, name, multirun = cfg.trainer.get("tracking_experiment"), run_dir.name, False
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         overrides = list(hc.overrides.task)
-        if hc.mode == RunMode.MULTIRUN:
+        multirun = hc.mode == RunMode.MULTIRUN
+        if multirun:
             experiment = experiment or str(hc.sweep.dir)
             name = f"{hc.job.num}: {' '.join(swept(overrides, Path(hc.sweep.dir) / 'multirun.yaml'))}".rstrip(": ")
-    return {"experiment": experiment or "metarec", "name": name, "overrides": overrides}
+    return {"experiment": experiment or "metarec", "name": name, "overrides": overrides, "multirun": multirun}
 
 
 _SWEEP_SYNTAX = re.compile(r",|^\s*(range|choice|interval|glob|tag)\(")
@@ -214,8 +215,7 @@ def wandb_mode() -> str:
 
 def _wandb(cfg: DictConfig, run_dir: Path, record: RunRecord) -> None:
     import wandb
-    multirun = record.job["name"] != run_dir.name
-    run = wandb.init(project="metarec", group=record.job["experiment"] if multirun else None, name=record.job["name"],
+    run = wandb.init(project="metarec", group=record.job["experiment"] if record.job["multirun"] else None, name=record.job["name"],
                      dir=str(run_dir), config=record.params(), mode=wandb_mode(), tags=[record.status],
                      settings=wandb.Settings(console="off", silent=True, init_timeout=300))  # a loaded machine starts W&B's service slowly
     try:

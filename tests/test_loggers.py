@@ -60,6 +60,15 @@ def test_names_params_and_the_tensorboard_alias():
     assert loggers.requested(cfg(loggers=["tensorboard"], tensorboard=True)) == ["tensorboard"]
 
 
+def test_a_jobs_name_holds_the_overrides_its_sweep_varies(tmp_path):
+    multirun = tmp_path / "multirun.yaml"
+    multirun.write_text(yaml.safe_dump({"hydra": {"overrides": {"task": [
+        "algo=maml,reptile", "seed=range(0,3)", "data=sinusoid", "trainer.progress=false"]}}}))
+    job = ["algo=reptile", "seed=2", "data=sinusoid", "trainer.progress=False", "algo.meta_lr=0.003"]  # the last: Optuna's
+    assert loggers.swept(job, multirun) == ["algo=reptile", "seed=2", "algo.meta_lr=0.003"]
+    assert loggers.swept(job, tmp_path / "absent.yaml") == job
+
+
 def test_an_unknown_or_missing_logger_is_one_clear_line():
     with pytest.raises(UserError, match=r"^trainer.loggers: 'neptune' is not one of tensorboard, mlflow, wandb$"):
         loggers.check(cfg(loggers=["neptune"]), lambda m: False)
