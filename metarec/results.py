@@ -117,7 +117,8 @@ def finished(folder: Path, overrides: list[str]) -> bool:
 # a recorded config without the key equals a composed one that holds this value.
 LATER_KEYS = {("data", "transductive"): False, ("data", "trans_rank"): 10, ("data", "trans_reg"): 10.0,
               ("data", "trans_folds"): 5, ("data", "trans_shares"): [1.0], ("eval", "ranking"): "query",
-              ("eval", "allow_protocol_change"): False}
+              ("eval", "allow_protocol_change"): False, ("data", "val_items"): 0.0,
+              ("trainer", "select_state"): None}
 
 
 def same_config(recorded: dict, composed: dict) -> bool:
