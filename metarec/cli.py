@@ -52,7 +52,10 @@ def _user_errors(fn):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"metarec: error: {e}", file=sys.stderr)
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
+            hydra_cfg = HydraConfig.get()
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                from metarec.sweep_failures import mark  # counted by the launching process, wherever this job ran
+                mark(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, _run_dir(), str(e))
                 return _failed_value()  # one failed job must not end the sweep; its status.json says why
             raise SystemExit(2) from None
     wrapper.__wrapped__ = fn

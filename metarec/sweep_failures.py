@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 SHOWN = 5  # failed folders named in the line; the rest are counted
+MARKS = ".failed"  # SWEEP/.failed/NUM.json: a job's own record that it failed (see mark)
 ENDED: list[Failures] = []  # what each multirun of this process ended with (the CLI reads the last)
 
 
@@ -24,6 +25,7 @@ class Failures:
     sweep: Path
     jobs: list[Path] = field(default_factory=list)
     failed: list[Path] = field(default_factory=list)
+    said: dict[Path, str] = field(default_factory=dict)  # folder -> the reason its job's mark gives
 
     def line(self) -> str:
         """One line: how many failed, where their errors are (empty when none failed)."""
@@ -33,7 +35,7 @@ class Failures:
         more = f" and {len(self.failed) - SHOWN} more" if len(self.failed) > SHOWN else ""
         logs = self.sweep / ".submitit"
         launcher = f"; the launcher's logs are in {logs}" if logs.is_dir() else ""
-        first = reason_of(self.failed[0])
+        first = self.said.get(self.failed[0]) or reason_of(self.failed[0])
         return (f"{len(self.failed)} of {len(self.jobs)} job(s) of the sweep failed: the status.json and train.log "
                 f"of {named}{more} say why{launcher}" + (f" (the first: {first})" if first else ""))
 
@@ -52,12 +54,16 @@ def _mtime(path: Path) -> int | None:
         return None
 
 
-def _record(folder: Path) -> dict:
+def _json(path: Path) -> dict:
     try:
-        doc = json.loads((folder / "status.json").read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _record(folder: Path) -> dict:
+    return _json(folder / "status.json")
 
 
 def status_of(folder: Path) -> str | None:
@@ -74,13 +80,38 @@ def reason_of(folder: Path) -> str:
     return str(doc.get("reason") or doc.get("status"))
 
 
-def count(sweep: Path, before: dict[Path, tuple[int | None, int | None]]) -> Failures:
-    """The jobs this multirun wrote (folders new or changed since `before`) and those whose status.json
-    is not "finished": failed, interrupted, still "running" after the sweep ended (its process died),
-    or absent (the job ended before its run folder had a record)."""
+def mark(sweep: Path, job: int, folder: Path, reason: str) -> None:
+    """A job's own word that it failed (written by the job, wherever it runs): SWEEP/.failed/NUM.json.
+    A job refused before it could write its status.json (another run's record in its folder) counts too."""
+    marks = sweep / MARKS
+    try:
+        marks.mkdir(parents=True, exist_ok=True)
+        (marks / f"{job}.json").write_text(json.dumps({"folder": str(folder), "reason": reason}) + "\n")
+    except OSError:
+        pass  # an unwritable sweep folder: its status.json, where written, still counts
+
+
+def marked(sweep: Path) -> dict[Path, int | None]:
+    """SWEEP/.failed/*.json -> their modification times."""
+    return {p: _mtime(p) for p in (sweep / MARKS).glob("*.json")}
+
+
+def count(sweep: Path, before: dict[Path, tuple[int | None, int | None]], marks_before: dict | None = None) -> Failures:
+    """The jobs this multirun wrote (folders new or changed since `before`) and those that failed: a
+    mark written since `marks_before`, or a status.json that is not "finished" (failed, interrupted,
+    still "running" after the sweep ended: its process died; absent: it ended before its folder had one)."""
     now = job_folders(sweep)
-    jobs = sorted((f for f, stamp in now.items() if before.get(f) != stamp), key=_job_order)
-    return Failures(sweep, jobs, [f for f in jobs if status_of(f) != "finished"])
+    jobs = {f for f, stamp in now.items() if before.get(f) != stamp}
+    said = {}
+    real = {f.resolve(): f for f in now}  # a mark names its folder absolute, the sweep folder may be relative
+    for path, stamp in marked(sweep).items():
+        if (marks_before or {}).get(path) != stamp:
+            doc = _json(path)
+            folder = Path(doc.get("folder", sweep / path.stem))
+            said[real.get(folder.resolve(), folder)] = str(doc.get("reason", "failed"))
+    jobs = sorted(jobs | said.keys(), key=_job_order)
+    failed = [f for f in jobs if f in said or status_of(f) != "finished"]
+    return Failures(sweep, jobs, failed, said)
 
 
 def _job_order(folder: Path) -> tuple:
@@ -94,12 +125,13 @@ class SweepFailures(Callback):
     def __init__(self) -> None:
         self.sweep: Path | None = None
         self.before: dict[Path, tuple[int | None, int | None]] = {}
+        self.marks: dict[Path, int | None] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # the ${now:...} of the sweep folder is cached on this config, so the launcher resolves the same folder
         self.sweep = Path(str(config.hydra.sweep.dir))
-        self.before = job_folders(self.sweep)
+        self.before, self.marks = job_folders(self.sweep), marked(self.sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.sweep is not None:
-            ENDED.append(count(self.sweep, self.before))
+            ENDED.append(count(self.sweep, self.before, self.marks))

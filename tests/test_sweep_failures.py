@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import read_json, run_cli
 
-from metarec.sweep_failures import Failures, SweepFailures, count, job_folders
+from metarec.sweep_failures import Failures, SweepFailures, count, job_folders, mark, marked
 
 QUICK = ["data=sinusoid", "device=cpu", "device.threads=1", "trainer.max_steps=10", "trainer.val_every=10",
          "trainer.log_every=10", "trainer.progress=false", "trainer.meta_batch_size=4"]
@@ -123,3 +123,28 @@ def test_a_rerun_into_the_same_sweep_folder_counts_only_its_own_jobs(tmp_path):
                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert r.returncode == 1 and "1 of 1 job(s) of the sweep failed" in r.stderr, r.stderr[-2000:]
     assert f"{sweep}/again say why" in r.stderr
+
+
+def test_a_job_refused_before_its_status_json_counts_by_its_own_mark(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = Path("rel") / "sweep"  # as the user gave it: relative; the job names its folder absolute
+    _job(sweep / "0", "finished")  # an earlier run's record, which the refused job does not overwrite
+    before, marks = job_folders(sweep), marked(sweep)
+    _job(sweep / "0", "finished")
+    _bump(sweep / "0" / ".hydra" / "overrides.yaml")  # Hydra wrote .hydra/ again for this invocation's job
+    mark(sweep, 0, (tmp_path / sweep / "0").resolve(), "rel/sweep/0 already holds a run")
+    ended = count(sweep, before, marks)
+    assert ended.jobs == ended.failed == [sweep / "0"]
+    assert ended.line().endswith("say why (the first: rel/sweep/0 already holds a run)")
+    assert count(sweep, job_folders(sweep), marked(sweep)).failed == []  # the next invocation: an old mark
+
+
+def test_a_sweep_rerun_into_a_finished_sweep_folder_fails_on_the_refused_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *QUICK, "seed=0", f"hydra.sweep.dir={sweep}"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    r = run_cli(*args, cwd=tmp_path)  # the job's folder holds the finished run: refused, status.json untouched
+    assert r.returncode == 1 and read_json(sweep / "0" / "status.json")["status"] == "finished", r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(f"metarec: error: 1 of 1 job(s) of the sweep failed: the "
+                                                         f"status.json and train.log of {sweep}/0 say why (the first: "
+                                                         f"{sweep}/0 already holds a run")
