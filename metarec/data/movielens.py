@@ -38,9 +38,7 @@ from metarec.errors import UserError
 from metarec.states import CUT_YEAR, STATES
 from metarec.tasks import TaskBatch, TaskSource
 
-# validation users on existing items (model selection) and on new ones; with data.val_items, meta-train
-# users on a held-out share of the new items (item_cold's own validation state, see _held_new_items)
-VAL_STATES = ("val", "val_new", "val_item_cold")
+VAL_STATES = ("val", "val_new", "val_item_cold")  # validation users on existing / new items; _held_new_items
 
 
 def _pad(rows: list[np.ndarray], width: int | None = None) -> tuple[Tensor, Tensor]:
@@ -189,11 +187,9 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         self._item_bias(train_idx)
 
     def _held_new_items(self, seed: int) -> np.ndarray | None:
-        """data.val_items: a seeded share of the new items [items] (bool), whose meta-train users' ratings
-        form val_item_cold, item_cold's own validation state; None when 0 (MeLU's item_cold). A meta-train
-        user's new-item partition that the filter keeps is split by item after its shuffle: the rest is an
-        item_cold task if it keeps more than query_size ratings, the held part (2 or more) a validation task.
-        The draws, and every other state's tasks, stay as they are without it."""
+        """data.val_items: a seeded share of the new items [items] (bool) whose meta-train users' ratings form
+        val_item_cold (item_cold's validation state; None when 0: MeLU's item_cold). _split cuts a kept
+        new-item partition by item after its shuffle, so the draws and every other state stay as without it."""
         if self.cfg.val_items <= 0:
             return None
         new_items = np.flatnonzero(self.new_item)
