@@ -191,7 +191,8 @@ def against(run_dir: Path, other_dir: Path) -> list[str]:
             continue
         d, se = paired_difference(va, vb)
         real = abs(d) > max(2 * se, SPREAD_MAE)
-        lines.append(f"  {state}: {d:+.4f} ± {se:.4f} SE over {len(va)} tasks: "
+        z = f"{d / se:+.1f}" if se > 0 else "inf"
+        lines.append(f"  {state}: {d:+.4f} ± {se:.4f} SE (z {z}) over {len(va)} tasks: "
                      + ("a real difference" if real else "within 2 SE or the cross-machine spread"))
     return lines
 

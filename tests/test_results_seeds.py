@@ -128,8 +128,12 @@ def test_against_gives_the_paired_per_task_difference(page, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     # user_cold: maml - ridge = [0, .1, .2]: mean .1, SE sd(.1) / sqrt(3) = .057735; item_cold [-.05, .05]: 0 ± .05
     se = 0.1 / math.sqrt(3)
-    assert f"  user_cold: +0.1000 ± {se:.4f} SE over 3 tasks: within 2 SE or the cross-machine spread" in r.stdout
-    assert "  item_cold: +0.0000 ± 0.0500 SE over 2 tasks: within 2 SE or the cross-machine spread" in r.stdout
+    assert f"  user_cold: +0.1000 ± {se:.4f} SE (z +1.7) over 3 tasks: within 2 SE or the cross-machine spread" in r.stdout
+    assert "  item_cold: +0.0000 ± 0.0500 SE (z +0.0) over 2 tasks: within 2 SE or the cross-machine spread" in r.stdout
+    c = write_run(tmp_path / "c", "maml", 0, shift=0.3)  # every task 0.3 worse: beyond 2 SE and the spread
+    r = run_cli("results", "--check", a, "--page", page, "--against", c)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("  item_cold: -0.3000 ± 0.0000 SE (z "))
+    assert line.endswith(" over 2 tasks: a real difference"), r.stdout
 
 
 def test_the_catalogue_step_runs_for_ridges_checkpoints_and_counts_in_the_wall_time(tmp_path, monkeypatch):
