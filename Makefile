@@ -31,7 +31,7 @@ test-fast: setup  ## unit tests only
 bench: setup  ## meta-training throughput: engine vs per-task loop vs supervised step
 	$(BIN)/metarec bench --out bench.json
 
-results: setup  ## every method x 3 split seeds on ml-100k and ml-1m -> docs/results.md, docs/results-ml1m.md (ML100K=PATH ML1M=PATH)
+results: setup  ## every method x 3 split seeds (+ ridge's catalogue evaluation) on ml-100k and ml-1m -> docs/results[-ml1m].md and .seeds.json (ML100K=PATH ML1M=PATH)
 	$(BIN)/python -m metarec.results $(if $(ML100K),--data-root $(ML100K)) $(ARGS)
 	$(BIN)/python -m metarec.results --data ml-1m $(if $(ML1M),--data-root $(ML1M)) $(ARGS)
 

@@ -1,5 +1,5 @@
 """The results page's "Catalog ranking" section (python -m metarec.results): eval.ranking=catalog's
-numbers over split seeds, where the run folders have them.
+numbers over split seeds, where the run folders have them (`make results` evaluates CATALOG_METHODS').
 
 A run folder has them in its own eval.json (trained with eval.ranking=catalog) or in catalog/eval.json
 (`metarec eval checkpoint=RUN/checkpoints/best.pt eval.ranking=catalog hydra.run.dir=RUN/catalog`).
@@ -69,6 +69,21 @@ def catalog_section(found: dict[str, dict[int, dict]], k: int = 10) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+CATALOG_METHODS = ("ridge",)  # the methods whose checkpoints `make results` also ranks over the catalogue
+
+
+def missing(folder_of: Callable[[str, int], Path], methods: list[str], seeds: list[int]) -> list[Path]:
+    """The run folders of CATALOG_METHODS with a best.pt and no catalogue numbers yet."""
+    folders = [folder_of(m, s) for m in methods if m in CATALOG_METHODS for s in seeds]
+    return [f for f in folders if (f / "checkpoints" / "best.pt").is_file() and catalog_states(f) is None]
+
+
+def eval_args(folder: Path, extra: list[str]) -> list[str]:
+    """`metarec eval` of a run's best checkpoint with eval.ranking=catalog into RUN/catalog."""
+    return ["eval", f"checkpoint={folder / 'checkpoints' / 'best.pt'}", "eval.ranking=catalog",
+            f"hydra.run.dir={folder / 'catalog'}", *extra]
 
 
 def from_folders(folder_of: Callable[[str, int], Path], methods: list[str], seeds: list[int]) -> str:

@@ -6,6 +6,7 @@
     metarec report outputs/multirun/DATE/TIME
     metarec bench --out bench.json
     metarec recommend checkpoint=outputs/DATE/TIME/checkpoints/best.pt ratings=my_ratings.csv
+    metarec results --check outputs/DATE/TIME     # one run against its results page's per-seed value
 """
 from __future__ import annotations
 
@@ -34,12 +35,11 @@ commands:
   report  summarise runs / sweeps:   metarec report outputs/multirun/DATE/TIME
   bench   meta-training throughput:  metarec bench [--out bench.json]
   recommend  top-k for a new user:   metarec recommend checkpoint=PATH ratings=FILE [top_k=10] [--json]
+  results the results pages:         metarec results [--data ml-1m] ... (python -m metarec.results);
+          one run against a page:    metarec results --check RUN [--page docs/results-ml1m.md] [--against RUN2]
 """
 CONF = "pkg://metarec.conf"
 log = logging.getLogger("metarec")
-
-
-FAILED_JOBS: list[str] = []  # sweep jobs (run in this process) that ended in a UserError
 
 
 def _user_errors(fn):
@@ -52,8 +52,10 @@ def _user_errors(fn):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"metarec: error: {e}", file=sys.stderr)
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
-                FAILED_JOBS.append(str(e))
+            hydra_cfg = HydraConfig.get()
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                from metarec.sweep_failures import mark  # counted by the launching process, wherever this job ran
+                mark(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, _run_dir(), str(e))
                 return _failed_value()  # one failed job must not end the sweep; its status.json says why
             raise SystemExit(2) from None
     wrapper.__wrapped__ = fn
@@ -144,9 +146,9 @@ def _hydra(app, name: str, argv: list[str]) -> int:
     except KeyboardInterrupt:  # Ctrl-C while importing or composing, before training takes signals over
         print(f"metarec: SIGINT: stopped before {name} started", file=sys.stderr)
         return 130
-    if FAILED_JOBS:
-        print(f"metarec: error: {len(FAILED_JOBS)} job(s) of the sweep failed (see above and each run's status.json)",
-              file=sys.stderr)
+    from metarec.sweep_failures import ENDED  # every launcher's jobs, counted from their run folders
+    if ENDED and ENDED[-1].failed:
+        print(f"metarec: error: {ENDED[-1].line()}", file=sys.stderr)
         return 1
     return 0
 
@@ -184,7 +186,7 @@ def _completion(argv: list[str]) -> int:
     sub = words[1] if len(words) > 1 else None
     if request.startswith("query=") and sub not in ("train", "eval"):
         typed = words[1] if len(words) > 1 and not os.environ.get("COMP_LINE", "").endswith(" ") else ""
-        print(" ".join(c for c in ("train", "eval", "data", "report", "bench", "recommend") if c.startswith(typed)))
+        print(" ".join(c for c in ("train", "eval", "data", "report", "bench", "recommend", "results") if c.startswith(typed)))
         return 0
     if request.startswith("query="):
         os.environ["COMP_LINE"] = " ".join(["metarec", *words[2:]]) + (" " if os.environ["COMP_LINE"].endswith(" ") else "")
@@ -219,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "bench":
         from metarec.bench import main as bench_main
         return bench_main(rest)
+    if cmd == "results":  # --check RUN: one run against a page's per-seed values; else `make results`'s pages
+        from metarec import results, results_seeds
+        return results_seeds.main(rest) if any(a.startswith("--check") for a in rest) else results.main(rest)
     if cmd == "recommend":
         from metarec.recommend import main as recommend_main
         return recommend_main(rest)

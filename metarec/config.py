@@ -53,6 +53,7 @@ class TrainerConfig:
     tracking_experiment: Optional[str] = None  # mlflow / wandb: null = a multirun's sweep folder, else "metarec"
     tracking_uri: Optional[str] = None  # mlflow: null = $MLFLOW_TRACKING_URI, else a file store in ./outputs/mlruns
     progress: bool = True  # tqdm bar
+    select_state: Optional[str] = rule(None, "one of val, val_new, val_item_cold")  # the validation state best.pt is chosen on; null = the algorithm's (val; val_new for cold-item ones)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class EvalConfig:
     ndcg_gain: str = rule("exp", "one of exp, linear")  # exp (2^r - 1, as MeLU) | linear (r)
     chunk: int = rule(512, ">= 1")  # evaluation tasks per batch
     checkpoint: Optional[str] = None  # metarec eval: the checkpoint to evaluate
-    split: str = rule("test", "one of test, val")  # metarec eval: test (the test states) | val (validation users only; MovieLens: val, val_new)
+    split: str = rule("test", "one of test, val")  # metarec eval: test (the test states) | val (validation states only; MovieLens: val, val_new, val_item_cold with data.val_items)
     ranking: str = rule("query", "one of query, catalog")  # query (each user's query items, MeLU's) | catalog (also every item of the state's pool: metarec/ranking.py)
     allow_protocol_change: bool = False  # metarec eval: accept a seed / data.* that redraws the checkpoint's split (marked in eval.md)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from metarec import catalog_page, results_figures
+from metarec import catalog_page, results_figures, results_seeds
 from metarec import runs as run_folders
 from metarec.compose import compose_plain
 from metarec.errors import UserError
@@ -118,7 +118,7 @@ def finished(folder: Path, overrides: list[str]) -> bool:
 LATER_KEYS = {("data", "transductive"): False, ("data", "trans_rank"): 10, ("data", "trans_reg"): 10.0,
               ("data", "trans_folds"): 5, ("data", "trans_shares"): [1.0], ("eval", "ranking"): "query",
               ("eval", "allow_protocol_change"): False, ("trainer", "loggers"): [], ("trainer", "tracking_experiment"): None,
-              ("trainer", "tracking_uri"): None}
+              ("trainer", "tracking_uri"): None, ("data", "val_items"): 0.0, ("trainer", "select_state"): None}
 
 
 def same_config(recorded: dict, composed: dict) -> bool:
@@ -141,6 +141,18 @@ def train_one(folder: Path, overrides: list[str]) -> tuple[Path, int, float]:
     with open(folder.parent / f"{folder.name}.log", "w") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     return folder, rc, time.perf_counter() - t0
+
+
+def catalog_one(folder: Path, extra: list[str]) -> tuple[Path, int, float]:
+    """The catalogue evaluation of a run's best checkpoint into RUN/catalog (catalog_page.eval_args)."""
+    shutil.rmtree(folder / "catalog", ignore_errors=True)  # an unfinished evaluation's folder
+    metarec = Path(sys.executable).parent / "metarec"
+    cmd = [str(metarec) if metarec.exists() else sys.executable, *([] if metarec.exists() else ["-m", "metarec.cli"]),
+           *catalog_page.eval_args(folder, extra)]
+    t0 = time.perf_counter()
+    with open(folder / "catalog.log", "w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return folder / "catalog", rc, time.perf_counter() - t0
 
 
 def folder_of(out: Path, method: str, seed: int) -> Path:
@@ -229,7 +241,17 @@ def train_missing(args: argparse.Namespace) -> list[str]:
         with ThreadPoolExecutor(args.jobs) as pool:
             for folder, rc, secs in pool.map(lambda t: train_one(*t), todo):
                 print(f"  {folder}: {'finished' if rc == 0 else f'FAILED (exit {rc}, see {folder}.log)'} in {secs:.0f} s", flush=True)
-    return [str(folder) for folder, _ in todo]
+    done = [str(folder) for folder, _ in todo]
+    catalog = [] if args.report_only else catalog_page.missing(lambda m, k: folder_of(args.out, m, k), args.methods, args.seeds)
+    if catalog:  # the page's catalogue section, part of this invocation's wall time
+        extra = [*([f"data.root={args.data_root}"] if args.data_root else []), f"device.threads={args.threads}",
+                 "device=cpu", "trainer.progress=false"]
+        print(f"metarec results: {len(catalog)} catalogue evaluations (eval.ranking=catalog)", flush=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for folder, rc, secs in pool.map(lambda f: catalog_one(f, extra), catalog):
+                print(f"  {folder}: {'finished' if rc == 0 else f'FAILED (exit {rc}, see {folder}.log)'} in {secs:.0f} s", flush=True)
+                done.append(str(folder))
+    return done
 
 
 def load_runs(args: argparse.Namespace) -> list[SeedRun]:
@@ -273,6 +295,8 @@ def training_wall(args: argparse.Namespace) -> tuple[float, int] | None:
     invocations whose runs are still the ones there (an invocation all of whose runs were trained again
     later no longer counts); None when some run of the page was trained by no recorded invocation."""
     pages = {str(folder_of(args.out, m, s)) for m in args.methods for s in args.seeds}
+    catalog = [folder_of(args.out, m, s) / "catalog" for m in args.methods for s in args.seeds]
+    pages |= {str(c) for c in catalog if c.is_dir()}  # the catalogue evaluations are part of the page's time
     owner: dict[str, int] = {}
     log = read_timing(args.out / "timing.json")
     for i, inv in enumerate(log):
@@ -325,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     text += "\n" + catalog_page.from_folders(lambda m, k: folder_of(args.out, m, k), args.methods, args.seeds)
     text += "\n" + results_figures.page_section(runs, summary, args.doc.parent / "figures" / args.data, args.doc)
     args.doc.parent.mkdir(parents=True, exist_ok=True)
+    folders = {(m, s): folder_of(args.out, m, s) for m in args.methods for s in args.seeds}
+    text += "\n" + results_seeds.publish(args.doc, results_seeds.collect(folders, presets_of(args.data), args.data))
     args.doc.write_text(text + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=list) + "\n")
     print(text)

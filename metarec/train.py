@@ -50,6 +50,8 @@ def build(cfg: DictConfig, device: torch.device, progress: bool = True):
     with settings_errors():
         algo = ALGOS[cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile, fast_paths=cfg.trainer.fast_paths)
     algo.attach(source)  # an algorithm that reads the source itself (item tasks: metaemb) keeps it
+    if cfg.trainer.select_state is not None:
+        algo.select_state = cfg.trainer.select_state  # e.g. val_item_cold (data.val_items) for a method on item_cold
     return source, model, algo
 
 
@@ -188,8 +190,9 @@ class Trainer:
         val = evaluate_all(self.cfg, self.source, self.algo, "val", select=True)  # fixed tasks: draws nothing
         state = self.algo.select_state  # metaemb: val_new
         if state not in val["states"]:
-            raise UserError("there are no validation tasks to select the best checkpoint with: "
-                            "give validation users a share (data.split) or loosen the data filter")
+            raise UserError(f"there are no {state} tasks to select the best checkpoint with: give validation users "
+                            "a share (data.split), held-out new items a share (data.val_items, for val_item_cold), "
+                            "or loosen the data filter")
         row = val["states"][state]["steps"][val["states"][state]["headline_step"]]
         self.run.metrics({"step": p.step, "split": "val", **{k: v for k, v in row.items() if not k.endswith("_ci")}})
         value = row[metric]

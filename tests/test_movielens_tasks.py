@@ -74,3 +74,35 @@ def test_a_larger_validation_share_keeps_the_test_users_and_their_tasks():
         assert np.array_equal(a.users, b.users)
         assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query)
     assert len(large.tasks["val"].users) > 1.6 * len(small.tasks["val"].users)
+
+
+@needs_ml100k()
+def test_val_items_holds_out_a_seeded_share_of_new_items_for_item_colds_own_validation_state():
+    melu, held = source_of(), source_of("data.val_items=0.2")
+    raw = melu.raw
+    assert "val_item_cold" not in melu.tasks and "val_item_cold" not in melu.eval_tasks("val")  # off by default
+    for state, t in melu.tasks.items():  # every other state keeps MeLU's tasks exactly
+        if state == "item_cold":
+            continue
+        for part in ("users", "support", "support_mask", "query", "query_mask"):
+            assert np.array_equal(np.asarray(getattr(t, part)), np.asarray(getattr(held.tasks[state], part))), (state, part)
+    val, test = held.tasks["val_item_cold"], held.tasks["item_cold"]
+    assert len(val.users) > 100 and "val_item_cold" in held.eval_tasks("val") and "val_item_cold" not in held.eval_tasks("test")
+    new = raw.item_year > melu.cut  # oracle: the cut year, not the source's own mask
+    val_rows = rows(val, "support") | rows(val, "query")
+    test_rows = rows(test, "support") | rows(test, "query")
+    for part in (val_rows, test_rows):  # meta-train users' ratings of new items, as item_cold's were
+        part = np.array(sorted(part))
+        assert new[raw.rating_item[part]].all() and (held.user_role[raw.rating_user[part]] == 0).all()
+    val_items, test_items = set(raw.rating_item[list(val_rows)].tolist()), set(raw.rating_item[list(test_rows)].tolist())
+    assert not val_items & test_items  # a held-out item is never in item_cold
+    assert len(val_items) <= round(0.2 * new.sum()) and len(val_items) > 0.1 * new.sum()
+    assert set(test.users.tolist()) <= set(melu.tasks["item_cold"].users.tolist())
+    n_query, n_support = val.query_mask.sum(1), val.support_mask.sum(1)  # up to half a task's ratings, 10 at most
+    assert (n_query >= 1).all() and (n_query <= 10).all() and (n_query == torch.clamp((n_query + n_support) // 2, max=10)).all()
+    assert (test.query_mask.sum(1) == 10).all() and (test.support_mask.sum(1) >= 1).all()  # item_cold keeps MeLU's query size
+    assert rows(held.tasks["warm"], "support") == rows(melu.tasks["warm"], "support")  # training is unchanged
+    again, other = source_of("data.val_items=0.2"), source_of("data.val_items=0.2", "data.split_seed=1")
+    assert np.array_equal(again.tasks["val_item_cold"].query.numpy(), val.query.numpy())  # seeded
+    other_items = set(raw.rating_item[list(rows(other.tasks["val_item_cold"], "query"))].tolist())
+    assert other_items != set(raw.rating_item[list(rows(val, "query"))].tolist())

@@ -38,7 +38,7 @@ from metarec.errors import UserError
 from metarec.states import CUT_YEAR, STATES
 from metarec.tasks import TaskBatch, TaskSource
 
-VAL_STATES = ("val", "val_new")  # validation users on existing items (model selection) and on new ones
+VAL_STATES = ("val", "val_new", "val_item_cold")  # validation users on existing / new items; _held_new_items
 
 
 def _pad(rows: list[np.ndarray], width: int | None = None) -> tuple[Tensor, Tensor]:
@@ -136,6 +136,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         self.user_role = role
 
         is_new = self.new_item[raw.rating_item]
+        held = self._held_new_items(seed)
         order = np.lexsort((np.arange(len(raw.rating_user)), is_new, raw.rating_user))
         q = cfg.query_size
         tasks: dict[str, list] = {s: [] for s in (*STATES, *VAL_STATES)}
@@ -159,6 +160,14 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
             group = rng.permutation(group)
             query, support = group[:q], group[q:]
             r = role[user]
+            if r == 0 and new and held is not None:  # the held-out items' ratings leave item_cold for val_item_cold
+                on_held = held[raw.rating_item[group]]
+                rest, part = group[~on_held], group[on_held]
+                if len(rest) > q:
+                    tasks["item_cold"].append((user, rest[q:], rest[:q]))
+                if len(part) >= 2:  # a validation task: up to half its ratings (at most query_size) are the query
+                    tasks["val_item_cold"].append((user, part[min(q, len(part) // 2):], part[:min(q, len(part) // 2)]))
+                continue
             state = {(0, False): "warm", (0, True): "item_cold", (1, False): "val", (1, True): "val_new",
                      (2, False): "user_cold", (2, True): "user_item_cold"}[(r, new)]
             tasks[state].append((user, support, query))
@@ -168,7 +177,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         if not pools:
             raise UserError(f"no meta-train user has {lo}-{hi} ratings on existing items "
                             f"(data.min_ratings / data.max_ratings / data.query_size): loosen the filter")
-        self.tasks = {s: self._eval_tasks(t, s) for s, t in tasks.items()}
+        self.tasks = {s: self._eval_tasks(t, s) for s, t in tasks.items() if s != "val_item_cold" or held is not None}
         self.pool_users = np.array(pool_users)
         self.pool, self.pool_mask = (t.to(self.device) for t in _pad(pools))
         self.pool_len = self.pool_mask.sum(1).long()
@@ -176,6 +185,18 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         self.train_ratings = train_idx
         self.mu = float(raw.rating[train_idx].mean())
         self._item_bias(train_idx)
+
+    def _held_new_items(self, seed: int) -> np.ndarray | None:
+        """data.val_items: a seeded share of the new items [items] (bool) whose meta-train users' ratings form
+        val_item_cold (item_cold's validation state; None when 0: MeLU's item_cold). _split cuts a kept
+        new-item partition by item after its shuffle, so the draws and every other state stay as without it."""
+        if self.cfg.val_items <= 0:
+            return None
+        new_items = np.flatnonzero(self.new_item)
+        chosen = np.random.default_rng([seed, 36]).permutation(new_items)[: int(round(self.cfg.val_items * len(new_items)))]
+        held = np.zeros(len(self.new_item), dtype=bool)
+        held[chosen] = True
+        return held
 
     def _eval_tasks(self, tasks: list, state: str) -> EvalTasks:
         shots = self.cfg.shots
@@ -314,8 +335,8 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         states = VAL_STATES if split == "val" else STATES
         out = {}
         for s in states:
-            t = self.tasks[s]
-            if len(t.users):
+            t = self.tasks.get(s)
+            if t is not None and len(t.users):
                 out[s] = self.rows_batch(t.support, t.support_mask, t.query, t.query_mask, context=s)
         return out
 

@@ -26,7 +26,7 @@ from metarec.errors import UserError
 
 USER_COLUMNS = ("gender", "age", "occupation", "zip")  # MovieLens' user codes, the first columns of its rows
 LIKED = 4.0  # a query rating at or above it makes the item relevant in the catalogue ranking
-NEW_ITEM_STATES = ("item_cold", "user_item_cold", "val_new")  # their catalogue: new items; the others: existing ones
+NEW_ITEM_STATES = ("item_cold", "user_item_cold", "val_new", "val_item_cold")  # their catalogue: new items; the others: existing ones
 
 
 @dataclass

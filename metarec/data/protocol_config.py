@@ -33,6 +33,7 @@ class ProtocolConfig:
     trans_reg: float = rule(10.0, "> 0")  # ... their ALS ridge penalty ...
     trans_folds: int = rule(5, ">= 2")  # ... and the cross-fitting folds of users ...
     trans_shares: list[float] = rule([1.0], "each in (0, 1]")  # ... and training's context from these shares of the meta-train users (a task draws one)
+    val_items: float = rule(0.0, "in [0, 1)")  # share of the new items held out (seeded) for val_item_cold; 0 = MeLU's item_cold
 
     @staticmethod
     def relations(c, prefix: str) -> list[str]:
