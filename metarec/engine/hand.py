@@ -151,14 +151,13 @@ class HandFieldsMLP:
         head = self.mlp.grads(self._head(w), acts, delta, [n[5:] for n in names if n.startswith("head.")], z0,
                               input_grad=bool(enc))
         out = {("z0" if n == "z0" else "input" if n == "input" else f"head.{n}"): g for n, g in head.items()}
-        n_tasks = x.shape[0]
         for name, i in self.fields:
             if name in enc:
-                rows = w[name].shape[-2]
+                # one-hot^T delta as a bmm: the tables are small (MeLU: <= a few dozen rows), where
+                # index_add's per-row loop costs far more than the matmul's wasted zeros
                 delta = out["input"][..., self.cols[i]:self.cols[i + 1]]
-                index = (x[..., i] + torch.arange(n_tasks, device=x.device).unsqueeze(1) * rows).flatten()
-                flat = delta.new_zeros(n_tasks * rows, delta.shape[-1]).index_add(0, index, delta.flatten(0, 1))
-                out[name] = flat.view(n_tasks, rows, -1)
+                one_hot = F.one_hot(x[..., i], w[name].shape[-2]).to(delta.dtype)  # [tasks, n, rows]
+                out[name] = torch.bmm(one_hot.transpose(1, 2), delta)
         if self.multi in enc:
             delta = out["input"][..., self.cols[-2]:self.cols[-1]]
             out[self.multi] = torch.bmm(self._pooling(x, delta.dtype).transpose(1, 2), delta)
