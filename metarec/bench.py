@@ -1,5 +1,6 @@
-"""Meta-training throughput on the real MeLU model and real ml-100k episodes: the engine (the code
-path users run) against the per-task reference loop and one plain supervised step over the same ratings.
+"""Meta-training throughput on real ml-100k episodes, one row per algorithm of the registry
+(metarec.algos.ALGOS): the engine (the code path users run) against the per-task reference loop where
+the package has one, and one plain supervised step over the same ratings.
 
     metarec bench --out bench.json      # the full grid (~10 min on 2 cores)
     metarec bench --quick               # a small grid (< 1 min)
@@ -22,17 +23,21 @@ from typing import Callable
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 import metarec
 from metarec.algos import ALGOS
+from metarec.algos.mamo import MAMO
+from metarec.algos.maml import MAML
+from metarec.algos.pretrain import Pretrain
+from metarec.algos.reptile import Reptile
+from metarec.algos.tanp import TaNP
 from metarec.compose import compose
 from metarec.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
-# (algo, first_order): the bench grid's algorithms, each with its config defaults otherwise
-ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False), ("tanp", False), ("mamo", False)]
-GRID_OVERRIDES = {"mamo": ["model=mamo"]}  # an algorithm's grid row needs these too (its own model)
+BOTH_ORDERS = ("maml",)  # algorithms the grid runs in second and first order (the rest: their config's order)
 ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
 
 
@@ -46,30 +51,43 @@ def build_algo(cfg, source, name: str | None = None):
     from metarec.train import build_model
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.algo, source.model_spec()).to(source.device)
-    return ALGOS[name or cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile,
+    algo = ALGOS[name or cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile,
                                         fast_paths=cfg.trainer.fast_paths)
+    algo.attach(source)  # item tasks (metaemb, mwuf, lwa, nlba) come from the source
+    return algo
 
 
-def reference_step(algo) -> Callable:
-    """One meta-update of the per-task loop that the gradient test uses (+ the algorithm's optimizer)."""
+def trains_with_steps(cls) -> bool:
+    """Whether meta-training takes algo.inner_steps gradient steps per task (the grid varies them)."""
+    return (issubclass(cls, MAML) and not issubclass(cls, Pretrain)) or issubclass(cls, MAMO)
+
+
+def reference_step(algo) -> tuple[Callable | None, str]:
+    """One meta-update of the per-task loop that the gradient tests use (+ the algorithm's optimizer),
+    or None and why the package has none for this algorithm."""
     from metarec.reference import per_task_meta_loss, per_task_reptile_step
-    if hasattr(algo, "reference_loss"):  # the algorithm's own per-task loop (no inner-loop engine)
+    if isinstance(algo, (MAMO, TaNP)):  # the algorithm's own per-task loop (no inner-loop engine)
         def own(batch):
             algo.optimizer.zero_grad(set_to_none=True)
             algo.reference_loss(batch).backward()
             algo.optimizer.step()
-        return own
+        return own, ""
+    if isinstance(algo, Pretrain):  # metaemb, mwuf, lwa, nlba too: phase 2 trains on item tasks
+        return None, ("no per-task reference: item tasks, batched" if type(algo) is not Pretrain
+                      else "no per-task reference: a supervised step")
+    if not isinstance(algo, MAML):
+        return None, "no per-task reference in the package"
     cfg, names = algo.cfg, algo.engine.inner_names
 
     def step(batch):
         algo.optimizer.zero_grad(set_to_none=True)
-        if cfg.name == "reptile":
+        if isinstance(algo, Reptile):
             per_task_reptile_step(algo.model, names, batch, algo.kind, cfg.inner_lr, cfg.inner_steps, algo.inner_adam())
         else:
             per_task_meta_loss(algo.model, names, batch, algo.kind, algo.inner_lr(), cfg.inner_steps,
                                cfg.first_order).backward()
         algo.optimizer.step()
-    return step
+    return step, ""
 
 
 def supervised_step(algo) -> Callable:
@@ -119,31 +137,74 @@ def time_interleaved(steps: dict[str, Callable], batches: list, repeats: int, mi
     return out
 
 
-def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -> list[dict]:
-    rows = []
-    generator = torch.Generator().manual_seed(0)
-    for algo_name, first_order in grid:
+def grid(names: list[str]) -> list[tuple[str, bool | None]]:
+    """(algo, first_order) of each row: the named algorithms in the registry's order, maml in both orders."""
+    return [(n, fo) for n in ALGOS if n in names for fo in ((False, True) if n in BOTH_ORDERS else (None,))]
+
+
+def fitting_overrides(name: str, source) -> list[str]:
+    """The overrides that make algorithm `name` fit the bench's data, read from what it declares
+    (metarec/fit.py): a model offering what it needs, data.item_ids where its data check asks for it."""
+    from metarec.models import MODELS
+    base = base_overrides(source) + [f"algo={name}"]
+    cfg = compose(base, check=False)
+    extra = []
+    needs = set(ALGOS[name].model_needs(cfg.algo))
+    if not needs <= set(getattr(MODELS[cfg.model.name], "offers", ())):
+        extra += [f"model={m}" for m, cls in MODELS.items() if needs <= set(getattr(cls, "offers", ()))][:1]
+    if ALGOS[name].data_needs(cfg.data) is not None:  # (an algorithm's own config may already set it)
+        extra.append("data.item_ids=true")  # the one data switch an algorithm asks for today
+    compose(base + extra)  # checked: one UserError line if that was not enough
+    return extra
+
+
+def bench_grid(source, names, batch_sizes, inner_steps, repeats, min_time, log) -> list[dict]:
+    from metarec.data import build_source
+    rows, sources = [], {OmegaConf.to_yaml(source.cfg): source}
+    for algo_name, first_order in grid(names):
+        try:
+            extra = fitting_overrides(algo_name, source)
+        except UserError as e:
+            log(f"{algo_name:<8} skipped: {e}")
+            rows.append({"algo": algo_name, "impl": "skipped", "note": str(e)})
+            continue
+        cfg = compose(base_overrides(source) + [f"algo={algo_name}"] + extra)
+        key = OmegaConf.to_yaml(cfg.data)
+        if key not in sources:  # e.g. item ids (an algorithm's config may set them): another source of the data
+            sources[key] = build_source(cfg.data, source.device, cfg.seed, progress=False)
+        src = sources[key]
+        cls = ALGOS[algo_name]
         for meta_batch in batch_sizes:
-            batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
-            for steps in ([0] if ALGOS[algo_name].one_pass else inner_steps):  # tanp: no steps
-                cfg = compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, [])
-                              + [f"algo={algo_name}", f"algo.inner_steps={steps}",
-                                 *(["algo.first_order=true"] if first_order else []),  # maml's key
-                                 f"trainer.meta_batch_size={meta_batch}"])
-                # the supervised step on the same model (pretrain's schema where the algorithm has no inner_params)
-                plain = (cfg if "inner_params" in cfg.algo and algo_name not in GRID_OVERRIDES
-                         else compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, []) + ["algo=pretrain"]))
-                engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
-                                                 build_algo(plain, source, "pretrain"))
-                times = time_interleaved({"reference": reference_step(reference), "engine": engine.step,
-                                          "supervised": supervised_step(supervised)}, batches, repeats, min_time,
-                                         synchronizer(source.device))
-                for impl, ts in times.items():
-                    rows.append({"algo": algo_name, "meta_batch": meta_batch, "inner_steps": steps,
-                                 "first_order": first_order, "impl": impl,
-                                 "tasks_per_s": meta_batch / statistics.median(ts), "peak_rss_mb": peak_rss_mb()})
-                log(format_row(rows[-3:]))
+            generator = torch.Generator().manual_seed(0)
+            batches = [src.sample_train(meta_batch, generator) for _ in range(4)]
+            for steps in (inner_steps if trains_with_steps(cls) else [None]):
+                new = bench_config(src, algo_name, extra, first_order, meta_batch, steps, batches, repeats, min_time)
+                rows += new
+                log(format_row(new))
     return rows
+
+
+def bench_config(source, algo_name: str, extra: list[str], first_order: bool | None, meta_batch: int,
+                 steps: int | None, batches: list, repeats: int, min_time: float) -> list[dict]:
+    """The rows (reference where there is one, engine, supervised) of one algorithm at one grid point."""
+    base = base_overrides(source) + extra
+    cfg = compose(base + [f"algo={algo_name}", f"trainer.meta_batch_size={meta_batch}",
+                          *([f"algo.inner_steps={steps}"] if steps is not None else []),
+                          *([f"algo.first_order={str(first_order).lower()}"] if first_order is not None else []),
+                          # item-task learners: phase 2 (phase 1 is pretrain's step), meta_batch item tasks a step
+                          *(["algo.pretrain_steps=0", f"algo.items_per_step={meta_batch}"]
+                            if "items_per_step" in compose(base + [f"algo={algo_name}"], check=False).algo else [])])
+    engine = build_algo(cfg, source)
+    # the supervised step on the same model: pretrain's schema (model and data as the algorithm's)
+    supervised = build_algo(compose(base + ["algo=pretrain"]), source, "pretrain")
+    reference, note = reference_step(build_algo(cfg, source))
+    steps_fns = {**({"reference": reference} if reference is not None else {}), "engine": engine.step,
+                 "supervised": supervised_step(supervised)}
+    times = time_interleaved(steps_fns, batches, repeats, min_time, synchronizer(source.device))
+    return [{"algo": algo_name, "meta_batch": meta_batch, "inner_steps": steps,
+             "first_order": cfg.algo.get("first_order") if first_order is None else first_order, "impl": impl,
+             "tasks_per_s": meta_batch / statistics.median(ts), "peak_rss_mb": peak_rss_mb(),
+             **({"note": note} if note else {})} for impl, ts in times.items()]
 
 
 def base_overrides(source) -> list[str]:
@@ -271,13 +332,16 @@ HEADER = (f"{'algo':<8} {'order':<6} {'batch':>5} {'steps':>5} {'reference':>10}
 
 
 def format_row(rows: list[dict]) -> str:
-    """One line of the table from a config's reference, engine and supervised rows (tasks/s)."""
+    """One line of the table from a config's rows (tasks/s): reference (where there is one), engine, supervised."""
     by = {r["impl"]: r["tasks_per_s"] for r in rows}
     r = rows[0]
-    order = "-" if r["algo"] in ("reptile", "tanp") else ("first" if r["first_order"] else "second")
-    return (f"{r['algo']:<8} {order:<6} {r['meta_batch']:>5} {r['inner_steps']:>5} {by['reference']:>10.0f} "
-            f"{by['engine']:>9.0f} {by['supervised']:>10.0f} {by['engine'] / by['reference']:>7.1f}x "
-            f"{by['supervised'] / by['engine']:>16.1f}x")
+    order = "-" if r.get("first_order") is None else ("first" if r["first_order"] else "second")
+    steps = "-" if r["inner_steps"] is None else str(r["inner_steps"])
+    ref, ratio = (f"{by['reference']:>10.0f}", f"{by['engine'] / by['reference']:>7.1f}x") if "reference" in by else (
+        f"{'-':>10}", f"{'-':>8}")
+    note = f"  ({r['note']})" if r.get("note") else ""
+    return (f"{r['algo']:<8} {order:<6} {r['meta_batch']:>5} {steps:>5} {ref} {by['engine']:>9.0f} "
+            f"{by['supervised']:>10.0f} {ratio} {by['supervised'] / by['engine']:>16.1f}x{note}")
 
 
 def default_root() -> str | None:
@@ -295,7 +359,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the models and episodes live (the ml-1m-sized RSS run stays on the CPU)")
     parser.add_argument("--quick", action="store_true", help="a small grid (maml, meta-batch 32, 5 steps), no ml-1m run")
-    parser.add_argument("--algos", nargs="+", metavar="NAME", help="only these algorithms of the grid (e.g. --algos tanp)")
+    parser.add_argument("--algos", nargs="+", metavar="NAME", help="only these algorithms (default: all; e.g. --algos tanp)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="B", help="meta-batch sizes (default: 32 256)")
+    parser.add_argument("--inner-steps", nargs="+", type=int, metavar="K",
+                        help="inner steps, for the algorithms that take them (default: 1 5)")
     parser.add_argument("--no-compile", action="store_true", help="skip the trainer.compile=true measurement")
     parser.add_argument("--no-ml1m", action="store_true", help="skip the ml-1m-sized peak RSS run")
     args = parser.parse_args(argv)
@@ -312,16 +379,23 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace, threads: int) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.quick:
-        grid, batch_sizes, inner_steps = [("maml", False), ("maml", True)], [32], [5]
+        names, batch_sizes, inner_steps = ["maml"], [32], [5]
         repeats, min_time = min(args.repeats, 3), min(args.min_time, 0.1)
     else:
-        grid, batch_sizes, inner_steps, repeats, min_time = ALGO_GRID, [32, 256], [1, 5], args.repeats, args.min_time
+        names, batch_sizes, inner_steps, repeats, min_time = list(ALGOS), [32, 256], [1, 5], args.repeats, args.min_time
     if args.algos:
-        unknown = sorted(set(args.algos) - {a for a, _ in ALGO_GRID})
+        unknown = sorted(set(args.algos) - set(ALGOS))
         if unknown:
-            print(f"metarec: error: --algos {' '.join(unknown)}: the grid has {', '.join(dict(ALGO_GRID))}", file=sys.stderr)
+            print(f"metarec: error: --algos {' '.join(unknown)}: the algorithms are {', '.join(ALGOS)}", file=sys.stderr)
             return 2
-        grid = [(a, fo) for a, fo in ALGO_GRID if a in args.algos]
+        names = args.algos
+    if any(b < 1 for b in args.batch_sizes or []) or any(k < 0 for k in args.inner_steps or []):
+        print("metarec: error: --batch-sizes must be >= 1 and --inner-steps >= 0", file=sys.stderr)
+        return 2
+    if args.batch_sizes:
+        batch_sizes = args.batch_sizes
+    if args.inner_steps:
+        inner_steps = args.inner_steps
 
     from metarec.data import build_source
     from metarec.device import resolve_device
@@ -343,7 +417,7 @@ def run(args: argparse.Namespace, threads: int) -> int:
             f"behind other processes and every row slows unevenly; --threads 1 measures more fairly")
     log("tasks/s (median of rounds after warm-up); eng step/sup step = engine step time / supervised step time")
     log(HEADER)
-    rows = bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log)
+    rows = bench_grid(source, names, batch_sizes, inner_steps, repeats, min_time, log)
     result = {"machine": machine, "rows": rows}
 
     result["evaluation"] = ev = bench_eval(source, repeats=3)
