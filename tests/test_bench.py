@@ -58,7 +58,7 @@ def test_device_cuda_without_a_gpu_is_one_clear_line(capsys):
 
 def test_grid_has_a_row_for_every_registered_algorithm():
     from metarec.algos import ALGOS
-    from metarec.bench import grid
+    from metarec.bench_rows import grid
     rows = grid(list(ALGOS))
     assert {name for name, _ in rows} == set(ALGOS)
     assert ("maml", False) in rows and ("maml", True) in rows  # maml in both orders, the rest in their config's
@@ -77,8 +77,7 @@ def test_every_algorithm_fits_the_bench_data_with_what_it_declares():
     """mamo gets its own model, the item-task learners their item ids; each has a reference step or a note."""
     import torch
 
-    from metarec.algos import ALGOS
-    from metarec.bench import build_algo, fitting_overrides, reference_step
+    from metarec.bench_rows import build_algo, fitting_overrides, reference_step
     from metarec.compose import compose
     from metarec.data import build_source
     cfg = compose(["device=cpu", f"data.root={ML100K}"])
