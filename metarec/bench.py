@@ -1,7 +1,9 @@
-"""Meta-training throughput on the real MeLU model and real ml-100k episodes: the engine (the code
-path users run) against the per-task reference loop and one plain supervised step over the same ratings.
+"""Meta-training throughput on real ml-100k episodes, one row per algorithm of the registry
+(metarec.algos.ALGOS): the engine (the code path users run) against the per-task reference loop where
+the package has one, and one plain supervised step over the same ratings.
 
-    metarec bench --out bench.json      # the full grid (~10 min on 2 cores)
+    metarec bench --out bench.json      # every algorithm (per-task loops at batch 256: most of the time)
+    metarec bench --algos reptile mamo --batch-sizes 32 --inner-steps 5   # a part of it
     metarec bench --quick               # a small grid (< 1 min)
     metarec bench --device cuda         # the same grid on a GPU (the episodes live on it too)
 """
@@ -11,144 +13,26 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 import metarec
 from metarec.algos import ALGOS
+from metarec.bench_rows import (HEADER, base_overrides, bench_grid, build_algo, format_row, peak_rss_mb,  # noqa: F401
+                                synchronizer, time_interleaved)
 from metarec.compose import compose
 from metarec.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
-# (algo, first_order): the bench grid's algorithms, each with its config defaults otherwise
-ALGO_GRID = [("maml", False), ("maml", True), ("reptile", False), ("prompt", False), ("tanp", False), ("mamo", False)]
-GRID_OVERRIDES = {"mamo": ["model=mamo"]}  # an algorithm's grid row needs these too (its own model)
 ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def build_algo(cfg, source, name: str | None = None):
-    """Model and algorithm exactly as metarec.train.build makes them, on an already loaded source."""
-    from metarec.train import build_model
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.algo, source.model_spec()).to(source.device)
-    return ALGOS[name or cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile,
-                                        fast_paths=cfg.trainer.fast_paths)
-
-
-def reference_step(algo) -> Callable:
-    """One meta-update of the per-task loop that the gradient test uses (+ the algorithm's optimizer)."""
-    from metarec.reference import per_task_meta_loss, per_task_reptile_step
-    if hasattr(algo, "reference_loss"):  # the algorithm's own per-task loop (no inner-loop engine)
-        def own(batch):
-            algo.optimizer.zero_grad(set_to_none=True)
-            algo.reference_loss(batch).backward()
-            algo.optimizer.step()
-        return own
-    cfg, names = algo.cfg, algo.engine.inner_names
-
-    def step(batch):
-        algo.optimizer.zero_grad(set_to_none=True)
-        if cfg.name == "reptile":
-            per_task_reptile_step(algo.model, names, batch, algo.kind, cfg.inner_lr, cfg.inner_steps, algo.inner_adam())
-        else:
-            per_task_meta_loss(algo.model, names, batch, algo.kind, algo.inner_lr(), cfg.inner_steps,
-                               cfg.first_order).backward()
-        algo.optimizer.step()
-    return step
-
-
-def supervised_step(algo) -> Callable:
-    """One plain forward + backward + Adam step over the batch's real ratings (support and query,
-    no padding): the floor of any meta-training step on the same data."""
-    flat: dict[int, tuple] = {}  # per batch, made once, outside the timed step
-
-    def step(batch):
-        if id(batch) not in flat:
-            data = batch.merged()
-            real = data.support_mask.bool()
-            flat[id(batch)] = (data.support_x[real], data.support_y[real])
-        x, y = flat[id(batch)]
-        algo.optimizer.zero_grad(set_to_none=True)
-        loss = ((algo.model(x) - y) ** 2).mean()
-        loss.backward()
-        algo.optimizer.step()
-    return step
-
-
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    """Waits for the device's queued work (a GPU runs asynchronously: a clock read without it times the launch)."""
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def time_interleaved(steps: dict[str, Callable], batches: list, repeats: int, min_time: float,
-                     sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-    """Seconds per step of each callable: one warm-up step, then `repeats` rounds that time every
-    callable in turn (so load from elsewhere hits them alike), each round >= min_time per callable."""
-    per_round = {}
-    for name, fn in steps.items():
-        t0 = time.perf_counter()
-        fn(batches[0])  # warm-up
-        fn(batches[1 % len(batches)])
-        sync()
-        per_round[name] = max(1, int(min_time / max((time.perf_counter() - t0) / 2, 1e-6)))
-    out: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(repeats):
-        for name, fn in steps.items():
-            n = per_round[name]
-            sync()
-            t0 = time.perf_counter()
-            for k in range(n):
-                fn(batches[(r * n + k) % len(batches)])
-            sync()
-            out[name].append((time.perf_counter() - t0) / n)
-    return out
-
-
-def bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log) -> list[dict]:
-    rows = []
-    generator = torch.Generator().manual_seed(0)
-    for algo_name, first_order in grid:
-        for meta_batch in batch_sizes:
-            batches = [source.sample_train(meta_batch, generator) for _ in range(4)]
-            for steps in ([0] if ALGOS[algo_name].one_pass else inner_steps):  # tanp: no steps
-                cfg = compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, [])
-                              + [f"algo={algo_name}", f"algo.inner_steps={steps}",
-                                 *(["algo.first_order=true"] if first_order else []),  # maml's key
-                                 f"trainer.meta_batch_size={meta_batch}"])
-                # the supervised step on the same model (pretrain's schema where the algorithm has no inner_params)
-                plain = (cfg if "inner_params" in cfg.algo and algo_name not in GRID_OVERRIDES
-                         else compose(base_overrides(source) + GRID_OVERRIDES.get(algo_name, []) + ["algo=pretrain"]))
-                engine, reference, supervised = (build_algo(cfg, source), build_algo(cfg, source),
-                                                 build_algo(plain, source, "pretrain"))
-                times = time_interleaved({"reference": reference_step(reference), "engine": engine.step,
-                                          "supervised": supervised_step(supervised)}, batches, repeats, min_time,
-                                         synchronizer(source.device))
-                for impl, ts in times.items():
-                    rows.append({"algo": algo_name, "meta_batch": meta_batch, "inner_steps": steps,
-                                 "first_order": first_order, "impl": impl,
-                                 "tasks_per_s": meta_batch / statistics.median(ts), "peak_rss_mb": peak_rss_mb()})
-                log(format_row(rows[-3:]))
-    return rows
-
-
-def base_overrides(source) -> list[str]:
-    root = source.cfg.root
-    return [f"device={source.device.type}", "trainer.progress=false", *([f"data.root={root}"] if root else [])]
 
 
 def bench_eval(source, repeats: int, steps: int = 5) -> dict:
@@ -264,21 +148,7 @@ def bench_ml1m(threads: int, steps: int = 20, meta_batch: int = 32, inner_steps:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# ---- output ----------------------------------------------------------------------------------------
-
-HEADER = (f"{'algo':<8} {'order':<6} {'batch':>5} {'steps':>5} {'reference':>10} {'engine':>9} {'supervised':>10}"
-          f" {'eng/ref':>8} {'eng step/sup step':>17}")
-
-
-def format_row(rows: list[dict]) -> str:
-    """One line of the table from a config's reference, engine and supervised rows (tasks/s)."""
-    by = {r["impl"]: r["tasks_per_s"] for r in rows}
-    r = rows[0]
-    order = "-" if r["algo"] in ("reptile", "tanp") else ("first" if r["first_order"] else "second")
-    return (f"{r['algo']:<8} {order:<6} {r['meta_batch']:>5} {r['inner_steps']:>5} {by['reference']:>10.0f} "
-            f"{by['engine']:>9.0f} {by['supervised']:>10.0f} {by['engine'] / by['reference']:>7.1f}x "
-            f"{by['supervised'] / by['engine']:>16.1f}x")
-
+# ---- the command ------------------------------------------------------------------------------------
 
 def default_root() -> str | None:
     return str(SHARED_ML100K) if (SHARED_ML100K / "u.data").exists() else None
@@ -295,7 +165,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the models and episodes live (the ml-1m-sized RSS run stays on the CPU)")
     parser.add_argument("--quick", action="store_true", help="a small grid (maml, meta-batch 32, 5 steps), no ml-1m run")
-    parser.add_argument("--algos", nargs="+", metavar="NAME", help="only these algorithms of the grid (e.g. --algos tanp)")
+    parser.add_argument("--algos", nargs="+", metavar="NAME", help="only these algorithms (default: all; e.g. --algos tanp)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="B", help="meta-batch sizes (default: 32 256)")
+    parser.add_argument("--inner-steps", nargs="+", type=int, metavar="K",
+                        help="inner steps, for the algorithms that take them (default: 1 5)")
     parser.add_argument("--no-compile", action="store_true", help="skip the trainer.compile=true measurement")
     parser.add_argument("--no-ml1m", action="store_true", help="skip the ml-1m-sized peak RSS run")
     args = parser.parse_args(argv)
@@ -312,16 +185,23 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace, threads: int) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.quick:
-        grid, batch_sizes, inner_steps = [("maml", False), ("maml", True)], [32], [5]
+        names, batch_sizes, inner_steps = ["maml"], [32], [5]
         repeats, min_time = min(args.repeats, 3), min(args.min_time, 0.1)
     else:
-        grid, batch_sizes, inner_steps, repeats, min_time = ALGO_GRID, [32, 256], [1, 5], args.repeats, args.min_time
+        names, batch_sizes, inner_steps, repeats, min_time = list(ALGOS), [32, 256], [1, 5], args.repeats, args.min_time
     if args.algos:
-        unknown = sorted(set(args.algos) - {a for a, _ in ALGO_GRID})
+        unknown = sorted(set(args.algos) - set(ALGOS))
         if unknown:
-            print(f"metarec: error: --algos {' '.join(unknown)}: the grid has {', '.join(dict(ALGO_GRID))}", file=sys.stderr)
+            print(f"metarec: error: --algos {' '.join(unknown)}: the algorithms are {', '.join(ALGOS)}", file=sys.stderr)
             return 2
-        grid = [(a, fo) for a, fo in ALGO_GRID if a in args.algos]
+        names = args.algos
+    if any(b < 1 for b in args.batch_sizes or []) or any(k < 0 for k in args.inner_steps or []):
+        print("metarec: error: --batch-sizes must be >= 1 and --inner-steps >= 0", file=sys.stderr)
+        return 2
+    if args.batch_sizes:
+        batch_sizes = args.batch_sizes
+    if args.inner_steps:
+        inner_steps = args.inner_steps
 
     from metarec.data import build_source
     from metarec.device import resolve_device
@@ -343,7 +223,7 @@ def run(args: argparse.Namespace, threads: int) -> int:
             f"behind other processes and every row slows unevenly; --threads 1 measures more fairly")
     log("tasks/s (median of rounds after warm-up); eng step/sup step = engine step time / supervised step time")
     log(HEADER)
-    rows = bench_grid(source, grid, batch_sizes, inner_steps, repeats, min_time, log)
+    rows = bench_grid(source, names, batch_sizes, inner_steps, repeats, min_time, log)
     result = {"machine": machine, "rows": rows}
 
     result["evaluation"] = ev = bench_eval(source, repeats=3)

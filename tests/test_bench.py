@@ -54,3 +54,37 @@ def test_device_cuda_without_a_gpu_is_one_clear_line(capsys):
     assert main(["--quick", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("metarec: error: device=cuda, but this torch sees no CUDA GPU")
+
+
+def test_grid_has_a_row_for_every_registered_algorithm():
+    from metarec.algos import ALGOS
+    from metarec.bench_rows import grid
+    rows = grid(list(ALGOS))
+    assert {name for name, _ in rows} == set(ALGOS)
+    assert ("maml", False) in rows and ("maml", True) in rows  # maml in both orders, the rest in their config's
+
+
+def test_table_row_without_a_reference_says_so():
+    rows = [{"algo": "ridge", "meta_batch": 32, "inner_steps": None, "first_order": None, "impl": impl, "tasks_per_s": v,
+             "peak_rss_mb": 1.0, "note": "no per-task reference in the package"}
+            for impl, v in (("engine", 200.0), ("supervised", 400.0))]
+    line = format_row(rows)
+    assert line.startswith("ridge") and "2.0x" in line and "no per-task reference" in line
+
+
+@needs_ml100k()
+def test_every_algorithm_fits_the_bench_data_with_what_it_declares():
+    """mamo gets its own model, the item-task learners their item ids; each has a reference step or a note."""
+    import torch
+
+    from metarec.bench_rows import build_algo, fitting_overrides, reference_step
+    from metarec.compose import compose
+    from metarec.data import build_source
+    cfg = compose(["device=cpu", f"data.root={ML100K}"])
+    source = build_source(cfg.data, torch.device("cpu"), cfg.seed, progress=False)
+    assert fitting_overrides("mamo", source) == ["model=mamo"]
+    assert fitting_overrides("maml", source) == []
+    for name in ("ridge", "pretrain", "maml", "reptile"):
+        algo = build_algo(compose(["device=cpu", f"data.root={ML100K}", f"algo={name}"]), source)
+        step, note = reference_step(algo)
+        assert (step is None) == (name in ("ridge", "pretrain")) and (note != "") == (step is None)

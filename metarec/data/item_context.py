@@ -23,6 +23,11 @@ class ItemContext:
         pool plus every support set of the state at evaluation (never a query). Two categorical columns."""
         pool = torch.from_numpy(self.train_ratings).to(self.device)
         self.rating_user = torch.from_numpy(self.raw.rating_user).to(self.device)
+        # the pool's ratings in its row order and each one's row: an episode's share is a mask over them,
+        # not over the padded pool (heavy users pad it to ~10x the ratings on ml-1m)
+        real = self.pool_mask.bool()
+        self.pool_flat = self.pool[real]
+        self.pool_owner = torch.arange(len(self.pool), device=self.device).unsqueeze(1).expand_as(real)[real]
         context = {"train": self._stat_columns(pool, pool)}
         for state, t in self.tasks.items():
             support = t.support[t.support_mask.bool()]
@@ -79,7 +84,7 @@ class ItemContext:
         small counts must also occur for popular items in training, not only for obscure ones."""
         share = 0.05 + 0.95 * torch.rand((), generator=generator).item()
         chosen = (torch.rand(len(self.pool_users), generator=generator) < share).to(self.device)  # [pool users]
-        members = self.pool[chosen][self.pool_mask[chosen].bool()]
+        members = self.pool_flat[chosen[self.pool_owner]]  # = pool[chosen][pool_mask[chosen]], in the same order
         if len(members) == 0:
             members = self.pool[:1][self.pool_mask[:1].bool()]
         return self._stat_columns(members, rows.flatten().unique())

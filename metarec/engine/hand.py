@@ -107,9 +107,20 @@ class HandFieldsMLP:
         self.cols = [sum(dims[:i]) for i in range(len(dims) + 1)]  # column range of each part of h
         self.layers = [(f"head.{wn}", f"head.{bn}") for wn, bn in self.mlp.layers]
         self.base_dim = {n: p.dim() for n, p in model.named_parameters()}
+        self._memo: tuple[Tensor, dict] | None = None  # the last x and its fields' one-hots (_one_hot_t)
 
     def batched(self, name: str, w: Tensor) -> bool:
         return w.dim() > self.base_dim[name]
+
+    def _one_hot_t(self, x: Tensor, i: int, rows: int, dtype: torch.dtype) -> Tensor:
+        """Field i's one-hot of x, transposed: [tasks, rows, n]. An inner loop reads the same x at every
+        step, so the last x's are kept (by identity: x is never written in place)."""
+        if self._memo is None or self._memo[0] is not x:
+            self._memo = (x, {})
+        cached = self._memo[1]
+        if (i, dtype) not in cached:
+            cached[(i, dtype)] = F.one_hot(x[..., i], rows).to(dtype).transpose(1, 2)
+        return cached[(i, dtype)]
 
     def input_fixed(self, names: set[str]) -> bool:
         return (not any(n.startswith("encoder.") for n in names)
@@ -151,14 +162,12 @@ class HandFieldsMLP:
         head = self.mlp.grads(self._head(w), acts, delta, [n[5:] for n in names if n.startswith("head.")], z0,
                               input_grad=bool(enc))
         out = {("z0" if n == "z0" else "input" if n == "input" else f"head.{n}"): g for n, g in head.items()}
-        n_tasks = x.shape[0]
         for name, i in self.fields:
             if name in enc:
-                rows = w[name].shape[-2]
+                # one-hot^T delta as a bmm: the tables are small (MeLU: <= a few dozen rows), where
+                # index_add's per-row loop costs far more than the matmul's wasted zeros
                 delta = out["input"][..., self.cols[i]:self.cols[i + 1]]
-                index = (x[..., i] + torch.arange(n_tasks, device=x.device).unsqueeze(1) * rows).flatten()
-                flat = delta.new_zeros(n_tasks * rows, delta.shape[-1]).index_add(0, index, delta.flatten(0, 1))
-                out[name] = flat.view(n_tasks, rows, -1)
+                out[name] = torch.bmm(self._one_hot_t(x, i, w[name].shape[-2], delta.dtype), delta)
         if self.multi in enc:
             delta = out["input"][..., self.cols[-2]:self.cols[-1]]
             out[self.multi] = torch.bmm(self._pooling(x, delta.dtype).transpose(1, 2), delta)

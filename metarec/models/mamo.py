@@ -79,9 +79,55 @@ class MAMONet(nn.Module):
     def head_batched(self, w: dict[str, Tensor], h: Tensor) -> Tensor:
         """head with each task's own weights w (name -> [tasks, ...], the names of param_groups()["local"]):
         h [tasks, n, out_dim] -> [tasks, n]."""
-        e_u = F.leaky_relu(batched_linear(h[..., : self.user_dim], w["user.weight"], w["user.bias"]))
-        e_i = F.leaky_relu(batched_linear(h[..., self.user_dim:], w["item.weight"], w["item.bias"]))
-        z = batched_linear(torch.cat([e_u, e_i], -1), w["pref.weight"], w["pref.bias"])
-        for i, layer in enumerate(self.net):
-            z = batched_linear(z, w[f"net.{i}.weight"], w[f"net.{i}.bias"]) if isinstance(layer, nn.Linear) else layer(z)
-        return self.offset + z.squeeze(-1)
+        return self.offset + self._head_out(w, self.split(h))[0].squeeze(-1)
+
+    def split(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """(the user tower's input, the item tower's) from h [..., out_dim]; an inner loop splits once,
+        since each slice of h costs a pass back that writes a zero tensor of h's size."""
+        return h[..., : self.user_dim], h[..., self.user_dim:]
+
+    def _head_out(self, w: dict[str, Tensor], hs: tuple[Tensor, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The head's output [tasks, n, 1] without the offset from hs = split(h), and what head_grads reads:
+        the towers' pre-activations, the preference matrix's input, then each net layer's (pre-)activation."""
+        u = batched_linear(hs[0], w["user.weight"], w["user.bias"])
+        i = batched_linear(hs[1], w["item.weight"], w["item.bias"])
+        c = torch.cat([F.leaky_relu(u), F.leaky_relu(i)], -1)
+        z = batched_linear(c, w["pref.weight"], w["pref.bias"])
+        cache = [u, i, c, z]
+        for k, layer in enumerate(self.net):
+            z = batched_linear(z, w[f"net.{k}.weight"], w[f"net.{k}.bias"]) if isinstance(layer, nn.Linear) else layer(z)
+            cache.append(z)
+        return z, cache
+
+    def head_grads(self, w: dict[str, Tensor], hs: tuple[Tensor, Tensor], target: Tensor,
+                   scale: Tensor) -> dict[str, Tensor]:
+        """Each task's gradient of the sum over tasks of its masked squared error, written out (no
+        autograd.grad: second order differentiates this expression, leaky relu' a constant mask as in
+        autograd's own double backward); hs = split(h). target = (offset - y) scale and scale = 2 mask / n_task
+        [tasks, n, 1] (as the engine's HandPath.loss_terms)."""
+        out, (u, i, c, *zs) = self._head_out(w, hs)
+        delta = torch.addcmul(target, out, scale)  # dL/d(output) [tasks, n, 1]
+        grads: dict[str, Tensor] = {}
+        inputs = [c, *zs[:-1]]  # each net layer's input (zs[0] is the preference matrix's output)
+        for k in range(len(self.net) - 1, -1, -1):
+            if isinstance(self.net[k], nn.Linear):
+                grads[f"net.{k}.weight"] = torch.bmm(delta.transpose(1, 2), inputs[k + 1])
+                grads[f"net.{k}.bias"] = delta.sum(1)
+                delta = torch.bmm(delta, w[f"net.{k}.weight"])
+            else:  # the LeakyReLU whose output net layer k computed
+                delta = _leaky_back(delta, inputs[k + 1].detach())
+        grads["pref.weight"], grads["pref.bias"] = torch.bmm(delta.transpose(1, 2), c), delta.sum(1)
+        delta = torch.bmm(delta, w["pref.weight"])  # dL/dc
+        tower = u.shape[-1]
+        for name, pre, part, x in (("user", u, delta[..., :tower], hs[0]), ("item", i, delta[..., tower:], hs[1])):
+            d = _leaky_back(part, pre.detach())
+            grads[f"{name}.weight"], grads[f"{name}.bias"] = torch.bmm(d.transpose(1, 2), x), d.sum(1)
+        return grads
+
+
+_leaky_relu_backward = torch.ops.aten.leaky_relu_backward.default
+
+
+def _leaky_back(grad: Tensor, pre: Tensor, slope: float = 0.01) -> Tensor:
+    """leaky relu' (nn.LeakyReLU's default slope) applied to grad as autograd applies it, at the pre-activation pre."""
+    return _leaky_relu_backward(grad, pre, slope, False)
