@@ -188,3 +188,53 @@ def test_recommend_from_an_atomic_checkpoint_with_user_fields_by_name(tmp_path):
                   "--user", "region=west")
     errors = [line for line in bad.stderr.splitlines() if line.startswith("metarec: error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "region='west' is not in" in errors[0]
+
+
+# ----------------------------------------------------------------------------- the results pages beyond MovieLens
+
+def test_a_results_page_refuses_a_state_under_30_tasks():
+    from metarec.results_page import SeedRun, summarize
+
+    def run(method, seed, n):
+        mae = [0.8] * n
+        doc = {"n_tasks": n, "headline_step": "1", "steps": {"1": {"mae": 0.8, "ndcg@3": 0.9, "ndcg_lin@3": 0.9}},
+               "per_task": {"1": {"mae": mae, "ndcg@3": [0.9] * n}},
+               "floors": {"bias": {"mae": 0.9, "ndcg@3": 0.8, "ndcg_lin@3": 0.8}, "random": {"ndcg@3": 0.7}},
+               "floors_per_task": {"bias": {"mae": [0.9] * n, "ndcg@3": [0.8] * n}, "random": {"ndcg@3": [0.7] * n}}}
+        return SeedRun(method, seed, {"user_cold": doc}, 0.8)
+
+    assert summarize([run("maml", 0, 30), run("maml", 1, 31)])["states"] == ["user_cold"]
+    with pytest.raises(UserError, match=r"fewer than 30 tasks: user_cold \(29 tasks, seed 1\)"):
+        summarize([run("maml", 0, 30), run("maml", 1, 29)])
+
+
+def carried_over(data: str, protocol: str, methods: list[str]) -> None:
+    """Each method's run on `data` composes the protocol with its ml-100k preset's settings, key for key."""
+    from metarec import results
+    from metarec.compose import compose_plain
+    presets = results.presets_of(data)
+    assert list(presets) == list(results.METHODS)
+    for method in methods:
+        overrides = presets[method]
+        ours, theirs = compose_plain(overrides), compose_plain(results.METHODS[method])
+        assert overrides[0] == f"+protocol={protocol}" and ours["data"]["name"] == "atomic"
+        assert ours["algo"] == theirs["algo"], method  # the method's settings, key for key
+        assert ours["model"] == theirs["model"], method
+        for key in ("item_ids", "item_stats", "item_factors", "factor_reg", "transductive", "trans_rank", "trans_shares"):
+            assert ours["data"][key] == theirs["data"][key], (method, key)
+        for key in ("max_steps", "meta_batch_size", "val_every", "patience"):
+            assert ours["trainer"][key] == theirs["trainer"][key], (method, key)
+    line = results.protocol(list(presets), data)  # every method shares the protocol's users and tasks
+    assert ("metahin_new_user" in line) == (data == "dbook-metahin")
+    args = results.parse(["--data", data])
+    assert str(args.doc) == f"docs/results-{data}.md" and str(args.out) == f"outputs/results-{data}"
+
+
+def test_a_method_runs_on_a_new_data_set_with_its_ml100k_settings():
+    carried_over("movietweetings", "movietweetings", ["ridge_trans", "lwa"])  # data, trainer, algo keys; lwa's item ids
+
+
+@pytest.mark.slow
+def test_every_ml100k_method_runs_on_metahins_split_with_its_ml100k_settings():
+    from metarec import results
+    carried_over("dbook-metahin", "dbook_metahin", list(results.METHODS))
