@@ -161,10 +161,11 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
 
 def scoring_line(source: TaskSource) -> str:
     """eval.md's line on the data: its scale, how predictions are scored, which items are new."""
-    lo, hi = source.rating_scale
+    lo, hi = source.rating_scale or (1.0, 5.0)  # a source without a scale: its gains read the ratings as they are
     gain = "r" if (lo, hi) == (1.0, 5.0) else f"r mapped onto 1-5 as 1 + 4 (r - {lo:g}) / {hi - lo:g}"
     cut = ", ".join(f"{k}={v}" for k, v in dict(source.cut_info).items())
-    return (f"ratings on {lo:g}-{hi:g}; predictions scored as the model gives them, never clipped (every method and "
+    scale = f"{lo:g}-{hi:g}" if source.rating_scale else "their own scale"
+    return (f"ratings on {scale}; predictions scored as the model gives them, never clipped (every method and "
             f"floor alike); nDCG gains of {gain}; new items: {cut or 'none'}")
 
 

@@ -176,6 +176,9 @@ def test_recommend_from_an_atomic_checkpoint_with_user_fields_by_name(tmp_path):
                 "trainer.val_every=2", "trainer.meta_batch_size=8", "trainer.progress=false", "device=cpu",
                 "device.threads=1", "eval.max_steps=1", f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr[-2000:]
+    data_line = next(line for line in (run / "eval.md").read_text().splitlines() if line.startswith("Data:"))
+    assert data_line.startswith("Data: ratings on 1-5; predictions scored as the model gives them, never clipped")
+    assert "cut={'field': 'ts', 'above':" in data_line and "duplicate_ratings_dropped=0" in data_line
     (tmp_path / "mine.csv").write_text("item_id,rating\np3,5\np7,1\np11,4\n")
     r = run_cli("recommend", f"checkpoint={run}/checkpoints/best.pt", f"ratings={tmp_path}/mine.csv", "top_k=5",
                 "--json", "--user", "region=north", "user.spend=120")
