@@ -241,3 +241,13 @@ def test_a_method_runs_on_a_new_data_set_with_its_ml100k_settings():
 def test_every_ml100k_method_runs_on_metahins_split_with_its_ml100k_settings():
     from metarec import results
     carried_over("dbook-metahin", "dbook_metahin", list(results.METHODS))
+
+
+def test_the_transductive_penalty_stretches_with_the_scale(tmp_path, monkeypatch):
+    from metarec.data import transductive
+    seen = []
+    monkeypatch.setattr(transductive, "side_table", lambda src, settings, seed: seen.append(settings.reg) or (None, None))
+    folder = write_synthetic(tmp_path)
+    for scale in ("[1,5]", "[0,10]"):
+        source(*SHOP, f"data.root={folder}", f"data.rating_scale={scale}", "data.transductive=true", "data.item_stats=false")
+    assert seen == [10.0, 25.0]

@@ -97,14 +97,16 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         # (the biases' precisions count ratings and need nothing); MovieLens' are unchanged
         self.rating_unit = (self.rating_scale[1] - self.rating_scale[0]) / 4
         settings = mf_floors.MFSettings.of(cfg)  # checked here, before any training
-        self.mf_settings = replace(settings, reg=settings.reg * self.rating_unit, foldin_reg=settings.foldin_reg * self.rating_unit,
-                                   transductive_reg=settings.transductive_reg * self.rating_unit)
+        unit = self.rating_unit
+        self.mf_settings = replace(settings, reg=settings.reg * unit, foldin_reg=settings.foldin_reg * unit,
+                                   transductive_reg=settings.transductive_reg * unit)
         self._mf: mf_floors.MFFloors | None = None  # the MF floors' training fit, made when first asked for
         if cfg.item_factors:
             self._item_factors(split_seed)
         self.trans_rows: dict[str, Tensor] | None = None  # data.transductive: each rating's row in the side table
         if cfg.transductive:
-            self._transductive(transductive.TransSettings.of(cfg), split_seed)
+            settings = transductive.TransSettings.of(cfg)  # its factors' penalty in squared rating units, as the floors'
+            self._transductive(replace(settings, reg=settings.reg * self.rating_unit), split_seed)
         self.n_base = features.n_base  # user and item fields: item context goes after them, item ids last
         if cfg.item_stats:
             self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
