@@ -251,3 +251,23 @@ def test_the_transductive_penalty_stretches_with_the_scale(tmp_path, monkeypatch
     for scale in ("[1,5]", "[0,10]"):
         source(*SHOP, f"data.root={folder}", f"data.rating_scale={scale}", "data.transductive=true", "data.item_stats=false")
     assert seen == [10.0, 25.0]
+
+
+def test_shown_ratings_are_clipped_to_the_scale_and_ranked_by_the_scores():
+    from types import SimpleNamespace
+
+    from metarec.api import AdaptedUser
+    rec = SimpleNamespace(scale=(0.0, 10.0), item_ids=["a", "b", "c", "d"], titles=["", "", "", ""],
+                          catalogue=torch.ones(4, dtype=torch.bool), _row={"a": 0, "b": 1, "c": 2, "d": 3})
+    rec.item_row = lambda item, where: rec._row[item]
+    user = AdaptedUser(rec, np.array([3]), torch.tensor([11.0, 12.5, -0.5, 4.0]))
+    assert user.predict(["a", "b", "c", "d"]) == [10.0, 10.0, 0.0, 4.0]
+    assert [(r.item_id, r.predicted_rating) for r in user.recommend(3)] == [("b", 10.0), ("a", 10.0), ("c", 0.0)]
+
+
+def test_recommend_takes_user_fields_by_name():
+    from metarec.recommend import parse
+    opts, as_json = parse(["checkpoint=c.pt", "ratings=r.csv", "--user", "location=314", "user.age=30", "gender=F", "--json"])
+    assert opts["user"] == {"gender": "F", "location": "314", "age": "30"} and as_json
+    with pytest.raises(UserError, match="not an argument"):
+        parse(["checkpoint=c.pt", "ratings=r.csv", "location=314"])
