@@ -216,7 +216,8 @@ def item_titles(cfg, data: AtomicData) -> list[str]:
     if name is None:
         return [""] * data.table.num_items
     if file is None or name not in file.types:
-        raise UserError(f"data.title_field={name} is not a field of {data.inter.path.stem}.item: name an item field, or null")
+        raise UserError(f"data.title_field={name} is not a field of {data.inter.path.stem}.item: "
+                        "name an item field, or null")
     known = [file.columns[name][p] for p in data.positions["item"]]
     return known + [""] * (data.table.num_items - len(known))
 
@@ -270,7 +271,8 @@ class AtomicTasks(MovieLensTasks):
                     number = float(value)
                 except ValueError:
                     raise UserError(f"user feature {name}={value!r} is not a number") from None
-                edges = c.edges if c.edges is not None else bucket_edges(np.asarray(c.values, dtype=np.float64), self.cfg.float_buckets)
+                values = np.asarray(c.values, dtype=np.float64)
+                edges = c.edges if c.edges is not None else bucket_edges(values, self.cfg.float_buckets)  # training's
                 codes[names.index(name)] = int(bucketize(np.array([number]), edges)[0])
                 continue
             vocab = c.vocab if c.vocab is not None else sorted({v for v in c.values if v != ""})
