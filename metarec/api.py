@@ -10,8 +10,10 @@ it stores. adapt() adapts the way evaluation does, with the checkpoint's own alg
 evaluation steps (MAML's gradient steps, ridge's exact solve, prompt's...), on the new user's ratings as
 support set and every item of the data set as query: one batched pass that scores the whole catalogue.
 recommend(k) ranks the catalogue (items with a rating in the data) less the items the user rated.
-Item ids are the data set's own (MovieLens movie ids). The item factors of data.item_factors come
-from the checkpoint's model (the table it trained with), so loading does not fit them again.
+Item ids are the data set's own (MovieLens movie ids, an atomic data set's id tokens); predicted ratings are
+clipped to the data set's scale (the ranking uses the model's own scores, so clipped ties keep their order).
+The item factors of data.item_factors come from the checkpoint's model (the table it trained with), so
+loading does not fit them again.
 """
 from __future__ import annotations
 
@@ -46,12 +48,13 @@ class AdaptedUser:
     """A new user after adaptation: the predicted rating of every item of the data set."""
 
     def __init__(self, rec: "Recommender", rated: np.ndarray, scores: torch.Tensor):
-        self.rec, self.rated, self.scores = rec, rated, scores  # rated: item rows; scores: [items]
+        self.rec, self.rated, self.scores = rec, rated, scores  # rated: item rows; scores: [items], the ranking's
+        self.shown = scores.clamp(*rec.scale)  # a predicted rating shown to a user stays on the data set's scale
 
     def predict(self, items) -> list[float]:
         """Predicted ratings of `items` (the data set's item ids)."""
         rows = [self.rec.item_row(i, f"items[{j}]") for j, i in enumerate(items)]
-        return [float(self.scores[r]) for r in rows]
+        return [float(self.shown[r]) for r in rows]
 
     def recommend(self, k: int = 10) -> list[Recommendation]:
         """The k catalogue items with the highest predicted rating that the user did not rate, best first."""
@@ -62,7 +65,7 @@ class AdaptedUser:
         score[torch.as_tensor(self.rated, dtype=torch.long)] = -math.inf
         k = min(k, int(torch.isfinite(score).sum()))
         top = torch.topk(score, k).indices.tolist()
-        return [Recommendation(self.rec.item_ids[r], self.rec.titles[r], round(float(self.scores[r]), 4)) for r in top]
+        return [Recommendation(self.rec.item_ids[r], self.rec.titles[r], round(float(self.shown[r]), 4)) for r in top]
 
 
 class Recommender:
@@ -71,12 +74,10 @@ class Recommender:
     def __init__(self, cfg, source, algo, factor_fold: int | None, path: Path):
         self.cfg, self.source, self.algo, self.factor_fold, self.path = cfg, source, algo, factor_fold, path
         raw = source.raw
-        ids = raw.item_id if raw.item_id is not None else np.arange(1, raw.num_items + 1)
-        self.item_ids = [int(i) if np.issubdtype(np.asarray(ids).dtype, np.integer) else str(i) for i in ids]
+        self.item_ids, self.titles = source.item_labels()  # the data set's own ids: MovieLens' numbers, atomic tokens
         self._row = {str(i): r for r, i in enumerate(self.item_ids)}
-        self.titles = list(raw.item_title)
         self.catalogue = torch.from_numpy(np.bincount(raw.rating_item, minlength=raw.num_items) > 0)
-        self.scale = (float(raw.rating.min()), float(raw.rating.max()))
+        self.scale = tuple(source.rating_scale)  # ratings given are checked on it; predictions shown are clipped to it
         self.steps = cfg.algo.eval_steps if cfg.algo.eval_steps is not None else cfg.algo.inner_steps
         self.user: AdaptedUser | None = None
         source.item_rows(torch.arange(1, device=source.device), None, factor_fold)  # its tables, made once, here
@@ -92,7 +93,8 @@ class Recommender:
     def adapt(self, ratings, user: dict | None = None) -> AdaptedUser:
         """Adapt to a new user's ratings: a list of (item_id, rating), a {item_id: rating} dict or a
         DataFrame with item_id and rating columns; `user`: optional features (MovieLens: gender, age,
-        occupation, zip; a missing one takes the most common value among the meta-train users)."""
+        occupation, zip; data=atomic: its user fields by name, e.g. {"location": "314"}; a missing one takes
+        the most common value among the meta-train users)."""
         given = ratings if isinstance(ratings, list) and all(isinstance(r, Rating) for r in ratings) else as_ratings(ratings)
         if not given:
             raise UserError("no ratings given: a new user needs at least one (item_id, rating)")
@@ -159,9 +161,9 @@ def load(path: str | Path, data_root: str | None = None, device: str = "cpu") ->
     path = Path(path)
     ck = checkpoint.load(path)
     cfg = checkpoint.config(ck, path)
-    if cfg.data.name != "movielens":
+    if cfg.data.name not in ("movielens", "atomic"):
         raise UserError(f"checkpoint {path} was trained on data={cfg.data.name}: recommendations need a rating "
-                        f"data set with items (data=movielens)")
+                        f"data set with items (data=movielens or data=atomic)")
     if data_root is not None:
         cfg.data.root = str(data_root)
     data_cfg = OmegaConf.merge(cfg.data, {"item_factors": 0})  # the factor table comes with the model

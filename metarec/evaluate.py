@@ -43,23 +43,36 @@ def mean_ci(values: Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * std / math.sqrt(max(n, 1))
 
 
-def rating_metrics(pred: Tensor, batch: TaskBatch, gain: str, seed: int) -> dict[str, Tensor]:
-    """Per-task metrics of query predictions [tasks, Q]."""
+def on_five(rating: Tensor, scale: tuple[float, float] | None) -> Tensor:
+    """Ratings mapped onto 1-5 for the nDCG gain (the identity on a 1-5 scale): 2^r - 1 on a 0-10 scale
+    would weigh a 10 1,023 times a 1 and a 9 twice as much as an 8."""
+    if scale is None:
+        return rating
+    lo, hi = scale
+    return rating if (lo, hi) == (1.0, 5.0) else 1 + 4 * (rating - lo) / (hi - lo)
+
+
+def rating_metrics(pred: Tensor, batch: TaskBatch, gain: str, seed: int,
+                   scale: tuple[float, float] | None = None) -> dict[str, Tensor]:
+    """Per-task metrics of query predictions [tasks, Q], scored as predicted (never clipped: every method
+    and floor alike); the nDCG gains read the query ratings mapped onto 1-5 (on_five)."""
     y, m = batch.query_y, batch.query_mask
     n = m.sum(1).clamp(min=1)
     err = (pred - y) * m
     out = {"mae": err.abs().sum(1) / n, "rmse": ((err ** 2).sum(1) / n).sqrt()}
     other = {"exp": ("linear", "ndcg_lin"), "linear": ("exp", "ndcg_exp")}[gain]
+    r = on_five(y, scale)
     for k in NDCG_KS:  # both gains, each named: ndcg@k uses eval.ndcg_gain
-        out[f"ndcg@{k}"] = ndcg_at_k(pred, y, m, k, gain, torch.Generator().manual_seed(seed + k))
+        out[f"ndcg@{k}"] = ndcg_at_k(pred, r, m, k, gain, torch.Generator().manual_seed(seed + k))
     for k in NDCG_KS:
-        out[f"{other[1]}@{k}"] = ndcg_at_k(pred, y, m, k, other[0], torch.Generator().manual_seed(seed + k))
+        out[f"{other[1]}@{k}"] = ndcg_at_k(pred, r, m, k, other[0], torch.Generator().manual_seed(seed + k))
     return out
 
 
-def task_metrics(pred: Tensor, batch: TaskBatch, kind: str, gain: str = "exp", seed: int = 0) -> dict[str, Tensor]:
+def task_metrics(pred: Tensor, batch: TaskBatch, kind: str, gain: str = "exp", seed: int = 0,
+                 scale: tuple[float, float] | None = None) -> dict[str, Tensor]:
     if kind == "rating":
-        return rating_metrics(pred, batch, gain, seed)
+        return rating_metrics(pred, batch, gain, seed, scale)
     m = batch.query_mask
     n = m.sum(1).clamp(min=1)
     if kind == "classification":
@@ -76,7 +89,8 @@ def summarize(per_task: dict[str, Tensor]) -> dict[str, float]:
 
 
 def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chunk: int, seed: int = 0,
-                   floors: dict[str, Tensor] | None = None, only_last: bool = False, headline: int | None = None) -> dict:
+                   floors: dict[str, Tensor] | None = None, only_last: bool = False, headline: int | None = None,
+                   scale: tuple[float, float] | None = None) -> dict:
     """Metrics after 0..steps adaptation steps, or only after `steps` with only_last=True (chunks of tasks
     share one batched pass); with `headline`, also each metric at that step per support-size bucket."""
     scored = [steps] if only_last else list(range(steps + 1))
@@ -86,7 +100,7 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
         between_chunks()  # a stop request takes effect here, not after the whole evaluation
         part = batch.select(slice(start, start + chunk))
         for k, pred in zip(scored, algo.adapt_trace(part, steps, at=[steps] if only_last else None)):
-            for name, v in task_metrics(pred.float(), part, kind, gain, seed + start).items():
+            for name, v in task_metrics(pred.float(), part, kind, gain, seed + start, scale).items():
                 per_step[k].setdefault(name, []).append(v.cpu())
         bar.update(part.n_tasks)
     bar.close()
@@ -99,7 +113,7 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
         if kind == "rating":
             floors = {**floors, "random": torch.zeros_like(batch.query_y)}  # all tied: the random-order level
         for name, pred in floors.items():
-            per_task = task_metrics(pred.float(), batch, kind, gain, seed)
+            per_task = task_metrics(pred.float(), batch, kind, gain, seed, scale)
             if name == "random":
                 per_task = {k: v for k, v in per_task.items() if k.startswith("ndcg")}
             result["floors"][name] = summarize(per_task)
@@ -130,7 +144,7 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
         algo.enter_state(state)  # e.g. metaemb's warm-up reads the state's visible ratings
         # validation selects on the headline step alone: no query forward for the steps before it
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
-                           only_last=select, headline=None if select else headline)
+                           only_last=select, headline=None if select else headline, scale=source.rating_scale)
         r["headline_step"] = str(headline)
         if catalog:
             r["catalog"] = ranking.catalog_state(source, algo, batch, state, headline, cfg.seed)
@@ -141,7 +155,18 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
     if source.kind == "rating":
         result["gain"] = ("ndcg@k: 2^r-1, ndcg_lin@k: linear (r)" if cfg.eval.ndcg_gain == "exp"
                           else "ndcg@k: linear (r), ndcg_exp@k: 2^r-1")
+        result["scoring"] = scoring_line(source)
     return result
+
+
+def scoring_line(source: TaskSource) -> str:
+    """eval.md's line on the data: its scale, how predictions are scored, which items are new."""
+    lo, hi = source.rating_scale or (1.0, 5.0)  # a source without a scale: its gains read the ratings as they are
+    gain = "r" if (lo, hi) == (1.0, 5.0) else f"r mapped onto 1-5 as 1 + 4 (r - {lo:g}) / {hi - lo:g}"
+    cut = ", ".join(f"{k}={v}" for k, v in dict(source.cut_info).items())
+    scale = f"{lo:g}-{hi:g}" if source.rating_scale else "their own scale"
+    return (f"ratings on {scale}; predictions scored as the model gives them, never clipped (every method and "
+            f"floor alike); nDCG gains of {gain}; new items: {cut or 'none'}")
 
 
 def _paired(per_task: dict[str, Tensor]) -> dict[str, list[float]]:
@@ -196,4 +221,6 @@ def format_table(result: dict, title: str = "") -> str:
         lines.append("")
     if "gain" in result:
         lines.append(f"nDCG gains: {result['gain']}.")
+    if "scoring" in result:
+        lines.append(f"Data: {result['scoring']}.")
     return "\n".join(lines) + "\n" + ranking.format_by_support(result) + ranking.format_catalog(result)

@@ -1,13 +1,15 @@
 """`metarec recommend`: the top-k items for a new user, from a trained checkpoint and a few ratings.
 
     metarec recommend checkpoint=PATH ratings=FILE [top_k=10] [--json]
-                      [gender=F age=25 occupation=4 zip=55455] [data.root=PATH] [device=cpu] [threads=N]
+                      [gender=F age=25 occupation=4 zip=55455 | --user FIELD=VALUE ...] [data.root=PATH] [device=cpu] [threads=N]
 
 FILE is a CSV (or, when its header holds a tab, TSV) file with a header naming an item column
 (item_id, item, movie_id or item_id:token) and a rating column (rating or rating:float); other
-columns are ignored. Item ids are the data set's own (MovieLens movie ids). The user's features go
-on the command line as key=value (MovieLens: gender M/F, age in years, occupation as in the data's
-user table, zip code); one not given takes the most common value among the meta-train users.
+columns are ignored. Item ids are the data set's own (MovieLens movie ids, an atomic data set's id
+tokens). The user's features go on the command line: MovieLens' as key=value (gender M/F, age in
+years, occupation as in the data's user table, zip code), any data set's by the field name of its user
+file as `--user location=314` (or user.location=314); one not given takes the most common value among
+the meta-train users. Predicted ratings are clipped to the data set's rating scale.
 The work is metarec/api.py's: adapt with the checkpoint's algorithm, rank every unrated item.
 """
 from __future__ import annotations
@@ -23,23 +25,30 @@ USER_KEYS = ("gender", "age", "occupation", "zip")
 KEYS = ("checkpoint", "ratings", "top_k", "data.root", "device", "threads", *USER_KEYS)
 ITEM_COLUMNS = ("item_id", "item", "movie_id", "movieid", "itemid")
 USAGE = ("usage: metarec recommend checkpoint=PATH ratings=FILE [top_k=10] [--json] "
-         "[gender=F age=25 occupation=4 zip=55455] [data.root=PATH] [device=cpu] [threads=N]")
+         "[gender=F age=25 occupation=4 zip=55455 | --user FIELD=VALUE ...] [data.root=PATH] [device=cpu] [threads=N]")
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], bool]:
     """key=value arguments and the --json flag; an unknown key or a missing required one is one line."""
-    opts, as_json = {}, False
-    for a in argv:
+    opts, as_json, user = {}, False, {}
+    args = iter(argv)
+    for a in args:
         if a == "--json":
             as_json = True
             continue
+        if a == "--user":  # --user NAME=VALUE: a field of the data's user file by name
+            a = "user." + next(args, "")
         key, eq, value = a.partition("=")
+        if eq and key.startswith("user.") and len(key) > 5:
+            user[key[5:]] = value
+            continue
         if not eq or key not in KEYS:
             raise UserError(f"{a!r} is not an argument of metarec recommend (keys: {', '.join(KEYS)}, --json); {USAGE}")
         opts[key] = value
     for key in ("checkpoint", "ratings"):
         if not opts.get(key):
             raise UserError(f"metarec recommend needs {key}=...; {USAGE}")
+    opts["user"] = {**{k: opts.pop(k) for k in USER_KEYS if k in opts}, **user}
     return opts, as_json
 
 
@@ -109,7 +118,7 @@ def recommend(opts: dict[str, str], as_json: bool) -> str:
     start = time.perf_counter()
     rec = load(opts["checkpoint"], data_root=opts.get("data.root"), device=opts.get("device", "cpu"))
     loaded = time.perf_counter()
-    user = rec.adapt(ratings, {k: opts[k] for k in USER_KEYS if k in opts})
+    user = rec.adapt(ratings, opts["user"])
     top = user.recommend(int(top_k))
     seconds = {"load": round(loaded - start, 3), "adapt_rank": round(time.perf_counter() - loaded, 4)}
     candidates = int(rec.catalogue.sum()) - int(rec.catalogue[torch.as_tensor(user.rated)].sum())
@@ -117,7 +126,7 @@ def recommend(opts: dict[str, str], as_json: bool) -> str:
         return table(top, len(ratings), candidates, rec, seconds)
     return json.dumps({"checkpoint": str(rec.path), "algo": rec.cfg.algo.name, "steps": rec.steps,
                        "rated": len(ratings), "candidates": candidates,
-                       "user": {k: opts[k] for k in USER_KEYS if k in opts},
+                       "user": opts["user"],
                        "top": [{"rank": i, "item_id": r.item_id, "title": r.title, "predicted_rating": r.predicted_rating}
                                for i, r in enumerate(top, start=1)], "seconds": seconds}, indent=2)
 

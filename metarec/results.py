@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from metarec import catalog_page, results_figures, results_seeds
+from metarec import catalog_page, results_figures, results_seeds, results_sets
 from metarec import runs as run_folders
 from metarec.compose import compose_plain
 from metarec.errors import UserError
@@ -74,11 +74,17 @@ SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
     "ml-100k": ("METAREC_ML100K", Path("outputs/results"), Path("docs/results.md")),
     "ml-1m": ("METAREC_ML1M", Path("outputs/results-ml1m"), Path("docs/results-ml1m.md")),
+    # beyond MovieLens: every ml-100k method on the data set's protocol (metarec/results_sets.py)
+    "dbook": ("METAREC_DBOOK", Path("outputs/results-dbook"), Path("docs/results-dbook.md")),
+    "dbook-metahin": ("METAREC_DBOOK", Path("outputs/results-dbook-metahin"), Path("docs/results-dbook-metahin.md")),
+    "movietweetings": ("METAREC_MOVIETWEETINGS", Path("outputs/results-movietweetings"), Path("docs/results-movietweetings.md")),
 }
 
 
 def presets_of(data: str) -> dict[str, list[str]]:
     """method -> its preset's overrides, for one data set."""
+    if data in results_sets.PROTOCOLS:
+        return results_sets.presets(data, METHODS)
     return METHODS if data == "ml-100k" else ML1M_METHODS
 
 
@@ -206,10 +212,20 @@ def protocol(methods: list[str], variant: str = "ml-100k") -> str:
     share = "/".join(f"{100 * x:g}" for x in d.split)
     heavy = ("the meta-train users above that train too (`data.heavy_users=true`; MeLU drops them)" if d.heavy_users
              else "users above that are dropped, as in MeLU")
-    cut = d.cut_year if d.cut_year is not None else CUT_YEAR[d.variant]
-    return (f"Protocol: users {share} meta-train / validation / test by the split seed; tasks of users with "
-            f"{d.min_ratings}-{d.max_ratings} ratings in a partition, {d.query_size} query ratings; {heavy}. "
-            f"Items are new when the year in their title is after {cut} (the year every copy carries: docs/data.md).")
+    users = (f"users {share} meta-train / validation / test by the split seed" if d.get("test_user_field") is None else
+             f"test users: those whose {d.test_user_field} is 1, the others {share[:share.rindex('/')]} meta-train / "
+             "validation by the split seed")
+    if d.name == "movielens":
+        cut = d.cut_year if d.cut_year is not None else CUT_YEAR[d.variant]
+        items = f"Items are new when the year in their title is after {cut} (the year every copy carries: docs/data.md)."
+    else:
+        c = d.cut
+        items = (f"Items are new when {c.field} > {c.value} (data.cut)." if c.value is not None else
+                 f"Items are new by the default cut: {c.new_ratings} of the ratings on new items, on "
+                 f"{c.field or 'each item' + chr(39) + 's first rating time (random items without a time field)'}; "
+                 "each run's eval.md names the cut chosen.")
+    return (f"Protocol: {users}; tasks of users with "
+            f"{d.min_ratings}-{d.max_ratings} ratings in a partition, {d.query_size} query ratings; {heavy}. {items}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -334,10 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         if trained:  # recorded before anything else can fail: the training happened
             record_timing(args, trained, time.perf_counter() - t0)
         runs = load_runs(args)
+        summary = summarize(runs)  # refuses a state with too few tasks
     except UserError as e:
         print(f"metarec results: error: {e}", file=sys.stderr)
         return 1
-    summary = summarize(runs)
     summary["transductive"] = transductive(args.methods, args.data)
     wall = training_wall(args)
     fingerprint = next(iter({r.fingerprint for r in runs} - {None}), None)

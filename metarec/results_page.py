@@ -14,6 +14,8 @@ from pathlib import Path
 
 from metarec.evaluate import paired_difference
 from metarec.runs import headline
+from metarec.errors import UserError
+from metarec import states as state_names
 from metarec.states import STATES
 
 FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive", "mf_foldin", "mf_transductive")
@@ -80,6 +82,11 @@ def summarize(runs: list[SeedRun]) -> dict:
     by_method = {m: {s: v[s] for s in seeds} for m, v in by_method.items()}
     first = by_method[methods[0]]
     states = [s for s in STATES if all(s in first[k] for k in seeds)]
+    least = state_names.MIN_TASKS
+    small = [f"{s} ({first[k][s]['n_tasks']} tasks, seed {k})" for s in states for k in seeds if first[k][s]["n_tasks"] < least]
+    if small:  # a mean over a handful of tasks is noise: no silent number
+        raise UserError(f"a results page reports no state with fewer than {least} tasks: {', '.join(small)}; "
+                        "grow it (data.cut.new_ratings, data.split, data.min_ratings) and train again")
     table: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
     for state in states:
         rows: dict[str, dict[str, tuple[float, float]]] = {}
@@ -209,7 +216,8 @@ def shown_command(argv: list[str], data_folder: str | None) -> str:
     return " ".join(shown)
 
 
-TITLES = {"ml-100k": "MovieLens-100K", "ml-1m": "MovieLens-1M"}
+TITLES = {"ml-100k": "MovieLens-100K", "ml-1m": "MovieLens-1M", "dbook": "DBook (our split)",
+          "dbook-metahin": "DBook (MetaHIN's split)", "movietweetings": "MovieTweetings 100K"}
 
 
 def new_item_lines(summary: dict) -> list[str]:

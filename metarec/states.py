@@ -7,3 +7,4 @@ meta-training. Plain names, no torch: metarec.results and metarec.report import 
 
 STATES = ("warm", "user_cold", "item_cold", "user_item_cold")
 CUT_YEAR = {"ml-100k": 1996, "ml-1m": 1997}  # items whose title year is after it are new (data.cut_year=null)
+MIN_TASKS = 30  # a state or validation set with fewer tasks warns, and a results page refuses to report it

@@ -2,9 +2,10 @@
 every data set implements (torch only)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
@@ -48,6 +49,8 @@ class TaskSource:
 
     kind: str  # "rating" | "regression" | "classification": picks the loss and the metrics
     source_files: Sequence[Path] = ()  # the files the data was read from (run_info.json lists them)
+    rating_scale: tuple[float, float] | None = None  # a rating data set's (lowest, highest) rating
+    cut_info: Mapping = MappingProxyType({})  # a rating data set's new-item cut, as `metarec data info` shows it
 
     @classmethod
     def from_config(cls, cfg, device: torch.device, seed: int = 0, progress: bool = True) -> "TaskSource":

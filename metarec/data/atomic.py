@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from metarec.data.atomic_files import AtomicFile, find_inter, read_atomic_file, rows_of, side_file
-from metarec.data.features import Column, RatingTable, encode
+from metarec.data.features import CATEGORICAL, Column, RatingTable, bucket_edges, bucketize, encode
 from metarec.data.movielens import MovieLensTasks
-from metarec.data.movielens_raw import existing_folder, keep_last
+from metarec.data.cold_cut import latest_ratings, random_items, share_threshold
+from metarec.data.movielens_raw import existing_folder
 from metarec.errors import UserError
 
-DEFAULT_QUANTILE = 0.8  # data.cut without value or quantile: items above the 0.8 quantile are new
 MISSING = {"token": "", "float": float("nan"), "token_seq": [], "float_seq": np.zeros(0)}
 
 
@@ -34,6 +34,8 @@ class AtomicData:
     files: dict[str, AtomicFile | None]  # "user", "item" -> NAME.user, NAME.item (None: no such file)
     positions: dict[str, list[int]]  # "user", "item" -> the file row of each table row that has one
     item_rows: np.ndarray  # [R] the item row of every interaction line (before duplicates are dropped)
+    duplicates: dict  # how many lines a pair rated twice dropped, and which rating it kept (data info shows it)
+    tokens: dict[str, list[str]]  # "user", "item" -> the id token of each table row
 
     def column(self, side: str, name: str, fit: np.ndarray | None = None, vocab=None, edges=None) -> Column:
         """A feature of every user or item row; rows without a file row (only in NAME.inter): missing.
@@ -60,7 +62,7 @@ def read_dataset(cfg) -> AtomicData:
         if name not in inter.types:
             raise UserError(f"{inter.path.name} has no field {name} (its header: {', '.join(inter.types)}): "
                             f"set data.{key} to the field that holds it")
-    files, rows, positions, counts = {}, {}, {}, {}
+    files, rows, positions, counts, ids_of = {}, {}, {}, {}, {}
     for side in ("user", "item"):
         files[side] = side_file(inter.path, side)
         if files[side] is not None and ids[side] not in files[side].types:
@@ -69,14 +71,18 @@ def read_dataset(cfg) -> AtomicData:
         table_ids = files[side].columns[ids[side]] if files[side] is not None else []
         index, positions[side], tokens = rows_of(table_ids, inter.columns[ids[side]])
         rows[side] = np.fromiter((index[t] for t in inter.columns[ids[side]]), dtype=np.int64, count=len(inter))
-        counts[side] = len(tokens)
+        counts[side], ids_of[side] = len(tokens), tokens
     rating = _ratings(inter, cfg)
-    stamps = inter.floats(cfg.time_field) if cfg.time_field in inter.types else np.zeros(len(inter))
-    keep = keep_last(rows["user"], rows["item"], counts["item"])  # a pair rated twice: the last rating counts
+    timed = cfg.time_field in inter.types
+    stamps = inter.floats(cfg.time_field) if timed else np.zeros(len(inter))
+    # a pair rated twice: its latest rating in time counts (the later line on a tie or without a time field)
+    keep = latest_ratings(rows["user"], rows["item"], stamps if timed else None, counts["item"])
     table = RatingTable(rows["user"][keep], rows["item"][keep], rating[keep].astype(np.float32),
                         np.nan_to_num(np.round(stamps[keep])).astype(np.int64), counts["user"], counts["item"],
                         [inter.path] + [f.path for f in files.values() if f is not None])
-    return AtomicData(table, inter, files, positions, rows["item"])
+    duplicates = {"duplicate_ratings_dropped": len(inter) - len(keep),
+                  "duplicates_kept": "the latest in time" if timed else "the last in the file"}
+    return AtomicData(table, inter, files, positions, rows["item"], duplicates, ids_of)
 
 
 def _ratings(inter: AtomicFile, cfg) -> np.ndarray:
@@ -99,8 +105,10 @@ def _scale(scale) -> tuple[float, float]:
     return float(scale[0]), float(scale[1])
 
 
-def item_cut(cut, data: AtomicData, seed: int) -> tuple[np.ndarray, dict]:
-    """[items] bool, True for a new item, and the cut as `metarec data info` shows it."""
+def item_cut(cut, data: AtomicData, seed: int, time_field: str | None = None) -> tuple[np.ndarray, dict]:
+    """[items] bool, True for a new item, and the cut as `metarec data info` shows it. Without a value or a
+    quantile the cut is chosen to put data.cut.new_ratings of the ratings on new items: on data.cut.field,
+    else on each item's first rating time, else (no time field) on a seeded random draw of items."""
     n = data.table.num_items
     if cut.share is not None:
         if not 0 < cut.share < 1:
@@ -110,18 +118,29 @@ def item_cut(cut, data: AtomicData, seed: int) -> tuple[np.ndarray, dict]:
         return new, {"cut": {"share": cut.share, "split_seed": seed}}
     if cut.value is not None and cut.quantile is not None:
         raise UserError(f"data.cut gives both value={cut.value} and quantile={cut.quantile}: keep one")
-    values = _cut_values(cut.field, data)
+    field = cut.field if cut.field is not None else time_field if time_field in data.inter.types else None
+    if field is None:
+        if cut.value is not None or cut.quantile is not None:
+            raise UserError(f"{data.inter.path.name} has no time field ({time_field}) to cut on: name an item or "
+                            f"interaction field with data.cut.field, or drop data.cut.value / data.cut.quantile")
+        new = random_items(data.table.rating_item, n, cut.new_ratings, seed)
+        return new, {"cut": {"random_items": f"seeded by the split seed {seed}, drawn until they hold "
+                                             f"{cut.new_ratings} of the ratings (there is no time field)"}}
+    values = _cut_values(field, data)
     if cut.value is not None:
-        threshold = float(cut.value)
+        threshold, why = float(cut.value), "data.cut.value"
+    elif cut.quantile is not None:
+        if not 0 < cut.quantile < 1 or not np.isfinite(values).any():
+            raise UserError(f"data.cut.quantile={cut.quantile} must be between 0 and 1, over a field with numbers "
+                            f"({field} has {int(np.isfinite(values).sum())})")
+        threshold, why = float(np.quantile(values[np.isfinite(values)], cut.quantile)), f"quantile {cut.quantile}"
     else:
-        q = DEFAULT_QUANTILE if cut.quantile is None else cut.quantile
-        if not 0 < q < 1 or not np.isfinite(values).any():
-            raise UserError(f"data.cut.quantile={q} must be between 0 and 1, over a field with numbers "
-                            f"({cut.field} has {int(np.isfinite(values).sum())})")
-        threshold = float(np.quantile(values[np.isfinite(values)], q))
+        threshold, _ = share_threshold(values, data.table.rating_item, cut.new_ratings)
+        why = f"chosen to put {cut.new_ratings} of the ratings on new items (data.cut.new_ratings)"
     with np.errstate(invalid="ignore"):
         new = values > threshold  # an item without a value counts as existing
-    return new, {"cut": {"field": cut.field, "above": threshold}}
+    first = "" if cut.field is not None or field not in data.inter.types else " (each item's first rating)"
+    return new, {"cut": {"field": field + first, "above": threshold, "how": why}}
 
 
 def _cut_values(name: str | None, data: AtomicData) -> np.ndarray:
@@ -178,6 +197,31 @@ def per_field(cfg, key: str, features: list[str]) -> dict[str, list]:
     return {k: [str(t) for t in v] for k, v in given.items()}
 
 
+def test_users(cfg, data: AtomicData) -> np.ndarray | None:
+    """[users] bool from data.test_user_field (a NAME.user field, above 0.5: a test user), or None."""
+    name, file = cfg.test_user_field, data.files["user"]
+    if name is None:
+        return None
+    if file is None or name not in file.types:
+        raise UserError(f"data.test_user_field={name} is not a field of {data.inter.path.stem}.user: name a user field "
+                        f"whose value is 1 for a test user, or set it to null for a seeded split")
+    flags = np.zeros(data.table.num_users, dtype=bool)
+    flags[:len(data.positions["user"])] = np.nan_to_num(file.numbers(name)[data.positions["user"]]) > 0.5
+    return flags
+
+
+def item_titles(cfg, data: AtomicData) -> list[str]:
+    """data.title_field of each item row ("" without one, or for an item only NAME.inter names)."""
+    file, name = data.files["item"], cfg.title_field
+    if name is None:
+        return [""] * data.table.num_items
+    if file is None or name not in file.types:
+        raise UserError(f"data.title_field={name} is not a field of {data.inter.path.stem}.item: "
+                        "name an item field, or null")
+    known = [file.columns[name][p] for p in data.positions["item"]]
+    return known + [""] * (data.table.num_items - len(known))
+
+
 class AtomicTasks(MovieLensTasks):
     """MovieLens' cold-start tasks over a RecBole atomic data set (only the reading differs)."""
 
@@ -187,14 +231,56 @@ class AtomicTasks(MovieLensTasks):
         data = read_dataset(cfg)
         self.folder = Path(data.inter.path).parent
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
-        new_item, self.cut_info = item_cut(cfg.cut, data, split_seed)
+        new_item, self.cut_info = item_cut(cfg.cut, data, split_seed, cfg.time_field)
+        self.cut_info.update(data.duplicates)
+        self.test_users = test_users(cfg, data)
         users, items = feature_columns(cfg, data, new_item)
+        self.user_columns = {c.name: c for c in users if c.kind in CATEGORICAL}  # a new user's features, by name
+        self.item_ids, self.item_titles = data.tokens["item"], item_titles(cfg, data)
         features = encode(users, items, data.table.num_users, data.table.num_items, cfg.float_buckets, cfg.item_ids)
         low, high = data.table.rating.min(initial=np.inf), data.table.rating.max(initial=-np.inf)
         self.rating_scale = _scale(cfg.rating_scale) if cfg.rating_scale is not None else (float(low), float(high))
         self.fields_available = {f"{side}_fields": dict(f.types) for side, f in
                                  (("inter", data.inter), *data.files.items()) if f is not None}
         self._build(cfg, device, seed, data.table, features, new_item)
+
+    def _user_roles(self, perm: np.ndarray) -> np.ndarray:
+        """data.test_user_field's users are the test users; the others are cut by data.split's first two shares."""
+        if self.test_users is None:
+            return super()._user_roles(perm)
+        rest = perm[~self.test_users[perm]]
+        n_train = int(round(self.cfg.split[0] / (self.cfg.split[0] + self.cfg.split[1]) * len(rest)))
+        role = np.full(len(perm), 2, dtype=np.int64)
+        role[rest[:n_train]], role[rest[n_train:]] = 0, 1
+        return role
+
+    def item_labels(self) -> tuple[list, list[str]]:
+        return list(self.item_ids), list(self.item_titles)
+
+    def _feature_codes(self, features: dict, codes: torch.Tensor) -> torch.Tensor:
+        """A new user's codes from their NAME.user fields by name (`--user location=314`): a token as written
+        in the file, a float bucketed as training bucketed it."""
+        names = list(self.user_columns)
+        for name, value in features.items():
+            if name not in self.user_columns:
+                raise UserError(f"user feature {name!r} is not one the model reads (data.user_features: "
+                                f"{', '.join(names) or 'none'})")
+            c, value = self.user_columns[name], str(value).strip()
+            if c.kind == "float":
+                try:
+                    number = float(value)
+                except ValueError:
+                    raise UserError(f"user feature {name}={value!r} is not a number") from None
+                values = np.asarray(c.values, dtype=np.float64)
+                edges = c.edges if c.edges is not None else bucket_edges(values, self.cfg.float_buckets)  # training's
+                codes[names.index(name)] = int(bucketize(np.array([number]), edges)[0])
+                continue
+            vocab = c.vocab if c.vocab is not None else sorted({v for v in c.values if v != ""})
+            if value not in vocab:
+                raise UserError(f"user feature {name}={value!r} is not in {self.folder.name}'s user file (it has "
+                                f"{', '.join(vocab[:20])}{' ...' if len(vocab) > 20 else ''})")
+            codes[names.index(name)] = vocab.index(value) + 1
+        return codes
 
     def info(self) -> dict:
         out = super().info()

@@ -16,12 +16,15 @@ from metarec.data.protocol_config import ProtocolConfig
 @dataclass
 class CutConfig:
     """Which items are new: a random `share` of them, else those whose `field` is above `value`, else
-    above the `quantile` of the items' values (neither given: 0.8). An item field (NAME.item) is read
-    as a number; an interaction field (NAME.inter, e.g. timestamp) gives each item its first value."""
-    field: Optional[str] = "timestamp"
+    above the `quantile` of the items' values, else above the value that puts `new_ratings` of the ratings
+    on new items. An item field (NAME.item) is read as a number; an interaction field (NAME.inter, e.g.
+    timestamp) gives each item its first value; no field: data.time_field, and without one a seeded random
+    draw of items holding `new_ratings` of the ratings."""
+    field: Optional[str] = None  # null: each item's first rating time (data.time_field), else a random draw
     value: Optional[float] = rule(None, "any")
     quantile: Optional[float] = rule(None, "in (0, 1)")
     share: Optional[float] = rule(None, "in (0, 1)")
+    new_ratings: float = rule(0.3, "in (0, 1)")  # no value or quantile: the cut puts this share of the ratings on new items
 
 
 @dataclass
@@ -39,4 +42,7 @@ class AtomicConfig(ProtocolConfig):
     float_edges: Any = None  # {field: edges}: a float field's own bucket edges
     token_vocab: Any = None  # {field: tokens}: a token field's codes in this order
     cut: CutConfig = field(default_factory=CutConfig)
+    test_user_field: Optional[str] = None  # a NAME.user float field: users above 0.5 are the test users (a published split,
+    # e.g. MetaHIN's metahin_new_user); the others split into meta-train / validation by data.split's first two shares
+    title_field: Optional[str] = None  # a NAME.item field that `metarec recommend` shows as the title; null: none
     rating_scale: Optional[list[float]] = rule(None, "any")  # [lowest, highest]: other ratings are refused; null = any number

@@ -10,8 +10,14 @@ from torch import Tensor
 
 from metarec.data.factors import USER_BIAS_PRECISION
 
-BIAS_EDGES = np.round(np.arange(-1.5, 1.51, 0.15), 2)  # item context: shrunk mean residual ...
+BIAS_EDGES = np.round(np.arange(-1.5, 1.51, 0.15), 2)  # item context: shrunk mean residual (on a 1-5 scale: bias_edges) ...
 COUNT_EDGES = [1, 2, 4, 8, 16, 32, 64, 128]  # ... and number of ratings it rests on
+
+
+def bias_edges(scale: tuple[float, float]) -> np.ndarray:
+    """BIAS_EDGES in the data set's rating units: rating points on 1-5, stretched with the scale's span (a
+    0-10 scale's edges run -3.75..3.75), so the buckets cover the same share of the scale on any data set."""
+    return BIAS_EDGES * (scale[1] - scale[0]) / 4
 
 
 class ItemContext:
@@ -73,7 +79,7 @@ class ItemContext:
     def _context_codes(self, t: Tensor, c: Tensor) -> Tensor:
         """Sums t and counts c of debiased residuals -> the two item-context codes [n, 2] (0: no rating)."""
         mean = t / (c + self.bias_shrink)
-        edges = torch.as_tensor(BIAS_EDGES, dtype=mean.dtype, device=self.device)
+        edges = torch.as_tensor(bias_edges(self.rating_scale), dtype=mean.dtype, device=self.device)
         bias = torch.where(c > 0, torch.bucketize(mean, edges) + 1, torch.zeros_like(c, dtype=torch.long))
         count = torch.bucketize(c, torch.as_tensor(COUNT_EDGES, dtype=c.dtype, device=self.device), right=True)
         return torch.stack([bias, count], 1)

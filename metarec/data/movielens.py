@@ -19,14 +19,14 @@ rating's feature input and which items are new (metarec/data/features.py): data=
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data import mf_floors, transductive
+from metarec.data import cold_cut, mf_floors, transductive
 from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.movielens_catalog import CatalogRows
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
@@ -93,13 +93,20 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
         self._split(split_seed)
         self.factor_table = None
-        self.mf_settings = mf_floors.MFSettings.of(cfg)  # checked here, before any training
+        # the factors' ridge penalties are in squared rating units: stretched with the scale's span over 1-5's
+        # (the biases' precisions count ratings and need nothing); MovieLens' are unchanged
+        self.rating_unit = (self.rating_scale[1] - self.rating_scale[0]) / 4
+        settings = mf_floors.MFSettings.of(cfg)  # checked here, before any training
+        unit = self.rating_unit
+        self.mf_settings = replace(settings, reg=settings.reg * unit, foldin_reg=settings.foldin_reg * unit,
+                                   transductive_reg=settings.transductive_reg * unit)
         self._mf: mf_floors.MFFloors | None = None  # the MF floors' training fit, made when first asked for
         if cfg.item_factors:
             self._item_factors(split_seed)
         self.trans_rows: dict[str, Tensor] | None = None  # data.transductive: each rating's row in the side table
         if cfg.transductive:
-            self._transductive(transductive.TransSettings.of(cfg), split_seed)
+            settings = transductive.TransSettings.of(cfg)  # its factors' penalty in squared rating units, as the floors'
+            self._transductive(replace(settings, reg=settings.reg * self.rating_unit), split_seed)
         self.n_base = features.n_base  # user and item fields: item context goes after them, item ids last
         if cfg.item_stats:
             self.fields = (self.fields[: self.n_base] + [("item_bias", len(BIAS_EDGES) + 2), ("item_count", len(COUNT_EDGES) + 2)]
@@ -125,15 +132,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         if len(cfg.split) != 3 or min(cfg.split) < 0 or abs(sum(cfg.split) - 1) > 1e-6:
             raise UserError(f"data.split={list(cfg.split)} must be three shares (train, val, test) that sum to 1")
         rng = np.random.default_rng(seed)
-        n_users = raw.num_users
-        perm = rng.permutation(n_users)
-        # Cut at the rounded cumulative shares: splits with the same test share (0.7/0.1/0.2 and
-        # 0.6/0.2/0.2) then hold out the same test users.
-        n_train = int(round(cfg.split[0] * n_users))
-        n_val = int(round((cfg.split[0] + cfg.split[1]) * n_users)) - n_train
-        role = np.empty(n_users, dtype=np.int64)
-        role[perm[:n_train]], role[perm[n_train:n_train + n_val]], role[perm[n_train + n_val:]] = 0, 1, 2
-        self.user_role = role
+        self.user_role = role = self._user_roles(rng.permutation(raw.num_users))
 
         is_new = self.new_item[raw.rating_item]
         held = self._held_new_items(seed)
@@ -178,6 +177,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
             raise UserError(f"no meta-train user has {lo}-{hi} ratings on existing items "
                             f"(data.min_ratings / data.max_ratings / data.query_size): loosen the filter")
         self.tasks = {s: self._eval_tasks(t, s) for s, t in tasks.items() if s != "val_item_cold" or held is not None}
+        self.small_states = cold_cut.warn_small({s: len(t.users) for s, t in self.tasks.items()})  # one line each
         self.pool_users = np.array(pool_users)
         self.pool, self.pool_mask = (t.to(self.device) for t in _pad(pools))
         self.pool_len = self.pool_mask.sum(1).long()
@@ -197,6 +197,16 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         held = np.zeros(len(self.new_item), dtype=bool)
         held[chosen] = True
         return held
+    def _user_roles(self, perm: np.ndarray) -> np.ndarray:
+        """[users] 0 meta-train, 1 validation, 2 test: the seeded permutation cut at data.split's rounded
+        cumulative shares (splits with the same test share, 0.7/0.1/0.2 and 0.6/0.2/0.2, hold out the same
+        test users). data=atomic's data.test_user_field overrides it with a published split."""
+        split, n_users = self.cfg.split, len(perm)
+        n_train = int(round(split[0] * n_users))
+        n_val = int(round((split[0] + split[1]) * n_users)) - n_train
+        role = np.empty(n_users, dtype=np.int64)
+        role[perm[:n_train]], role[perm[n_train:n_train + n_val]], role[perm[n_train + n_val:]] = 0, 1, 2
+        return role
 
     def _eval_tasks(self, tasks: list, state: str) -> EvalTasks:
         shots = self.cfg.shots
@@ -241,7 +251,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         tr = self.train_ratings
         tables = cross_fitted(torch.from_numpy(raw.rating_user[tr]), torch.from_numpy(raw.rating_item[tr]),
                               torch.from_numpy(raw.rating[tr].astype(np.float64)), n_users, n_items, self.mu,
-                              torch.from_numpy(fold), folds, cfg.item_factors, cfg.factor_reg, seed=seed)
+                              torch.from_numpy(fold), folds, cfg.item_factors, cfg.factor_reg * self.rating_unit, seed=seed)
         flat = tables.flatten(0, 1).float()
         self.factor_table = torch.cat([flat.new_zeros(1, flat.shape[1]), flat])  # row 0: no factors
         row = 1 + fold[raw.rating_user] * n_items + raw.rating_item
@@ -392,4 +402,6 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         for s, t in self.tasks.items():
             out["states"][s] = {"tasks": int(len(t.users)), "support_ratings": int(t.support_mask.sum()),
                                 "query_ratings": int(t.query_mask.sum())}
+        if self.small_states:
+            out["warnings"] = self.small_states
         return out

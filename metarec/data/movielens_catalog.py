@@ -114,15 +114,14 @@ class CatalogRows:
 
     def user_codes(self, features: dict | None = None) -> Tensor:
         """A new user's feature row [F'] (only its user columns count) from MovieLens' {gender, age,
-        occupation, zip} (raw values as in the data's user table; ages in years). A feature not given takes
-        the most common code among the meta-train users; other data sets take those codes only."""
+        occupation, zip} (raw values as in the data's user table; ages in years), data=atomic's from its user
+        fields by name. A feature not given takes the most common code among the meta-train users."""
         features = {k: v for k, v in (features or {}).items() if v not in (None, "")}
         codes = self._common_user().clone()
-        if not features:
-            return codes
-        if not hasattr(self.raw, "user_gender"):
-            raise UserError(f"user features ({', '.join(sorted(features))}) are read for MovieLens only: a new user "
-                            "of this data set takes the meta-train users' most common features; leave them out")
+        return self._feature_codes(features, codes) if features else codes
+
+    def _feature_codes(self, features: dict, codes: Tensor) -> Tensor:
+        """MovieLens' features into `codes` (data=atomic reads its own fields: atomic.py)."""
         unknown = set(features) - set(USER_COLUMNS)
         if unknown:
             raise UserError(f"user feature {sorted(unknown)[0]!r} is not one of {', '.join(USER_COLUMNS)}")
@@ -143,6 +142,11 @@ class CatalogRows:
                                 f"(it has {', '.join(options[:25])}{' ...' if len(options) > 25 else ''})")
             codes[j] = vocab[name][key]
         return codes
+
+    def item_labels(self) -> tuple[list, list[str]]:
+        """The data set's own id and a title of every item row (MovieLens: movie ids and titles)."""
+        ids = self.raw.item_id if self.raw.item_id is not None else np.arange(1, self.raw.num_items + 1)
+        return [int(i) for i in ids], list(self.raw.item_title)
 
     def item_rows(self, items: Tensor, user: dict | None = None, factor_fold: int | None = None) -> Tensor:
         """x [n, F] of a new user (features `user`) with the item rows `items`, in the training pool's
