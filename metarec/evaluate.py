@@ -135,6 +135,8 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
         r["input_class"] = source.input_class(state)  # what this state's predictions read, as the source recorded it
         if floors is not None:
             r["floor_classes"] = {n: source.floor_classes().get(n, INDUCTIVE) for n in r["floors"]}
+        if algo.phase() is not None:  # a two-phase learner: which phase the weights come from
+            r["checkpoint_phase"] = algo.phase()
         if catalog:
             r["catalog"] = ranking.catalog_state(source, algo, batch, state, headline, cfg.seed)
         if algo.one_pass:

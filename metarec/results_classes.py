@@ -57,6 +57,18 @@ def headline(state: str, kind: str, entry: dict) -> str:
             f"{entry['best_floor']} (the best {kind} floor), MAE {d:+.4f} ± {se:.4f}.")
 
 
+def phases(by_method: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
+    """method -> the training phase of each seed's evaluated checkpoint (eval.json's checkpoint_phase),
+    for the two-phase learners (base model, then networks: metarec/algos/cold_items.py)."""
+    out = {}
+    for m, seeds in by_method.items():
+        found = [next((st["checkpoint_phase"] for st in states.values() if "checkpoint_phase" in st), None)
+                 for _, states in sorted(seeds.items())]
+        if any(found):
+            out[m] = [p or "not recorded" for p in found]
+    return out
+
+
 def class_lines(summary: dict, mean_ci_cell) -> list[str]:
     """The page's section: per state, one table per class (rows of that class and its floors, MAE and
     nDCG@3), each under its headline. mean_ci_cell formats a (mean, CI) pair."""
@@ -72,6 +84,10 @@ def class_lines(summary: dict, mean_ci_cell) -> list[str]:
              "seeds); negative favours the meta-learner.", ""]
     unrecorded = sorted({m for per in classes.values() for m in summary["methods"]
                          if m not in per["inductive"]["methods"] + per["transductive"]["methods"]})
+    if summary.get("phases"):
+        lines += ["Two-phase rows (a base model, then networks for new items): the phase each seed's evaluated "
+                  "checkpoint comes from; selection never keeps a base-phase checkpoint: "
+                  + "; ".join(f"{m}: {', '.join(p)}" for m, p in summary["phases"].items()) + ".", ""]
     if unrecorded:
         lines += [f"Not in these tables (their eval.json records no input class: train them again): "
                   f"{', '.join(unrecorded)}.", ""]

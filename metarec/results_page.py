@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metarec.evaluate import paired_difference
-from metarec.results_classes import class_lines, class_summary
+from metarec.results_classes import class_lines, class_summary, phases
 from metarec.runs import headline
 from metarec.states import STATES
 
@@ -110,7 +110,7 @@ def summarize(runs: list[SeedRun]) -> dict:
     classes = class_summary(by_method, states, val, BASELINE, paired)
     return {"methods": methods, "seeds": seeds, "states": states, "table": table,
             "val_mae": {m: mean_ci(v) for m, v in val.items()}, "best": best, "comparisons": comparisons,
-            "new_items": new_items(by_method, states), "new_users": new_users(by_method, states), "classes": classes,
+            "new_items": new_items(by_method, states), "new_users": new_users(by_method, states), "classes": classes, "phases": phases(by_method),
             "transductive": sorted({m for per in classes.values() for m in per["transductive"]["methods"]})}
 
 

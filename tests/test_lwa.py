@@ -138,6 +138,10 @@ def test_trains_and_evaluates_through_the_console_script(tmp_path, name):
                 "data.item_stats=false", "algo.pretrain_steps=20", "trainer.max_steps=40", "trainer.val_every=20",
                 "trainer.progress=false", "device=cpu", "device.threads=1", f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert {"item_cold", "user_item_cold"} <= set(read_json(run / "eval.json")["states"])
+    result = read_json(run / "eval.json")
+    assert {"item_cold", "user_item_cold"} <= set(result["states"])
+    # validations at steps 20 (the base phase: never kept) and 40 (the networks' 20th step)
+    assert result["best_step"] == 40 and result["states"]["item_cold"]["checkpoint_phase"] == "networks (their step 20)"
+    assert {r["input_class"] for r in result["states"].values()} == {"transductive"}
     val = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if row.get("split") == "val"]
     assert len(val) == 2

@@ -339,6 +339,12 @@ def test_each_state_has_an_inductive_and_a_transductive_table_with_its_own_floor
     table = page.split("### item_cold: transductive")[1].split("\n## ")[0]  # the last table of the section
     assert "| reptile (best on validation) |" in table and "| floor: bias_transductive |" in table
     assert "maml" not in table and "| floor: bias |" not in table
+    assert s["phases"] == {} and "Two-phase rows" not in page
+    for r in runs:
+        if r.method == "reptile":
+            r.states["item_cold"]["checkpoint_phase"] = f"networks (their step {10 * (r.seed + 1)})"
+    page = render(summarize(runs), None, {}, "cmd")
+    assert "reptile: networks (their step 10), networks (their step 20)." in page
 
 
 def test_a_run_that_recorded_no_input_class_is_in_neither_table():

@@ -67,6 +67,15 @@ class MetaLearner:
         """What this algorithm asks of the model it trains (e.g. prompt vectors), passed to from_config."""
         return {}
 
+    def selectable(self) -> bool:
+        """Whether the trainer may keep the weights of this moment as best.pt (a two-phase learner's base
+        phase is not the method: cold_items.py)."""
+        return True
+
+    def phase(self) -> str | None:
+        """Which training phase the weights come from, for eval.json; None: the algorithm has one."""
+        return None
+
     def attach(self, source) -> None:
         """Called once the task source is built, for an algorithm that reads it itself (item tasks)."""
 
