@@ -173,7 +173,8 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
-            f"data.item_stats={cfg.data.item_stats}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
+            f"data.item_stats={cfg.data.item_stats}, data.item_stats_transductive={cfg.data.item_stats_transductive}, "
+            f"data.heavy_users={cfg.data.heavy_users}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
 
 
 def protocol(methods: list[str], variant: str = "ml-100k") -> str:
