@@ -33,6 +33,10 @@ def test_class_means_by_hand():
     assert torch.equal(r1, torch.tensor([[3.0, 2.0]])) and torch.equal(r0, torch.tensor([[3.0, 2.0]]))
     r1, r0 = class_means(f, torch.tensor([[1.0, 2.0, 3.0, 5.0]]), mask, 4.0)  # no liked item: R1 = 0
     assert torch.equal(r1, torch.zeros(1, 2)) and torch.equal(r0, torch.tensor([[3.0, 2.0]]))
+    r1, r0 = class_means(f, y, mask, 4.0, "sum")  # liked: items 0 and 2; other: item 1
+    assert torch.equal(r1, torch.tensor([[6.0, 4.0]])) and torch.equal(r0, torch.tensor([[3.0, 2.0]]))
+    r1, r0 = class_means(f, y, mask, 4.0, "share")  # the sums over the 3 support items
+    assert torch.allclose(r1, torch.tensor([[2.0, 4 / 3]])) and torch.allclose(r0, torch.tensor([[1.0, 2 / 3]]))
 
 
 def reference_embed(algo, x):
@@ -53,7 +57,7 @@ def reference_score(algo, f, r1, r0):
     return 3.5 + s["out"].weight[0] @ h + s["out"].bias[0] + s["out1"].weight[0] @ r1 + s["out0"].weight[0] @ r0
 
 
-def reference_loss(algo, batch):
+def reference_loss(algo, batch):  # algo.pooling=mean, the paper's
     losses = []
     for i in range(batch.n_tasks):
         liked, other = [], []

@@ -22,7 +22,9 @@ Where ours departs from the paper and RecBole-MetaRec (nuster1128/RecBole-MetaRe
   training mean mu (the offset every metarec model predicts around) and has no sigmoid;
 - F is a learned MLP over MeLU's field embeddings of the item's content (year, pooled genres), where the
   paper's F is a pretrained content embedding of a Tweet; RecBole's F is the same kind of MLP;
-- class means, as the paper writes them (RecBole sums); an empty class has a zero mean;
+- class means, as the paper writes them, by default (an empty class has a zero mean); algo.pooling=share
+  divides each class's sum by the support size instead (the mean times the class's share, so the share of
+  liked items, a user's leniency, reaches the scorer) and algo.pooling=sum is RecBole's sum;
 - NLBA adapts the biases of every hidden layer (algo.hidden); RecBole's has one hidden layer;
 - model selection on val_new (validation users on new items: the paper's target), never a test state.
 The item-task transpose that metarec shipped as lwa / nlba before is algo=lwa_items / nlba_items
@@ -51,6 +53,7 @@ class LWAConfig(AlgoConfig):
     name: str = "lwa"
     inner_steps: int = rule(0, "in [0, 0]")  # no gradient steps: adaptation is the class means' forward pass
     like_threshold: float = rule(4.0, "any")  # a rating at or above it is in the liked class (R1), below it in R0
+    pooling: str = rule("mean", "one of mean, share, sum")  # R_c: the class mean (the paper), its sum / support size, its sum (RecBole)
     content_hidden: int = rule(64, ">= 1")  # the content network F: field embeddings -> hidden -> content_dim
     content_dim: int = rule(32, ">= 1")
 
@@ -63,14 +66,20 @@ class NLBAConfig(LWAConfig):
     hidden: list[int] = field(default_factory=lambda: [64])
 
 
-def class_means(f: Tensor, y: Tensor, mask: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """R1, R0 [tasks, D]: the means of the support items' embeddings f [tasks, S, D] over the liked
-    (y >= threshold) and the other ratings of each task (mask [tasks, S]); zero for an empty class."""
+def class_means(f: Tensor, y: Tensor, mask: Tensor, threshold: float, pooling: str = "mean") -> tuple[Tensor, Tensor]:
+    """R1, R0 [tasks, D]: the support items' embeddings f [tasks, S, D] pooled over the liked (y >= threshold)
+    and the other ratings of each task (mask [tasks, S]): their mean (zero for an empty class), their sum
+    divided by the task's support size ("share": the mean times the class's share, so the user's share of
+    liked items reaches the scorer), or their sum."""
     liked = (y >= threshold).to(f.dtype) * mask
     other = mask - liked
-    r1 = (f * liked.unsqueeze(-1)).sum(1) / liked.sum(1, keepdim=True).clamp(min=1.0)
-    r0 = (f * other.unsqueeze(-1)).sum(1) / other.sum(1, keepdim=True).clamp(min=1.0)
-    return r1, r0
+    sums = [(f * c.unsqueeze(-1)).sum(1) for c in (liked, other)]
+    if pooling == "sum":
+        return sums[0], sums[1]
+    if pooling == "share":
+        n = mask.sum(1, keepdim=True).clamp(min=1.0)
+        return sums[0] / n, sums[1] / n
+    return sums[0] / liked.sum(1, keepdim=True).clamp(min=1.0), sums[1] / other.sum(1, keepdim=True).clamp(min=1.0)
 
 
 class LWA(MetaLearner):
@@ -122,7 +131,8 @@ class LWA(MetaLearner):
         return (fq * w.unsqueeze(1)).sum(-1) + self.scorer["b"].weight[0, 0]
 
     def predict(self, batch: TaskBatch) -> Tensor:
-        r1, r0 = class_means(self.embed(batch.support_x), batch.support_y, batch.support_mask, self.cfg.like_threshold)
+        r1, r0 = class_means(self.embed(batch.support_x), batch.support_y, batch.support_mask, self.cfg.like_threshold,
+                             self.cfg.pooling)
         return self.model.output_offset() + self.score(self.embed(batch.query_x), r1, r0)
 
     def meta_loss(self, batch: TaskBatch) -> Tensor:
