@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metarec.evaluate import paired_difference
-from metarec.results_classes import class_lines, class_summary, phases
+from metarec.results_classes import UNRECORDED, class_lines, class_summary, phases, run_class
 from metarec.runs import headline
 from metarec.states import STATES
 
@@ -97,7 +97,9 @@ def summarize(runs: list[SeedRun]) -> dict:
     comparisons: dict[str, dict[str, dict]] = {}
     if best is not None:
         for state in states:
-            floors = [f for f in FLOORS if f"floor: {f}" in table[state]]
+            # the best floor of the best meta-learner's own input class (all floors for runs that record none)
+            kind, declared = run_class(by_method[best], state), first[seeds[0]][state].get("floor_classes", {})
+            floors = [f for f in FLOORS if f"floor: {f}" in table[state] and declared.get(f, kind) in (kind, UNRECORDED)]
             best_floor = min(floors, key=lambda f: table[state][f"floor: {f}"]["mae"][0])
             out = {"best_floor": best_floor}
             for metric in ("mae", "ndcg@3"):

@@ -323,7 +323,13 @@ def test_each_state_has_an_inductive_and_a_transductive_table_with_its_own_floor
     runs = runs_with_floor("item_cold", "bias_transductive", 0.75, ("maml", "pretrain", "reptile"))
     for r in runs:  # the classes as each run's eval.json recorded them
         r.states["item_cold"]["input_class"] = "transductive" if r.method == "reptile" else "inductive"
+        r.states["item_cold"]["floor_classes"] = {"bias": "inductive", "bias_transductive": "transductive",
+                                                  "user_mean": "inductive", "global_mean": "inductive"}
     s = summarize(runs)
+    assert s["comparisons"]["item_cold"]["best_floor"] == "bias"  # maml (best, inductive) meets its class's floors
+    for r in runs:
+        r.states["item_cold"]["floors"]["bias_transductive"]["mae"] = 0.1  # the lowest floor, of the other class
+    assert summarize(runs)["comparisons"]["item_cold"]["best_floor"] == "bias"
     ind, trans = s["classes"]["item_cold"]["inductive"], s["classes"]["item_cold"]["transductive"]
     assert ind["methods"] == ["maml", "pretrain"] and ind["floors"] == ["bias"] and ind["best"] == "maml"
     assert trans["methods"] == ["reptile"] and trans["floors"] == ["bias_transductive"] and trans["best"] == "reptile"
