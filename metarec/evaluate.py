@@ -13,7 +13,7 @@ from torch import Tensor
 
 from metarec import progress, ranking
 from metarec.signals import between_chunks
-from metarec.tasks import TaskBatch, TaskSource
+from metarec.tasks import INDUCTIVE, TaskBatch, TaskSource
 
 NDCG_KS = (1, 3, 5)
 PAIRED = ("mae", "ndcg@3", "mse", "acc")  # per-task values kept in eval.json for paired comparisons
@@ -146,6 +146,11 @@ def evaluate_all(cfg, source: TaskSource, algo, split: str, select: bool = False
         r = evaluate_state(algo, batch, source.kind, steps, cfg.eval.ndcg_gain, cfg.eval.chunk, cfg.seed, floors,
                            only_last=select, headline=None if select else headline, scale=source.rating_scale)
         r["headline_step"] = str(headline)
+        r["input_class"] = source.input_class(state)  # what this state's predictions read, as the source recorded it
+        if floors is not None:
+            r["floor_classes"] = {n: source.floor_classes().get(n, INDUCTIVE) for n in r["floors"]}
+        if algo.phase() is not None:  # a two-phase learner: which phase the weights come from
+            r["checkpoint_phase"] = algo.phase()
         if catalog:
             r["catalog"] = ranking.catalog_state(source, algo, batch, state, headline, cfg.seed)
         if algo.one_pass:
@@ -182,21 +187,24 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def headline_line(result: dict) -> str | None:
     """One line: the method's headline MAE on user_cold (else the first state with floors) against the
-    best floor of that state, with the paired per-task difference; None where no state has floors."""
+    best floor of that state of the row's own input class, with the paired per-task difference; None where no state has floors."""
     states = result["states"]
     state = next((s for s in ("user_cold", *states) if s in states and states[s].get("floors_per_task")), None)
     if state is None:
         return None
     r = states[state]
     step = r.get("headline_step", "0")
-    floors = {n: m["mae"] for n, m in r["floors"].items() if "mae" in m}
+    kind = r.get("input_class")  # a row is compared with the floors of its own input class
+    floors = {n: m["mae"] for n, m in r["floors"].items()
+              if "mae" in m and (kind is None or r.get("floor_classes", {}).get(n, kind) == kind)}
     if not floors or "mae" not in r["per_task"].get(step, {}):
         return None
     best = min(floors, key=floors.get)
     d, se = paired_difference(r["per_task"][step]["mae"], r["floors_per_task"][best]["mae"])
     z = "" if math.isnan(se) or se == 0 else f" ({d / se:+.1f} SE)"
     when = "after one forward pass" if "adaptation" in r else f"after {step} steps"
-    return (f"**{state}**: MAE {r['steps'][step]['mae']:.4f} {when} against the best floor, {best} "
+    of = f" {kind}" if kind else ""
+    return (f"**{state}**: MAE {r['steps'][step]['mae']:.4f} {when} against the best{of} floor, {best} "
             f"{floors[best]:.4f}: paired difference {d:+.4f} ± {se:.4f}{z} over {r['n_tasks']} tasks "
             "(negative: the method is better).")
 
@@ -210,14 +218,16 @@ def format_table(result: dict, title: str = "") -> str:
         steps = r["steps"]
         names = [n for n in steps["0"] if not n.endswith("_ci") and not n.startswith(("ndcg@1", "ndcg_lin@1", "ndcg_exp@1"))]
         when = f"headline: {r['adaptation']}" if "adaptation" in r else f"headline after {r.get('headline_step', '?')} steps"
-        lines += [f"## {state} ({r['n_tasks']} tasks, {when})", "",
+        read = f", {r['input_class']}" if "input_class" in r else ""
+        lines += [f"## {state} ({r['n_tasks']} tasks, {when}{read})", "",
                   "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for k, m in steps.items():
             label = "support set, one pass" if "adaptation" in r else f"{k} steps"
             lines.append(f"| {label} | " + " | ".join(f"{m[n]:.4f} ± {m[n + '_ci']:.4f}" for n in names) + " |")
         for fname, m in r.get("floors", {}).items():
             cells = [f"{m[n]:.4f} ± {m[n + '_ci']:.4f}" if n in m else "" for n in names]
-            lines.append(f"| floor: {fname} | " + " | ".join(cells) + " |")
+            kind = r.get("floor_classes", {}).get(fname)
+            lines.append(f"| floor: {fname}{f' ({kind})' if kind else ''} | " + " | ".join(cells) + " |")
         lines.append("")
     if "gain" in result:
         lines.append(f"nDCG gains: {result['gain']}.")

@@ -35,7 +35,8 @@ from metarec.results_page import SeedRun, render, shown_command, summarize
 from metarec.run_lock import RunLock
 from metarec.states import CUT_YEAR
 
-# method -> the overrides after `metarec train`; the tuned values live in the presets
+# method -> the overrides after `metarec train`; the tuned values live in the presets. No row's input class is
+# written here: each run's eval.json records it (TaskSource.input_class)
 # (conf/experiment/melu_ml100k*.yaml), how they were found in docs/tuning.md.
 METHODS: dict[str, list[str]] = {
     "maml": ["experiment=melu_ml100k"],
@@ -47,13 +48,15 @@ METHODS: dict[str, list[str]] = {
     "pretrain": ["experiment=melu_ml100k_pretrain"],
     "ridge_trans": ["experiment=melu_ml100k_trans"],
     "tanp": ["experiment=melu_ml100k_tanp"],
-    "metaemb": ["experiment=melu_ml100k_metaemb"],  # inductive: a new item's ID embedding from its features
-    "metaemb_warmup": ["experiment=melu_ml100k_metaemb_warmup"],  # transductive: + a warm-up on its visible ratings
-    "mwuf": ["experiment=melu_ml100k_mwuf"],  # transductive: scaling / shifting from its visible ratings
+    "metaemb": ["experiment=melu_ml100k_metaemb"],  # a new item's ID embedding from its features
+    "metaemb_warmup": ["experiment=melu_ml100k_metaemb_warmup"],  # + a warm-up on its visible ratings
+    "mwuf": ["experiment=melu_ml100k_mwuf"],  # scaling / shifting from its visible ratings
     "melu_paper": ["experiment=melu_ml100k_paper"],
     "mamo": ["experiment=melu_ml100k_mamo"],
-    "lwa": ["experiment=melu_ml100k_lwa"],  # transductive: a new item's scorer from its raters' class means
-    "nlba": ["experiment=melu_ml100k_nlba"],  # transductive
+    "lwa": ["experiment=melu_ml100k_lwa"],  # the paper's: user tasks, a new item scored from its content
+    "nlba": ["experiment=melu_ml100k_nlba"],
+    "lwa_items": ["experiment=melu_ml100k_lwa_items"],  # the item-task transpose: a new item's scorer from its raters
+    "nlba_items": ["experiment=melu_ml100k_nlba_items"],
 }
 # ml-1m: each method's ml-1m preset (conf/experiment/melu_ml1m*.yaml: the ml-100k settings, re-chosen where docs/tuning.md says)
 ML1M_METHODS: dict[str, list[str]] = {
@@ -62,13 +65,15 @@ ML1M_METHODS: dict[str, list[str]] = {
     "pretrain": ["experiment=melu_ml1m_pretrain"],
     "ridge_trans": ["experiment=melu_ml1m_trans"],
     "tanp": ["experiment=melu_ml1m_tanp"],
-    "metaemb": ["experiment=melu_ml1m_metaemb"],  # inductive
-    "metaemb_warmup": ["experiment=melu_ml1m_metaemb_warmup"],  # transductive
-    "mwuf": ["experiment=melu_ml1m_mwuf"],  # transductive
+    "metaemb": ["experiment=melu_ml1m_metaemb"],
+    "metaemb_warmup": ["experiment=melu_ml1m_metaemb_warmup"],
+    "mwuf": ["experiment=melu_ml1m_mwuf"],
     "melu_paper": ["experiment=melu_ml1m_paper"],
     "mamo": ["experiment=melu_ml1m_mamo"],
-    "lwa": ["experiment=melu_ml1m_lwa"],  # transductive; ml-100k's settings, checked on ml-1m's val_new
-    "nlba": ["experiment=melu_ml1m_nlba"],  # transductive; ml-100k's settings, checked on ml-1m's val_new
+    "lwa": ["experiment=melu_ml1m_lwa"],  # ml-100k's settings, untuned on ml-1m
+    "nlba": ["experiment=melu_ml1m_nlba"],
+    "lwa_items": ["experiment=melu_ml1m_lwa_items"],  # ml-100k's settings, checked on ml-1m's val_new
+    "nlba_items": ["experiment=melu_ml1m_nlba_items"],
 }
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
@@ -125,6 +130,7 @@ LATER_KEYS = {("data", "transductive"): False, ("data", "trans_rank"): 10, ("dat
               ("data", "trans_folds"): 5, ("data", "trans_shares"): [1.0], ("eval", "ranking"): "query",
               ("eval", "allow_protocol_change"): False, ("trainer", "loggers"): [], ("trainer", "tracking_experiment"): None,
               ("trainer", "tracking_uri"): None, ("data", "val_items"): 0.0, ("trainer", "select_state"): None}
+# data.item_stats_transductive is not among them: a run from before it records no input class, so it is trained again
 
 
 def same_config(recorded: dict, composed: dict) -> bool:
@@ -170,7 +176,7 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
     """The algorithm block a method's preset resolves to, read through Hydra's compose."""
     cfg = preset(tuple(presets_of(data)[method]))
     a = cfg.algo
-    keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name in ("ridge", "tanp")  # no gradient steps in its inner loop
+    keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name in ("ridge", "tanp", "lwa", "nlba")  # no gradient steps in its inner loop
             else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
     keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
              "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"],
@@ -178,40 +184,36 @@ def preset_hparams(method: str, data: str = "ml-100k") -> str:
                       "decoder_hidden", "kl_weight", "cluster_weight"],
              "metaemb": ["pretrain_steps", "gen_lr", "alpha", "warm_lr", "warm_up"],
              "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"],
-             "lwa": ["pretrain_steps", "nets_lr", "like_threshold"],
-             "nlba": ["pretrain_steps", "nets_lr", "like_threshold"],
+             "lwa": ["weight_decay", "like_threshold", "content_hidden", "content_dim"],
+             "nlba": ["weight_decay", "like_threshold", "content_hidden", "content_dim", "hidden"],
+             "lwa_items": ["pretrain_steps", "nets_lr", "like_threshold"],
+             "nlba_items": ["pretrain_steps", "nets_lr", "like_threshold"],
              "mamo": ["memory_slots", "profile_rate", "bias_rate", "pref_rate", "bias_scale", "convex_write"]}.get(a.name, [])
     algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
     return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
             f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
-            f"data.item_stats={cfg.data.item_stats}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
-
-
-def transductive(methods: list[str], data: str) -> list[str]:
-    """The methods that read other test users' support ratings of the state (data.transductive, or an
-    algorithm that reads TaskSource.visible): the page marks them."""
-    from metarec.algos import ALGOS
-    out = []
-    for m in methods:
-        cfg = preset(tuple(presets_of(data)[m]))
-        if cfg.data.get("transductive", False) or ALGOS[cfg.algo.name].transductive(cfg.algo):
-            out.append(m)
-    return out
+            f"data.item_stats={cfg.data.item_stats}, data.item_stats_transductive={cfg.data.item_stats_transductive}, "
+            f"data.heavy_users={cfg.data.heavy_users}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
 
 
 def protocol(methods: list[str], variant: str = "ml-100k") -> str:
-    """One line on the users' split and the training data, which every method must share: the floors
-    and the paired differences assume the same tasks and the same training ratings."""
+    """One line on the users' split and the training data. Every method must share the split and the task
+    filters (the floors and the paired differences assume the same tasks); data.heavy_users may differ
+    (MeLU as published drops the heavy users): it changes the training ratings, not the evaluation
+    tasks (metarec/data/movielens.py), and the line names the methods that differ."""
     data = {m: preset(tuple(presets_of(variant)[m])).data for m in methods}
-    seen = {(tuple(d.split), d.heavy_users, d.min_ratings, d.max_ratings, d.query_size) for d in data.values()}
+    seen = {(tuple(d.split), d.min_ratings, d.max_ratings, d.query_size) for d in data.values()}
     if len(seen) > 1:
-        raise UserError("the methods' presets split users or choose training ratings differently "
-                        f"({', '.join(f'{m}: split={list(d.split)} heavy_users={d.heavy_users}' for m, d in data.items())}): "
-                        f"set data.split and data.heavy_users in conf/protocol/{variant.replace('-', '')}.yaml only")
-    d = next(iter(data.values()))
+        raise UserError("the methods' presets split users or filter tasks differently "
+                        f"({', '.join(f'{m}: split={list(d.split)} ratings={d.min_ratings}-{d.max_ratings}' for m, d in data.items())}): "
+                        f"set data.split and the task filters in conf/protocol/{variant.replace('-', '')}.yaml only")
+    heavy = [m for m, d in data.items() if d.heavy_users]
+    d = data[heavy[0]] if heavy else next(iter(data.values()))
     share = "/".join(f"{100 * x:g}" for x in d.split)
-    heavy = ("the meta-train users above that train too (`data.heavy_users=true`; MeLU drops them)" if d.heavy_users
-             else "users above that are dropped, as in MeLU")
+    without = [m for m in data if m not in heavy]
+    heavy_line = ("the meta-train users above that train too (`data.heavy_users=true`; MeLU drops them)"
+                  + (f", except for {', '.join(without)}, which drop them as MeLU did (the same evaluation tasks)"
+                     if without else "") if heavy else "users above that are dropped, as in MeLU")
     users = (f"users {share} meta-train / validation / test by the split seed" if d.get("test_user_field") is None else
              f"test users: those whose {d.test_user_field} is 1, the others {share[:share.rindex('/')]} meta-train / "
              "validation by the split seed")
@@ -225,7 +227,7 @@ def protocol(methods: list[str], variant: str = "ml-100k") -> str:
                  f"{c.field or 'each item' + chr(39) + 's first rating time (random items without a time field)'}; "
                  "each run's eval.md names the cut chosen.")
     return (f"Protocol: {users}; tasks of users with "
-            f"{d.min_ratings}-{d.max_ratings} ratings in a partition, {d.query_size} query ratings; {heavy}. {items}")
+            f"{d.min_ratings}-{d.max_ratings} ratings in a partition, {d.query_size} query ratings; {heavy_line}. {items}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -350,11 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         if trained:  # recorded before anything else can fail: the training happened
             record_timing(args, trained, time.perf_counter() - t0)
         runs = load_runs(args)
-        summary = summarize(runs)  # refuses a state with too few tasks
+        summary = summarize(runs)  # refuses a state with too few tasks; each row's class as its eval.json recorded it
     except UserError as e:
         print(f"metarec results: error: {e}", file=sys.stderr)
         return 1
-    summary["transductive"] = transductive(args.methods, args.data)
     wall = training_wall(args)
     fingerprint = next(iter({r.fingerprint for r in runs} - {None}), None)
     folders = {Path(r.data_root).name for r in runs if r.data_root}

@@ -52,9 +52,9 @@ def method_class(runs: dict[int, dict], state: str, transductive: set[str], meth
 
 
 def floor_class(state_doc: dict, floor: str) -> str:
-    """A floor's own "input_class" in eval.json, else its name: the *_transductive floors read other test
+    """A floor's class as eval.json records it ("floor_classes"), else its name: the *_transductive floors read other test
     users' support sets of the state."""
-    value = (state_doc.get("floors", {}).get(floor) or {}).get("input_class")
+    value = state_doc.get("floor_classes", {}).get(floor)
     return value if value in CLASSES else ("transductive" if floor.endswith("_transductive") else "inductive")
 
 

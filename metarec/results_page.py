@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metarec.evaluate import paired_difference
+from metarec.results_classes import UNRECORDED, class_lines, class_summary, phases, run_class
 from metarec.runs import headline
 from metarec.errors import UserError
 from metarec import states as state_names
@@ -103,7 +104,9 @@ def summarize(runs: list[SeedRun]) -> dict:
     comparisons: dict[str, dict[str, dict]] = {}
     if best is not None:
         for state in states:
-            floors = [f for f in FLOORS if f"floor: {f}" in table[state]]
+            # the best floor of the best meta-learner's own input class (all floors for runs that record none)
+            kind, declared = run_class(by_method[best], state), first[seeds[0]][state].get("floor_classes", {})
+            floors = [f for f in FLOORS if f"floor: {f}" in table[state] and declared.get(f, kind) in (kind, UNRECORDED)]
             best_floor = min(floors, key=lambda f: table[state][f"floor: {f}"]["mae"][0])
             out = {"best_floor": best_floor}
             for metric in ("mae", "ndcg@3"):
@@ -113,9 +116,11 @@ def summarize(runs: list[SeedRun]) -> dict:
                 out[f"{metric} vs {best_floor}"] = paired(by_method[best], None, state, metric, best_floor)
             out["ndcg@3 vs random"] = paired(by_method[best], None, state, "ndcg@3", "random")
             comparisons[state] = out
+    classes = class_summary(by_method, states, val, BASELINE, paired)
     return {"methods": methods, "seeds": seeds, "states": states, "table": table,
             "val_mae": {m: mean_ci(v) for m, v in val.items()}, "best": best, "comparisons": comparisons,
-            "new_items": new_items(by_method, states), "new_users": new_users(by_method, states)}
+            "new_items": new_items(by_method, states), "new_users": new_users(by_method, states), "classes": classes, "phases": phases(by_method),
+            "transductive": sorted({m for per in classes.values() for m in per["transductive"]["methods"]})}
 
 
 def new_users(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -254,7 +259,8 @@ def new_user_lines(summary: dict) -> list[str]:
 
 
 def mark(name: str, summary: dict) -> str:
-    """' (transductive)' for a method or floor that reads other test users' support ratings of the state."""
+    """' (transductive)' for a method or floor that reads other test users' support ratings of the state
+    (a method: in some state, as its runs' eval.json recorded)."""
     return " (transductive)" if name in summary.get("transductive", ()) or name.endswith("_transductive") else ""
 
 
@@ -282,7 +288,7 @@ def render(summary: dict, wall: tuple[float, int] | None, hparams: dict[str, str
             best = " (best meta-learner)" if name == summary["best"] else ""
             lines.append(f"| {name}{mark(name, summary)}{best} | {_pm(row.get('mae'))} | {_pm(row.get('ndcg@3'))} | {_pm(row.get('ndcg_lin@3'))} |")
         lines.append("")
-    lines += new_user_lines(summary) + new_item_lines(summary)
+    lines += class_lines(summary, _pm) + new_user_lines(summary) + new_item_lines(summary)
     best = summary["best"]
     if best is not None:
         lines += ["## Paired differences of the best meta-learner", "",

@@ -10,6 +10,8 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 
+INDUCTIVE, TRANSDUCTIVE = "inductive", "transductive"  # a row's input class (DESIGN.md, "Inductive or transductive")
+
 
 @dataclass
 class TaskBatch:
@@ -78,6 +80,16 @@ class TaskSource:
         rows, ratings, input rows): "train" the meta-train ratings, another state its tasks' support
         ratings, which a transductive method may read; None: the data set has no such ratings."""
         return None
+
+    def input_class(self, state: str) -> str:
+        """What evaluation read to predict in `state`, as the source recorded it: "transductive" where any
+        input was counted over the state's support sets (other tasks' ratings, never a query), else
+        "inductive" (training ratings and each task's own support set)."""
+        return INDUCTIVE
+
+    def floor_classes(self) -> dict[str, str]:
+        """Each floor's input class by name, as the floor declares it (floors() computes them)."""
+        return {}
 
     def fingerprint(self) -> str:
         """What a checkpoint records to refuse other data: SHA-256 of the source files where there are some."""

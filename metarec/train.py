@@ -197,7 +197,9 @@ class Trainer:
         self.run.metrics({"step": p.step, "split": "val", **{k: v for k, v in row.items() if not k.endswith("_ci")}})
         value = row[metric]
         improved = p.best is None or (value > p.best if metric == "acc" else value < p.best)
-        if math.isfinite(value) and improved:
+        if not self.algo.selectable():
+            pass  # a two-phase learner's base phase: neither a best checkpoint nor a stale validation
+        elif math.isfinite(value) and improved:
             p.best, p.best_step, p.stale = value, p.step, 0
             self.run.checkpoint("best.pt", self.snapshot())
         else:

@@ -86,3 +86,20 @@ def test_eval_md_opens_with_the_method_against_the_best_floor_by_hand():
                     "difference -0.0500 ± 0.0289 (-1.7 SE) over 3 tasks (negative: the method is better).")
     assert format_table(result, "maml on movielens").splitlines()[:3] == ["# maml on movielens", "", line]
     assert headline_line({"states": {"test": {"n_tasks": 2, "steps": {}, "per_task": {}}}}) is None  # no floors
+
+
+def test_the_headline_compares_a_row_with_the_floors_of_its_own_input_class():
+    state = {"n_tasks": 2, "headline_step": "0", "input_class": "inductive",
+             "steps": {"0": {"mae": 0.7, "mae_ci": 0.0}}, "per_task": {"0": {"mae": [0.6, 0.8]}},
+             "floors": {"bias": {"mae": 0.8, "mae_ci": 0.0}, "bias_transductive": {"mae": 0.5, "mae_ci": 0.0}},
+             "floors_per_task": {"bias": {"mae": [0.7, 0.9]}, "bias_transductive": {"mae": [0.5, 0.5]}},
+             "floor_classes": {"bias": "inductive", "bias_transductive": "transductive"}}
+    # the lower floor is transductive: an inductive row meets bias, d = [-0.1, -0.1], SE 0
+    line = headline_line({"states": {"item_cold": state}})
+    assert line.startswith("**item_cold**: MAE 0.7000 after 0 steps against the best inductive floor, bias 0.8000: "
+                           "paired difference -0.1000 ± 0.0000 over 2 tasks")
+    text = format_table({"states": {"item_cold": state}})
+    assert "## item_cold (2 tasks, headline after 0 steps, inductive)" in text
+    assert "| floor: bias_transductive (transductive) |" in text and "| floor: bias (inductive) |" in text
+    state["input_class"] = "transductive"
+    assert "the best transductive floor, bias_transductive 0.5000" in headline_line({"states": {"item_cold": state}})

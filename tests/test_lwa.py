@@ -16,7 +16,7 @@ from metarec.algos.lwa import LWA, NLBA, LWAConfig, NLBAConfig
 from metarec.models.melu import MeLU
 from metarec.tasks import TaskBatch
 
-KINDS = {"lwa": (LWA, LWAConfig), "nlba": (NLBA, NLBAConfig)}
+KINDS = {"lwa_items": (LWA, LWAConfig), "nlba_items": (NLBA, NLBAConfig)}
 USERS = ("gender", "age", "occupation", "zip")
 
 
@@ -44,7 +44,7 @@ def reference_scorer(algo, x, y):
             r0 = r0 + f.detach()
     r = torch.cat([r1, r0]) / max(len(y), 1)
     start = algo.model.get_parameter(ITEM).detach()[algo.known].mean(0)
-    if algo.cfg.name == "lwa":
+    if algo.cfg.name == "lwa_items":
         return start, algo.nets["weights"].weight @ r
     w = torch.zeros(d, dtype=torch.float64)
     w = torch.cat([w[:-1], algo.nets["output"].weight @ r])
@@ -76,7 +76,7 @@ def item_tasks(seed=0):
     return all_items_batch(6, 4, seed)
 
 
-@pytest.mark.parametrize("name", ["lwa", "nlba"])
+@pytest.mark.parametrize("name", ["lwa_items", "nlba_items"])
 def test_loss_and_gradient_equal_a_per_item_loop(name):
     _, algo = make(name)
     batch = item_tasks()
@@ -87,7 +87,7 @@ def test_loss_and_gradient_equal_a_per_item_loop(name):
         assert torch.allclose(a, b, atol=1e-10, rtol=0) and a.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["lwa", "nlba"])
+@pytest.mark.parametrize("name", ["lwa_items", "nlba_items"])
 def test_padding_has_no_effect(name):
     _, algo = make(name)
     batch = item_tasks(seed=1)
@@ -101,7 +101,7 @@ def test_padding_has_no_effect(name):
     assert torch.allclose(algo.meta_loss(batch), algo.meta_loss(junk), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["lwa", "nlba"])
+@pytest.mark.parametrize("name", ["lwa_items", "nlba_items"])
 def test_evaluation_adapts_new_items_from_the_ratings_the_state_shows(name):
     model, algo = make(name, inner_steps=0, eval_steps=0)
     item_row = torch.tensor([3, 4, 4, 0, 4, 3, 2])  # raw item rows (table row - 1): new items 4 and 5 are seen
@@ -121,7 +121,7 @@ def test_evaluation_adapts_new_items_from_the_ratings_the_state_shows(name):
 
 
 def test_phase_two_trains_the_adaptation_alone():
-    model, algo = make("lwa", pretrain_steps=0, items_per_step=3)
+    model, algo = make("lwa_items", pretrain_steps=0, items_per_step=3)
     algo.items = types.SimpleNamespace(sample=lambda n, gen: item_tasks(3).select(slice(0, n)))
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     nets = [p.detach().clone() for p in algo.nets.parameters()]
@@ -131,13 +131,17 @@ def test_phase_two_trains_the_adaptation_alone():
 
 
 @needs_ml100k()
-@pytest.mark.parametrize("name", ["lwa", "nlba"])
+@pytest.mark.parametrize("name", ["lwa_items", "nlba_items"])
 def test_trains_and_evaluates_through_the_console_script(tmp_path, name):
     run = tmp_path / "run"
     r = run_cli("train", f"algo={name}", "data=movielens", "model=melu", f"data.root={ML100K}", "data.item_ids=true",
                 "data.item_stats=false", "algo.pretrain_steps=20", "trainer.max_steps=40", "trainer.val_every=20",
                 "trainer.progress=false", "device=cpu", "device.threads=1", f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert {"item_cold", "user_item_cold"} <= set(read_json(run / "eval.json")["states"])
+    result = read_json(run / "eval.json")
+    assert {"item_cold", "user_item_cold"} <= set(result["states"])
+    # validations at steps 20 (the base phase: never kept) and 40 (the networks' 20th step)
+    assert result["best_step"] == 40 and result["states"]["item_cold"]["checkpoint_phase"] == "networks (their step 20)"
+    assert {r["input_class"] for r in result["states"].values()} == {"transductive"}
     val = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if row.get("split") == "val"]
     assert len(val) == 2

@@ -136,11 +136,14 @@ def test_phase_one_trains_the_base_and_phase_two_the_generator_alone():
     users = task_batch(torch.randint(1, 7, (4, 6), generator=g), torch.randint(1, 7, (4, 3), generator=g))
     before = ({n: p.detach().clone() for n, p in model.named_parameters()},
               [p.detach().clone() for p in algo.generator.parameters()])
+    assert not algo.selectable() and algo.phase() == "base (the networks untrained)"
     algo.step(users)
     assert not torch.equal(model.get_parameter("head.net.0.weight"), before[0]["head.net.0.weight"])
     assert all(torch.equal(p, b) for p, b in zip(algo.generator.parameters(), before[1]))
+    assert not algo.selectable()  # the base model's last step: the trainer keeps no best.pt of it
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     algo.step(users)
+    assert algo.selectable() and algo.phase() == "networks (their step 1)"
     assert all(torch.equal(p, base[n]) for n, p in model.named_parameters())
     assert not all(torch.equal(p, b) for p, b in zip(algo.generator.parameters(), before[1]))
     state = algo.state_dict()

@@ -189,14 +189,15 @@ def test_a_key_added_to_the_schema_after_a_run_keeps_it_only_at_the_old_behaviou
     assert composed["trainer"]["loggers"] == [] and results.same_config(before, composed)
 
 
-def test_the_page_names_the_protocol_and_refuses_methods_that_train_on_other_data(tmp_path, monkeypatch, capsys):
+def test_the_page_names_the_protocol_and_refuses_methods_on_other_tasks(tmp_path, monkeypatch, capsys):
     line = results.protocol(list(results.METHODS))  # the real presets share one protocol
     assert line.startswith("Protocol: users 60/20/20 meta-train / validation / test") and "data.heavy_users=true" in line
-    monkeypatch.setitem(results.METHODS, "maml", ["experiment=melu_ml100k", "data.heavy_users=false"])
-    with pytest.raises(UserError, match="maml: split=.* heavy_users=False"):
+    assert "except for melu_paper, which drop them as MeLU did (the same evaluation tasks)" in line
+    monkeypatch.setitem(results.METHODS, "maml", ["experiment=melu_ml100k", "data.split=[0.7,0.1,0.2]"])
+    with pytest.raises(UserError, match="maml: split=.0.7, 0.1, 0.2. ratings=13-100"):
         results.protocol(list(results.METHODS))
     assert results.main(["--report-only", "--out", str(tmp_path / "runs"), "--doc", str(tmp_path / "r.md")]) == 1
-    assert "split users or choose training ratings differently" in capsys.readouterr().err
+    assert "split users or filter tasks differently" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
 
 
@@ -281,8 +282,6 @@ def test_new_items_table_is_every_method_against_bias_transductive_and_marks_tra
     page = render(s, None, {}, "python -m metarec.results")
     assert "| item_cold | reptile (transductive) | " in page and "| item_cold | maml | " in page
     assert "| floor: bias_transductive (transductive) |" in page
-    assert results.transductive(["ridge", "ridge_trans", "metaemb", "metaemb_warmup", "mwuf"], "ml-100k") == [
-        "ridge_trans", "metaemb_warmup", "mwuf"]
 
 
 def test_new_users_table_is_every_method_against_mf_foldin_ridge_maml_and_melu_paper():
@@ -326,3 +325,50 @@ def test_the_training_time_is_recorded_even_when_the_page_cannot_be_written(tmp_
     assert "no eval.json" in capsys.readouterr().err
     invocations = json.loads((out / "timing.json").read_text())["invocations"]
     assert [i["runs"] for i in invocations] == [trained]
+
+
+def test_each_state_has_an_inductive_and_a_transductive_table_with_its_own_floors_by_hand():
+    from metarec.results_page import render
+    runs = runs_with_floor("item_cold", "bias_transductive", 0.75, ("maml", "pretrain", "reptile"))
+    for r in runs:  # the classes as each run's eval.json recorded them
+        r.states["item_cold"]["input_class"] = "transductive" if r.method == "reptile" else "inductive"
+        r.states["item_cold"]["floor_classes"] = {"bias": "inductive", "bias_transductive": "transductive",
+                                                  "user_mean": "inductive", "global_mean": "inductive"}
+    s = summarize(runs)
+    assert s["comparisons"]["item_cold"]["best_floor"] == "bias"  # maml (best, inductive) meets its class's floors
+    for r in runs:
+        r.states["item_cold"]["floors"]["bias_transductive"]["mae"] = 0.1  # the lowest floor, of the other class
+    assert summarize(runs)["comparisons"]["item_cold"]["best_floor"] == "bias"
+    ind, trans = s["classes"]["item_cold"]["inductive"], s["classes"]["item_cold"]["transductive"]
+    assert ind["methods"] == ["maml", "pretrain"] and ind["floors"] == ["bias"] and ind["best"] == "maml"
+    assert trans["methods"] == ["reptile"] and trans["floors"] == ["bias_transductive"] and trans["best"] == "reptile"
+    # maml - bias: seed 0 d = -.05 each (SE 0); seed 1 d = [0, -.1, 0, -.1], mean -.05, SE .028868
+    assert ind["mae"] == pytest.approx((-0.05, 0.0288675 / 2), abs=1e-6)
+    # reptile - bias_transductive: seed 0 d = [-.25, -.35, -.45], SE .057735; seed 1 [-.1, -.3, -.3, -.5], SE .081650
+    assert trans["mae"] == pytest.approx((-0.325, 0.05), abs=1e-6)
+    assert s["transductive"] == ["reptile"]
+    page = render(s, None, {}, "python -m metarec.results")
+    assert ("**item_cold, inductive**: maml wins by 3.5 SE: maml (the inductive meta-learner best on validation) "
+            "minus bias (the best inductive floor), MAE -0.0500 ± 0.0144.") in page
+    assert "**item_cold, transductive**: reptile wins by 6.5 SE" in page
+    table = page.split("### item_cold: transductive")[1].split("\n## ")[0]  # the last table of the section
+    assert "| reptile (best on validation) |" in table and "| floor: bias_transductive |" in table
+    assert "maml" not in table and "| floor: bias |" not in table
+    assert s["phases"] == {} and "Two-phase rows" not in page
+    for r in runs:
+        if r.method == "reptile":
+            r.states["item_cold"]["checkpoint_phase"] = f"networks (their step {10 * (r.seed + 1)})"
+    page = render(summarize(runs), None, {}, "cmd")
+    assert "reptile: networks (their step 10), networks (their step 20)." in page
+
+
+def test_a_run_that_recorded_no_input_class_is_in_neither_table():
+    from metarec.results_page import render
+    runs = runs_with_floor("item_cold", "bias_transductive", 0.75, ("maml", "pretrain", "reptile"))
+    for r in runs:
+        if r.method != "reptile":
+            r.states["item_cold"]["input_class"] = "inductive"
+    s = summarize(runs)
+    assert s["classes"]["item_cold"]["transductive"]["methods"] == []
+    assert "Not in these tables (their eval.json records no input class: train them again): reptile." in render(
+        s, None, {}, "cmd")

@@ -1,5 +1,6 @@
 """Algorithm name -> class; conf/algo/NAME.yaml configures metarec/algos/NAME.py."""
-from metarec.algos.lwa import LWA, NLBA
+from metarec.algos.lwa import LWA as LWAItems, NLBA as NLBAItems
+from metarec.algos.lwa_users import LWA, NLBA
 from metarec.algos.maml import MAML
 from metarec.algos.metaemb import MetaEmb
 from metarec.algos.mwuf import MWUF
@@ -12,4 +13,5 @@ from metarec.algos.tanp import TaNP
 
 ALGOS = {"maml": MAML, "reptile": Reptile, "prompt": Prompt, "ridge": Ridge, "pretrain": Pretrain,
          "tanp": TaNP, "metaemb": MetaEmb, "mwuf": MWUF, "mamo": MAMO,
-         "lwa": LWA, "nlba": NLBA}
+         "lwa": LWA, "nlba": NLBA,  # the paper's, on user tasks (inductive)
+         "lwa_items": LWAItems, "nlba_items": NLBAItems}  # their item-task transpose (transductive)

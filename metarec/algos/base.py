@@ -67,17 +67,21 @@ class MetaLearner:
         """What this algorithm asks of the model it trains (e.g. prompt vectors), passed to from_config."""
         return {}
 
-    @classmethod
-    def transductive(cls, cfg) -> bool:
-        """Whether it reads other test users' support ratings of a state (TaskSource.visible) to predict
-        there, as the bias_transductive floor does; results pages mark such rows."""
-        return False
+    def selectable(self) -> bool:
+        """Whether the trainer may keep the weights of this moment as best.pt (a two-phase learner's base
+        phase is not the method: cold_items.py)."""
+        return True
+
+    def phase(self) -> str | None:
+        """Which training phase the weights come from, for eval.json; None: the algorithm has one."""
+        return None
 
     def attach(self, source) -> None:
         """Called once the task source is built, for an algorithm that reads it itself (item tasks)."""
 
     def enter_state(self, state: str) -> None:
-        """Called before evaluation scores `state`, for an algorithm that reads what the state shows."""
+        """Called before evaluation scores `state`, for an algorithm that reads what the state shows
+        (TaskSource.visible: the source records the read, so the state's row is transductive)."""
 
     def meta_parameters(self) -> list[Tensor]:
         return list(self.model.parameters())

@@ -147,6 +147,15 @@ class ColdItemLearner(Pretrain):
         self.apply_update()
         return {"loss": loss.item()}
 
+    def selectable(self) -> bool:
+        """Only once the networks have trained: a checkpoint of the base phase is algo=pretrain's model
+        with untrained networks, which would pass for this method (issue #29)."""
+        return self.steps_done > self.cfg.pretrain_steps
+
+    def phase(self) -> str:
+        done = self.steps_done - self.cfg.pretrain_steps
+        return f"networks (their step {done})" if done > 0 else "base (the networks untrained)"
+
     # ---- evaluation: new items read the learner's rows --------------------------------------------------
     def enter_state(self, state: str) -> None:
         """Evaluation is about to score `state` (metarec.evaluate): a transductive learner reads the

@@ -1,6 +1,7 @@
-"""LWA and NLBA (Vartak et al., NeurIPS 2017, "A Meta-Learning Perspective on Cold-Start
-Recommendations for Items"): a new item's scorer adapted, in one forward pass, from the class-conditional
-means of the embeddings of the users who rated it.
+"""algo=lwa_items / nlba_items: the ITEM-TASK TRANSPOSE of LWA and NLBA (Vartak et al., NeurIPS 2017), not
+the paper's methods (those are algo=lwa / nlba, metarec/algos/lwa_users.py, on user tasks): a new item's
+scorer adapted, in one forward pass, from the class-conditional means of the embeddings of the users who
+rated it. It reads other users' support ratings of the new item: transductive (recorded: input_class).
 
 Item-centric tasks (metarec/algos/item_tasks.py): a task is an item, its support some ratings users gave
 it, its query other ratings of the same item. With f(u) a rater's embedding (MeLU has no user ID: its
@@ -54,18 +55,18 @@ from metarec.tasks import TaskBatch
 
 @dataclass
 class LWAConfig(ColdItemConfig):
-    """algo=lwa (conf/algo/lwa.yaml): algo=pretrain's keys, the item tasks' and the adaptation's."""
+    """algo=lwa_items (conf/algo/lwa_items.yaml): algo=pretrain's keys, the item tasks' and the adaptation's."""
 
-    name: str = "lwa"
+    name: str = "lwa_items"
     nets_lr: float = rule(0.001, "> 0")  # Adam lr of the adaptation weights (phase 2)
     like_threshold: float = rule(4.0, "any")  # a rating at or above it is in the liked class (R1), below it in R0
 
 
 @dataclass
 class NLBAConfig(LWAConfig):
-    """algo=nlba (conf/algo/nlba.yaml): as algo=lwa."""
+    """algo=nlba_items (conf/algo/nlba_items.yaml): as algo=lwa_items."""
 
-    name: str = "nlba"
+    name: str = "nlba_items"
 
 
 def class_means(f: Tensor, y: Tensor, mask: Tensor, threshold: float) -> Tensor:
@@ -93,10 +94,6 @@ class LWA(ColdItemLearner):
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         self.out_w: Tensor | None = None  # [table rows, D + 1]: each new item's adapted output weights
         super().__init__(cfg, model, kind, compile=compile, fast_paths=fast_paths)
-
-    @classmethod
-    def transductive(cls, cfg) -> bool:
-        return True
 
     def build_nets(self, cfg, dim: int) -> nn.Module:
         d = 4 * dim + 1  # f~: the four user-field embeddings and a constant

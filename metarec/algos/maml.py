@@ -1,4 +1,13 @@
-"""MAML (second order, or first order with algo.first_order=true) and Meta-SGD's learned inner rates."""
+"""MAML (second order, or first order with algo.first_order=true) and Meta-SGD's learned inner rates.
+
+Papers: Finn et al., ICML 2017 (MAML, FOMAML); Li et al. 2017 (Meta-SGD); on MeLU's model and protocol
+it is MeLU (Lee et al., KDD 2019; experiment=melu_*_paper: the decision layers adapted, 5 local steps).
+Implemented: algo.inner_steps SGD steps on each support set from theta (the parameters of
+algo.inner_params), the query loss of the adapted weights as the meta-loss, Adam on theta.
+Departures: squared error around the training mean (the model's offset); each task's inner loss is
+divided by its own support size (DESIGN.md, "Pitfalls"); MeLU's public code cuts the graph between local
+steps (load_state_dict): ours is the true second-order gradient; model selection on validation users.
+Inductive: a task's predictions read its own support set and the training ratings only."""
 from __future__ import annotations
 
 from dataclasses import dataclass

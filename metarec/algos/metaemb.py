@@ -80,10 +80,6 @@ class EmbeddingGenerator(nn.Module):
 class MetaEmb(ColdItemLearner):
     Config = MetaEmbConfig
 
-    @classmethod
-    def transductive(cls, cfg) -> bool:
-        return bool(cfg.warm_up)  # the warm-up step reads other users' support ratings of the new item
-
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         if not 0.0 <= cfg.alpha <= 1.0 or cfg.gen_hidden < 0:
             raise ValueError(f"algo.alpha={cfg.alpha} must be in [0, 1] and algo.gen_hidden={cfg.gen_hidden} >= 0")

@@ -70,10 +70,6 @@ class MWUF(ColdItemLearner):
     Config = MWUFConfig
     warm_up = True  # the cold step and the shift read the ratings a state shows of its new items
 
-    @classmethod
-    def transductive(cls, cfg) -> bool:
-        return True
-
     def build_nets(self, cfg, dim: int) -> nn.Module:
         if cfg.hidden < 1:
             raise ValueError(f"algo.hidden={cfg.hidden} must be at least 1")

@@ -1,5 +1,7 @@
 """The non-meta baseline: ordinary supervised training on meta-train ratings; at evaluation it is
-fine-tuned on each support set with the same inner loop as the meta-learners."""
+fine-tuned on each support set with the same inner loop as the meta-learners.
+
+No paper: the baseline DESIGN.md asks for (MeLU's comparison without meta-learning). Inductive."""
 from __future__ import annotations
 
 from dataclasses import dataclass

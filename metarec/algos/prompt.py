@@ -3,6 +3,11 @@
 adapt=theta (the seed's formulation): the inner loop adapts theta with phi fixed; the outer loop
 updates theta and phi. adapt=prompt: the inner loop adapts only phi per user (a few numbers of
 per-user state); the outer loop learns theta and phi's initialisation.
+
+No single paper: the seed document's formulation (DESIGN.md; prompt tuning as in Lester et al. 2021, its
+per-user adaptation as in MAML). Departures from the seed's sample code: phi enters the MLP's input, the
+inner loop is MAML's functional one (the sample's model(x, weights=...) does not exist in nn.Module).
+Inductive: a task's predictions read its own support set and the training ratings only.
 """
 from __future__ import annotations
 

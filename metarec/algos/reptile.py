@@ -1,4 +1,10 @@
-"""Reptile: several SGD (or Adam) steps per task from theta, then theta moves towards the mean adapted weights."""
+"""Reptile: several SGD (or Adam) steps per task from theta, then theta moves towards the mean adapted weights.
+
+Paper: Nichol, Achiam and Schulman 2018, "On First-Order Meta-Learning Algorithms". Implemented: the
+serial/batched version, the mean of (theta'_i - theta) over the meta-batch as the outer step (or, with
+algo.outer=adam, fed to Adam as a gradient). Departures: on MeLU's rating tasks with a squared error
+around the training mean, and a separate algo.eval_steps for evaluation; the paper's tasks are images.
+Inductive: a task's predictions read its own support set and the training ratings only."""
 from __future__ import annotations
 
 from dataclasses import dataclass

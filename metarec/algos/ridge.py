@@ -15,6 +15,12 @@ With data.item_factors, phi_j also holds the item's collaborative factors q_j (f
 meta-train users' ratings: metarec/data/factors.py), with their own prior weights (meta-learned) and
 precision (algo.prior_precision_factors): the user's taste on them is a matrix factorisation's fold-in,
 solved together with the last layer.
+
+Papers: Bertinetto et al., ICLR 2019 (R2-D2: a closed-form ridge head); Rajeswaran et al., NeurIPS 2019
+(iMAML's proximal inner problem). Departures: a squared error on ratings (R2-D2 regresses one-hot class
+targets), per-dimension prior precisions, the prior mean w0 meta-learned (R2-D2 shrinks to zero), and
+the item factors' columns. Inductive unless data.transductive or data.item_stats_transductive give its
+inputs other tasks' support sets (the source records it).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The item context of MovieLensTasks (data.item_stats): per rating, its item's mean residual (less
 each rater's bias, shrunk) and its count over OTHER users' ratings, bucketed into two categorical
 columns; for meta-training from a random share of the training pool per episode, at evaluation from
-the training pool and every support set of the state (never a query)."""
+the training pool (inductive), or with data.item_stats_transductive also from every support set of the
+state (never a query; the source records it: input_class)."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,9 @@ class ItemContext:
 
     def _item_context(self) -> dict[str, Tensor]:
         """Per rating, its item's mean residual and its count over OTHER users' ratings in the same
-        context: the training pool for meta-training (re-drawn per episode, see _train_context); the
-        pool plus every support set of the state at evaluation (never a query). Two categorical columns."""
+        context: the training pool for meta-training (re-drawn per episode, see _train_context); at
+        evaluation the pool (plus every support set of the state: data.item_stats_transductive). Two
+        categorical columns."""
         pool = torch.from_numpy(self.train_ratings).to(self.device)
         self.rating_user = torch.from_numpy(self.raw.rating_user).to(self.device)
         # the pool's ratings in its row order and each one's row: an episode's share is a mask over them,
@@ -42,8 +44,12 @@ class ItemContext:
         return context
 
     def _state_members(self, state: str) -> Tensor:
-        """The ratings a state's item context reads: the training pool and every support set of the state."""
+        """The ratings a state's item context reads: the training pool, and with data.item_stats_transductive
+        every support set of the state (recorded in supports_read: the state's rows become transductive)."""
         pool = torch.from_numpy(self.train_ratings).to(self.device)
+        if not self.cfg.item_stats_transductive:
+            return pool
+        self.supports_read.add(state)
         in_pool = torch.zeros(len(self.y), dtype=torch.bool, device=self.device)
         in_pool[pool] = True
         t = self.tasks[state]

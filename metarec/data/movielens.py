@@ -36,7 +36,7 @@ from metarec.data.movielens_features import rating_features
 from metarec.data.movielens_io import RATING_MAX, RATING_MIN, read_movielens
 from metarec.errors import UserError
 from metarec.states import CUT_YEAR, STATES
-from metarec.tasks import TaskBatch, TaskSource
+from metarec.tasks import INDUCTIVE, TRANSDUCTIVE, TaskBatch, TaskSource
 
 VAL_STATES = ("val", "val_new", "val_item_cold")  # validation users on existing / new items; _held_new_items
 
@@ -103,6 +103,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         self._mf: mf_floors.MFFloors | None = None  # the MF floors' training fit, made when first asked for
         if cfg.item_factors:
             self._item_factors(split_seed)
+        self.supports_read: set[str] = set()  # states whose evaluation inputs counted their support sets
         self.trans_rows: dict[str, Tensor] | None = None  # data.transductive: each rating's row in the side table
         if cfg.transductive:
             settings = transductive.TransSettings.of(cfg)  # its factors' penalty in squared rating units, as the floors'
@@ -267,10 +268,12 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
 
     def visible(self, state: str) -> transductive.Visible:
         """The ratings `state` shows (the hook of the exact transductive input): "train" the meta-train
-        ratings; any other state its tasks' support ratings (never a query)."""
+        ratings; any other state its tasks' support ratings (never a query), which makes what is predicted
+        there transductive (recorded: input_class)."""
         if state == "train":
             rows = torch.from_numpy(self.train_ratings)
         elif state in self.tasks:
+            self.supports_read.add(state)
             t = self.tasks[state]
             rows = t.support[t.support_mask.bool()].cpu()
         else:
@@ -367,6 +370,16 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
             "bias_transductive": self.mu + user_bias_t + b_tq,
             **self._mf_floors(t),
         }
+
+    def input_class(self, state: str) -> str:
+        return TRANSDUCTIVE if state in self.supports_read else INDUCTIVE
+
+    def floor_classes(self) -> dict[str, str]:
+        """bias_transductive pools every support set of the state (_transductive_item_bias), mf_transductive
+        factorises them jointly (mf_floors.transductive_floor); the rest read training ratings and the
+        task's own support set."""
+        return {name: TRANSDUCTIVE if name in ("bias_transductive", "mf_transductive") else INDUCTIVE
+                for name in ("global_mean", "user_mean", "bias", "bias_transductive", "mf_foldin", "mf_transductive")}
 
     def _user_bias(self, t: EvalTasks) -> tuple[Tensor, Tensor]:
         """Support ratings [tasks, S] (0 at padding) and the bias floor's user bias [tasks, 1]."""

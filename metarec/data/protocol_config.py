@@ -20,7 +20,8 @@ class ProtocolConfig:
     split_seed: Optional[int] = rule(None, ">= 0")  # null = the run's seed
     item_ids: bool = False  # item id embeddings (a cold item has no trained id: UNK)
     item_id_dropout: float = rule(0.1, "in [0, 1)")  # share of training ids replaced by UNK so the UNK row is trained
-    item_stats: bool = True  # item context from other users' ratings (training pool; + support sets at evaluation)
+    item_stats: bool = True  # item context from other users' training ratings (the training pool; inductive)
+    item_stats_transductive: bool = False  # ... and at evaluation also every support set of the state (transductive)
     item_factors: int = rule(0, ">= 0")  # rank of collaborative item factors fitted on the training ratings; 0 = none
     factor_reg: float = rule(10.0, "> 0")  # their ridge penalty in the factorisation
     factor_folds: int = rule(5, ">= 2")  # meta-train users read factors fitted without their fold (cross-fitting)
