@@ -144,7 +144,7 @@ def test_the_protocol_keys_are_movielens_ones():
     movielens = {f.name: f for f in dataclasses.fields(MovieLensConfig)}
     shared = [f for f in dataclasses.fields(AtomicConfig) if f.name in movielens and f.name not in ("name", "root")]
     from metarec.data.protocol_config import ProtocolConfig
-    assert len(shared) == len(dataclasses.fields(ProtocolConfig)) == 23
+    assert len(shared) == len(dataclasses.fields(ProtocolConfig)) == 24
     for f in shared:
         m = movielens[f.name]
         assert (f.default, f.default_factory() if f.default_factory is not dataclasses.MISSING else None) == \

@@ -33,7 +33,7 @@ SUPPORT_FLOORS = {"bias": {0: {"3-5": 1.0, "6-10": 0.8}, 1: {"3-5": 0.9}},
 
 def state_doc(method: str, seed: int) -> dict:
     mae = METHODS[method][seed]
-    doc = {"headline_step": "1", "steps": {"1": {"mae": statistics.fmean(mae), "ndcg@3": 0.8, "ndcg_lin@3": 0.9}},
+    doc = {"n_tasks": len(mae), "headline_step": "1", "steps": {"1": {"mae": statistics.fmean(mae), "ndcg@3": 0.8, "ndcg_lin@3": 0.9}},
            "per_task": {"1": {"mae": mae, "ndcg@3": [0.8] * len(mae)}},
            "floors": {f: {"mae": statistics.fmean(v[seed]), "ndcg@3": 0.7, "ndcg_lin@3": 0.8} for f, v in FLOORS.items()},
            "floors_per_task": {f: {"mae": v[seed], "ndcg@3": [0.7] * len(v[seed])} for f, v in FLOORS.items()}}
@@ -136,6 +136,7 @@ def test_scale_command_draws_the_file_and_refuses_a_wrong_one_in_one_line(tmp_pa
 
 
 def test_the_results_page_embeds_the_figures_it_draws(tmp_path, monkeypatch):
+    monkeypatch.setattr("metarec.states.MIN_TASKS", 1)  # the fixture's states hold 3-4 tasks
     monkeypatch.setattr(results, "METHODS", {"maml": ["experiment=melu_ml100k"], "ridge_trans": ["experiment=melu_ml100k_trans"]})
     monkeypatch.setattr(results, "preset_hparams", lambda m, data="ml-100k": f"preset of {m}")
     for m, seeds in by_method(("maml", "ridge_trans")).items():

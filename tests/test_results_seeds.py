@@ -21,7 +21,7 @@ FINGERPRINT = "ab" * 32
 
 def _state(mae: list[float], bias: list[float]) -> dict:
     mean = sum(mae) / len(mae)
-    return {"headline_step": 1, "steps": {"0": {"mae": 9.0, "ndcg@3": 0.1, "ndcg_lin@3": 0.1},
+    return {"n_tasks": len(mae), "headline_step": 1, "steps": {"0": {"mae": 9.0, "ndcg@3": 0.1, "ndcg_lin@3": 0.1},
                                           "1": {"mae": mean, "ndcg@3": 0.8, "ndcg_lin@3": 0.9}},
             "per_task": {"0": {"mae": [9.0] * len(mae)}, "1": {"mae": mae, "ndcg@3": [0.8] * len(mae)}},
             "floors": {"bias": {"mae": sum(bias) / len(bias), "ndcg@3": 0.7, "ndcg_lin@3": 0.8},
@@ -57,7 +57,7 @@ def page(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "METHODS", PRESETS)
     monkeypatch.setattr(results, "preset_hparams", lambda m, data="ml-100k": f"preset of {m}")
     monkeypatch.setattr(results, "protocol", lambda methods, variant="ml-100k": "Protocol: fixture")
-    monkeypatch.setattr(results, "transductive", lambda methods, data: [])
+    monkeypatch.setattr("metarec.states.MIN_TASKS", 1)  # the fixture's states hold 2-3 tasks
     for (method, seed) in MAE:
         write_run(results.folder_of(tmp_path / "runs", method, seed), method, seed)
     doc = tmp_path / "docs" / "results.md"
