@@ -113,7 +113,6 @@ def child(folder: str, factor_rank: int) -> None:
     cfg = compose(["data=atomic", f"data.root={folder}", "data.user_features=[age,gender]",
                    "data.item_features=[genre,release_year]", "device=cpu", "trainer.progress=false"])
     ph = Phases()
-    read_s = time.perf_counter()
     ph.run("read", lambda: read_dataset(cfg.data))
     read_s = ph.out["read"]["seconds"]
     source = ph.run("split_tasks", lambda: AtomicTasks(cfg.data, "cpu", cfg.seed, progress=False), minus=read_s)
