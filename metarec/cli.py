@@ -33,7 +33,7 @@ commands:
   eval    re-evaluate a checkpoint:  metarec eval checkpoint=PATH [algo.inner_steps=5 data.shots=5]
   data    data set facts:            metarec data info data=movielens
   report  summarise runs / sweeps:   metarec report outputs/multirun/DATE/TIME
-  bench   meta-training throughput:  metarec bench [--out bench.json]
+  bench   meta-training throughput:  metarec bench [--out bench.json]; growth with size: metarec bench --scale
   recommend  top-k for a new user:   metarec recommend checkpoint=PATH ratings=FILE [top_k=10] [--json]
   results the results pages:         metarec results [--data ml-1m] ... (python -m metarec.results);
           one run against a page:    metarec results --check RUN [--page docs/results-ml1m.md] [--against RUN2]
@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "report":
         from metarec.report import main as report_main
         return report_main(rest)
+    if cmd == "bench" and "--scale" in rest:  # time and memory per phase against the ratings (bench_scale.py)
+        from metarec.bench_scale import main as scale_main
+        return scale_main([a for a in rest if a != "--scale"])
     if cmd == "bench":
         from metarec.bench import main as bench_main
         return bench_main(rest)

@@ -121,7 +121,7 @@ def catalog_state(source, algo, batch: TaskBatch, state: str, steps: int, seed: 
         ones = torch.ones(qx.shape[:2], dtype=part.query_y.dtype, device=qx.device)
         query = TaskBatch(part.support_x, part.support_y, part.support_mask, qx, ones * 0, ones)
         pred = algo.adapt_trace(query, steps, at=[steps])[-1]
-        cand, rel = cat.candidate[sl], cat.relevant[sl]
+        cand, rel = cat.masks(sl)  # [tasks, N] of this chunk alone
         for name, v in rank_metrics(pred, cand, rel, torch.Generator().manual_seed(seed + start)).items():
             method.setdefault(name, []).append(v.cpu())
         for fname, score in floors.items():

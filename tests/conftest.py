@@ -40,6 +40,15 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def floor_cache_dir(tmp_path_factory):
+    """The MF floors' cache of this test session (metarec/data/floor_cache.py): never the user's."""
+    folder, before = tmp_path_factory.mktemp("floors"), os.environ.get("METAREC_FLOOR_CACHE")
+    os.environ["METAREC_FLOOR_CACHE"] = str(folder)
+    yield folder
+    os.environ.pop("METAREC_FLOOR_CACHE") if before is None else os.environ.update(METAREC_FLOOR_CACHE=before)
+
+
 @pytest.fixture
 def cache_env(tmp_path, monkeypatch):
     """An empty cache dir so no test reads or writes the user's cache."""

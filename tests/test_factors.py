@@ -9,22 +9,29 @@ from fixtures import SPEC, rating_batch
 from test_ridge import per_task_meta_gradient, ridge_cfg
 
 from metarec.algos import ALGOS
-from metarec.data.factors import _ridge_rows, als, cross_fitted, rotate_onto
+from metarec.data import factors
+from metarec.data.factors import Ratings, _ridge_rows, als, cross_fitted, rotate_onto
 from metarec.errors import UserError
 from metarec.models.melu import MeLU
 
 
-def test_each_rows_solve_is_its_least_squares_optimum():
+def test_each_rows_solve_is_its_least_squares_optimum(monkeypatch):
     g = torch.Generator().manual_seed(0)
-    mask = (torch.rand(5, 9, generator=g) < 0.6).double()
-    target, other = torch.randn(5, 9, generator=g, dtype=torch.float64), torch.randn(9, 3, generator=g, dtype=torch.float64)
-    p, b = _ridge_rows(mask, target, other, reg=2.0, reg_bias=0.5)
-    for u in range(5):
-        seen = mask[u].bool()
+    mask = (torch.rand(7, 9, generator=g) < 0.6).double()
+    mask[3] = 0  # a row without ratings: its prior alone, so zeros
+    target, other = torch.randn(7, 9, generator=g, dtype=torch.float64), torch.randn(9, 3, generator=g, dtype=torch.float64)
+    u, i = mask.nonzero(as_tuple=True)
+    shuffle = torch.randperm(len(u), generator=g)  # entries in no particular order
+    u, i = u[shuffle], i[shuffle]
+    monkeypatch.setattr(factors, "ROWS_PER_CHUNK", 3)  # rows solved in chunks of 3 (a chunk boundary inside)
+    p, b = _ridge_rows(Ratings(u, i, 7, 9), target[u, i], other, reg=2.0, reg_bias=0.5)
+    for row in range(7):  # the oracle: row u's own ratings, its normal equations solved alone
+        seen = mask[row].bool()
         x = torch.cat([other[seen], torch.ones(int(seen.sum()), 1, dtype=torch.float64)], 1)
         prior = torch.diag(torch.tensor([2.0, 2.0, 2.0, 0.5], dtype=torch.float64))
-        want = torch.linalg.solve(x.T @ x + prior, x.T @ target[u][seen])
-        assert torch.allclose(torch.cat([p[u], b[u:u + 1]]), want, atol=1e-12)
+        want = torch.linalg.solve(x.T @ x + prior, x.T @ target[row][seen])
+        assert torch.allclose(torch.cat([p[row], b[row:row + 1]]), want, atol=1e-12)
+    assert not p[3].any() and b[3] == 0
 
 
 def test_a_planted_low_rank_matrix_is_recovered_on_entries_it_never_saw():
@@ -34,8 +41,10 @@ def test_a_planted_low_rank_matrix_is_recovered_on_entries_it_never_saw():
              + torch.randn(users, rank, generator=g) @ torch.randn(rank, items, generator=g)).double()
     seen = (torch.rand(users, items, generator=g) < 0.5).double()
     noisy = truth + 0.1 * torch.randn(users, items, generator=g, dtype=torch.float64)
-    q, b_item = als(noisy, seen, 3.5, rank, reg=0.1, iters=30, start=0.1 * torch.randn(items, rank, generator=g, dtype=torch.float64))
-    p, b_user = _ridge_rows(seen, noisy - 3.5 - b_item, q, 0.1, 0.1)  # each user's fold-in on what it rated
+    u, i = seen.nonzero(as_tuple=True)
+    r = Ratings(u, i, users, items)
+    q, b_item = als(r, noisy[u, i], 3.5, rank, reg=0.1, iters=30, start=0.1 * torch.randn(items, rank, generator=g, dtype=torch.float64))
+    p, b_user = _ridge_rows(r, noisy[u, i] - 3.5 - b_item[i], q, 0.1, 0.1)  # each user's fold-in on what it rated
     pred = 3.5 + b_user.unsqueeze(1) + b_item + p @ q.T
     held_out = (1 - seen).bool()
     rmse = ((pred - truth)[held_out] ** 2).mean().sqrt()

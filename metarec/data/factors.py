@@ -15,49 +15,104 @@ never saw them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from metarec import progress
+from metarec.signals import between_chunks
 
 USER_BIAS_PRECISION = 3.0  # the bias floor's shrinkage of a user's mean residual (movielens.py reads it too)
 ITEM_BIAS_PRECISION = 5.0  # ... and of an item's
 
 
-def _ridge_rows(mask: Tensor, target: Tensor, other: Tensor, reg: float, reg_bias: float) -> tuple[Tensor, Tensor]:
-    """For each row u of mask [U, I]: argmin_{p, b} sum_i mask_ui (target_ui - other_i . p - b)^2
-    + reg |p|^2 + reg_bias b^2, with other [I, k]. Returns p [U, k] and b [U]."""
-    x = torch.cat([other, torch.ones_like(other[:, :1])], dim=1)  # [I, k + 1]
+ROWS_PER_CHUNK = 4096  # rows whose Gram matrices are built and solved at once: 4 MB at rank 10, in cache
+ENTRIES_PER_CHUNK = 8192  # ratings whose outer products are summed at once: 8 MB at rank 10 (larger chunks ran slower)
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """The pattern of a sparse rating matrix [n_rows, n_cols]: entry e sits at (rows[e], cols[e]). A
+    value per entry ([n], in this entry order) rides on it; nothing of size n_rows x n_cols is ever made."""
+
+    rows: Tensor  # [n] long
+    cols: Tensor  # [n] long
+    n_rows: int
+    n_cols: int
+
+    @property
+    def order(self) -> Tensor:
+        """The entries sorted by row (stable), made once."""
+        return self._cached("order", lambda: torch.argsort(self.rows, stable=True))
+
+    @property
+    def crow(self) -> Tensor:
+        """[n_rows + 1]: row r's entries are order[crow[r]:crow[r + 1]] (CSR row pointers)."""
+        return self._cached("crow", lambda: torch.cat([self.rows.new_zeros(1),
+                                                       torch.bincount(self.rows, minlength=self.n_rows).cumsum(0)]))
+
+    @property
+    def sorted_rows(self) -> Tensor:
+        return self._cached("sorted_rows", lambda: self.rows[self.order])
+
+    @property
+    def sorted_cols(self) -> Tensor:
+        return self._cached("sorted_cols", lambda: self.cols[self.order])
+
+    @property
+    def T(self) -> "Ratings":
+        """The same entries, in the same entry order, seen column by column."""
+        return self._cached("t", lambda: Ratings(self.cols, self.rows, self.n_cols, self.n_rows))
+
+    def _cached(self, name: str, make):
+        memo = self.__dict__.setdefault("_memo", {})
+        if name not in memo:
+            memo[name] = make()
+        return memo[name]
+
+    def keep(self, entries: Tensor) -> "Ratings":
+        """The entries `entries` (a mask or indices) picks, same shape."""
+        return Ratings(self.rows[entries], self.cols[entries], self.n_rows, self.n_cols)
+
+
+def _ridge_rows(r: Ratings, target: Tensor, other: Tensor, reg: float, reg_bias: float) -> tuple[Tensor, Tensor]:
+    """For each row u of r: argmin_{p, b} sum_{e in row u} (target_e - other_{col e} . p - b)^2
+    + reg |p|^2 + reg_bias b^2, with target [n] (float64, entry order) and other [n_cols, k].
+    Returns p [n_rows, k] and b [n_rows]. Each row's Gram matrix is the sum of its own entries' outer
+    products (index_add in row order): O(n k^2) time; rows, and their entries, go in bounded chunks."""
+    x = torch.cat([other, torch.ones_like(other[:, :1])], dim=1).to(torch.float64)  # [C, k + 1]
     k1 = x.shape[1]
-    outer = (x.unsqueeze(2) * x.unsqueeze(1)).reshape(len(x), -1)  # [I, (k + 1)^2]
-    prior = torch.full((k1,), reg, dtype=x.dtype, device=x.device)
+    prior = torch.full((k1,), reg, dtype=torch.float64)
     prior[-1] = reg_bias
-    gram = (mask @ outer).reshape(-1, k1, k1) + torch.diag(prior)
-    rhs = (mask * target) @ x  # [U, k + 1]
-    sol = torch.cholesky_solve(rhs.unsqueeze(-1), torch.linalg.cholesky(gram)).squeeze(-1)
+    order, crow = r.order, r.crow
+    sol = torch.empty(r.n_rows, k1, dtype=torch.float64)
+    for a in range(0, r.n_rows, ROWS_PER_CHUNK):
+        b = min(a + ROWS_PER_CHUNK, r.n_rows)
+        gram = torch.zeros(b - a, k1 * k1, dtype=torch.float64)  # [rows, (k + 1)^2]
+        rhs = torch.zeros(b - a, k1, dtype=torch.float64)
+        for lo in range(int(crow[a]), int(crow[b]), ENTRIES_PER_CHUNK):
+            at = slice(lo, min(lo + ENTRIES_PER_CHUNK, int(crow[b])))
+            xe, row, entries = x[r.sorted_cols[at]], r.sorted_rows[at] - a, order[at]  # [E, k + 1], [E], [E]
+            gram.index_add_(0, row, (xe.unsqueeze(2) * xe.unsqueeze(1)).reshape(len(xe), -1))
+            rhs.index_add_(0, row, xe * target[entries].unsqueeze(1))
+        low = torch.linalg.cholesky(gram.reshape(-1, k1, k1) + torch.diag(prior))
+        sol[a:b] = torch.cholesky_solve(rhs.unsqueeze(-1), low).squeeze(-1)
     return sol[:, :-1], sol[:, -1]
 
 
-def als(ratings: Tensor, mask: Tensor, mu: float, rank: int, reg: float, iters: int,
+def als(r: Ratings, ratings: Tensor, mu: float, rank: int, reg: float, iters: int,
         start: Tensor) -> tuple[Tensor, Tensor]:
-    """Biased matrix factorisation of ratings [U, I] where mask [U, I] is 1, from item factors
-    `start` [I, rank]. Returns the item factors [I, rank] and item biases [I]; an item no rating in
-    the mask touches gets zeros."""
-    q, b_item = start.clone(), torch.zeros(ratings.shape[1], dtype=ratings.dtype, device=ratings.device)
-    resid = ratings - mu
-    for _ in progress.bar(range(iters), desc=f"factorise {ratings.shape[0]}x{ratings.shape[1]} (ALS)", unit="sweep"):
-        p, b_user = _ridge_rows(mask, resid - b_item, q, reg, USER_BIAS_PRECISION)
-        q, b_item = _ridge_rows(mask.T, (resid - b_user.unsqueeze(1)).T, p, reg, ITEM_BIAS_PRECISION)
+    """Biased matrix factorisation of the ratings [n] (float64, entry order) on the pattern r, from
+    item factors `start` [n_cols, rank]. Returns the item factors [n_cols, rank] and item biases
+    [n_cols]; an item no entry touches gets zeros."""
+    q, b_item = start.clone(), torch.zeros(r.n_cols, dtype=torch.float64)
+    resid = ratings.to(torch.float64) - mu
+    for _ in progress.bar(range(iters), desc=f"factorise {r.n_rows}x{r.n_cols} (ALS)", unit="sweep"):
+        between_chunks()  # a stop request takes effect between sweeps
+        p, b_user = _ridge_rows(r, resid - b_item[r.cols], q, reg, USER_BIAS_PRECISION)
+        q, b_item = _ridge_rows(r.T, resid - b_user[r.rows], p, reg, ITEM_BIAS_PRECISION)
     return q, b_item
-
-
-def dense_ratings(rows: Tensor, items: Tensor, ratings: Tensor, n_rows: int, n_items: int) -> tuple[Tensor, Tensor]:
-    """The ratings (rows, items, ratings: [n] each) as a float64 matrix [n_rows, n_items] and its 0/1 mask."""
-    dense = torch.zeros(n_rows, n_items, dtype=torch.float64)
-    mask = torch.zeros_like(dense)
-    dense[rows, items] = ratings.to(torch.float64)
-    mask[rows, items] = 1.0
-    return dense, mask
 
 
 def seeded_start(n_items: int, rank: int, seed: int) -> Tensor:
@@ -80,12 +135,12 @@ def cross_fitted(users: Tensor, items: Tensor, ratings: Tensor, n_users: int, n_
     f, then rotated onto table `folds`, the fit on every training rating. float64 on the CPU.
     The item biases stay out: the model learns an item's standing from its context (data.item_stats),
     which a new item has too, rather than from a column that only existing items fill."""
-    dense, mask = dense_ratings(users, items, ratings, n_users, n_items)
+    r, ratings = Ratings(users, items, n_users, n_items), ratings.to(torch.float64)
     start = seeded_start(n_items, rank, seed)
-    full, _ = als(dense, mask, mu, rank, reg, iters, start)
+    full, _ = als(r, ratings, mu, rank, reg, iters, start)
     tables = []
     for f in range(folds):
-        keep = (fold_of_user != f).to(mask.dtype).unsqueeze(1)
-        q, _ = als(dense, mask * keep, mu, rank, reg, iters, start)  # the same start: nothing of fold f
+        keep = fold_of_user[users] != f
+        q, _ = als(r.keep(keep), ratings[keep], mu, rank, reg, iters, start)  # the same start: nothing of fold f
         tables.append(rotate_onto(q, full))
     return torch.stack(tables + [full])

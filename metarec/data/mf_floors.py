@@ -10,8 +10,8 @@ as a row of its own (as bias_transductive pools them: never a query rating), so 
 factors and a bias from the other users' support ratings of it. The task's row is then its fold-in
 onto the jointly fitted items.
 
-Everything is float64 on the CPU, dense over [rows, items] (ml-1m: about 9,000 x 3,700), one
-batched Cholesky solve per half-step: seconds on ml-1m. The shrinkages of the biases are the bias
+Everything is float64 on the CPU and sparse: each row's (and item's) normal equations are summed from
+its own ratings (factors.Ratings), so time and memory grow with the ratings, never with rows x items. The shrinkages of the biases are the bias
 floor's (factors.py); rank and the factors' shrinkages are data.mf_* (chosen on validation users,
 docs/tuning.md).
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data.factors import USER_BIAS_PRECISION, _ridge_rows, als, dense_ratings, seeded_start
+from metarec.data.factors import USER_BIAS_PRECISION, Ratings, _ridge_rows, als, seeded_start
 from metarec.errors import UserError
 
 
@@ -57,9 +57,9 @@ def fit(rows: Tensor, items: Tensor, ratings: Tensor, n_rows: int, n_items: int,
         reg: float, iters: int, seed: int = 0) -> MFFit:
     """ALS on the ratings (rows, items, ratings: [n] each) from a seeded start, then every row's
     fold-in onto the final items (what ALS's next row half-step would give)."""
-    dense, mask = dense_ratings(rows, items, ratings, n_rows, n_items)
-    q, b_item = als(dense, mask, mu, rank, reg, iters, seeded_start(n_items, rank, seed))
-    p, b_row = _ridge_rows(mask, dense - mu - b_item, q, reg, USER_BIAS_PRECISION)
+    r, ratings = Ratings(rows, items, n_rows, n_items), ratings.to(torch.float64)
+    q, b_item = als(r, ratings, mu, rank, reg, iters, seeded_start(n_items, rank, seed))
+    p, b_row = _ridge_rows(r, ratings - mu - b_item[items], q, reg, USER_BIAS_PRECISION)
     return MFFit(mu, q, b_item, p, b_row)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data import cold_cut, mf_floors, transductive
+from metarec.data import cold_cut, floor_cache, mf_floors, transductive
 from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.movielens_catalog import CatalogRows
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
@@ -401,9 +401,14 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
 
     def _mf_floors(self, t: EvalTasks) -> dict[str, Tensor]:
         """mf_foldin and mf_transductive (metarec/data/mf_floors.py) on the tasks t: [tasks, Q] each."""
-        if self._mf is None:  # the factorisation of the training ratings, once
-            self._mf = mf_floors.MFFloors(self.mf_settings, self.raw, self.train_ratings, self.mu)
-        return {name: pred.to(self.y) for name, pred in self._mf(t.support, t.support_mask, t.query).items()}
+        def compute() -> dict[str, Tensor]:
+            if self._mf is None:  # the factorisation of the training ratings, once, and only on a cache miss
+                self._mf = mf_floors.MFFloors(self.mf_settings, self.raw, self.train_ratings, self.mu)
+            return self._mf(t.support, t.support_mask, t.query)
+
+        k = floor_cache.key(self.data_fingerprint, self.train_ratings, t.support, t.support_mask, t.query, self.mu,
+                            self.mf_settings)
+        return {name: pred.to(self.y) for name, pred in floor_cache.cached(k, tuple(t.query.shape), compute).items()}
 
     def info(self) -> dict:
         out = {"folder": str(self.folder), "files": [str(p) for p in self.source_files],

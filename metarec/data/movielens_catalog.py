@@ -31,13 +31,37 @@ NEW_ITEM_STATES = ("item_cold", "user_item_cold", "val_new", "val_item_cold")  #
 
 @dataclass
 class Catalog:
-    """One state's catalogue ranking problem: every task ranks the same items."""
+    """One state's catalogue ranking problem: every task ranks the same items. Each task's candidates and
+    relevant items are kept as its own item lists, and made into [tasks, N] masks a chunk of tasks at a
+    time (masks), so nothing of size tasks x items outlives a chunk."""
 
     items: Tensor  # [N] item rows: the state's item pool (existing or new items with at least one rating)
-    candidate: Tensor  # [tasks, N] bool: not in the task's support set
-    relevant: Tensor  # [tasks, N] bool: a query item of the task rated >= LIKED
+    support_items: Tensor  # [tasks, S] item rows of the support set (-1: padding): not candidates
+    liked_items: Tensor  # [tasks, Q] item rows of the query items rated >= LIKED (-1: none): relevant
     support_size: Tensor  # [tasks] ratings in the support set
     pool: str  # what the items are, in words ("existing items", "new items")
+    n_items: int  # item rows of the data set
+
+    def masks(self, tasks: slice) -> tuple[Tensor, Tensor]:
+        """candidate [t, N] (a pool item not in the task's support set) and relevant [t, N] (a query item
+        rated >= LIKED), bool, for the tasks `tasks`."""
+        where = torch.full((self.n_items + 1,), len(self.items), dtype=torch.long, device=self.items.device)
+        where[self.items] = torch.arange(len(self.items), device=self.items.device)  # pool position; N: none or padding
+        out = []
+        for listed, fill in ((self.support_items[tasks], True), (self.liked_items[tasks], False)):
+            at = where[torch.where(listed >= 0, listed, self.n_items)]  # [t, S] positions, N where none
+            mask = torch.full((len(listed), len(self.items) + 1), fill, dtype=torch.bool, device=listed.device)
+            out.append(mask.scatter_(1, at, not fill)[:, :-1])
+        return out[0], out[1]
+
+    @property
+    def candidate(self) -> Tensor:
+        """[tasks, N] for every task at once (small data and tests; evaluation asks masks per chunk)."""
+        return self.masks(slice(None))[0]
+
+    @property
+    def relevant(self) -> Tensor:
+        return self.masks(slice(None))[1]
 
 
 class CatalogRows:
@@ -168,13 +192,11 @@ class CatalogRows:
         the query items are among them, unmarked) and relevant items (query items it rated >= LIKED)."""
         t, n_items = self.tasks[state], self.raw.num_items
         items = self.item_pool(state in NEW_ITEM_STATES)
-        full = torch.zeros(len(t.users), n_items + 1, dtype=torch.bool, device=self.device)  # column n_items: padding
-        s_items = torch.where(t.support_mask.bool(), self.rating_item[t.support], n_items)
-        candidate = torch.ones_like(full).scatter_(1, s_items, False)[:, items]
+        s_items = torch.where(t.support_mask.bool(), self.rating_item[t.support], -1)
         liked = t.query_mask.bool() & (self.y[t.query] >= LIKED)
-        relevant = full.scatter(1, torch.where(liked, self.rating_item[t.query], n_items), True)[:, items]
         new = state in NEW_ITEM_STATES
-        return Catalog(items, candidate, relevant, t.support_mask.sum(1).long(), "new items" if new else "existing items")
+        return Catalog(items, s_items, torch.where(liked, self.rating_item[t.query], -1), t.support_mask.sum(1).long(),
+                       "new items" if new else "existing items", n_items)
 
     def catalog_rows(self, state: str, tasks: slice, items: Tensor) -> Tensor:
         """x [tasks, N, F] of the state's tasks `tasks` with every item of `items`, in the state's item context."""

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, als, dense_ratings, rotate_onto, seeded_start
+from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, Ratings, als, rotate_onto, seeded_start
 from metarec.errors import UserError
 
 FEATURES = ("item_bias",)  # then q_1..q_rank
@@ -115,10 +115,10 @@ def cross_fitted_items(seen: Visible, row: Tensor, users: Tensor, items: Tensor,
                        n_items: int, settings: TransSettings, seed: int) -> Tensor:
     """q [n, rank]: each target (users, items) reads its item's factors fitted without its user's fold."""
     rows, row_index = torch.unique(row, return_inverse=True)
-    dense, mask = dense_ratings(row_index, seen.items, seen.ratings, len(rows), n_items)
+    r, ratings = Ratings(row_index, seen.items, len(rows), n_items), seen.ratings.to(torch.float64)
     fold_of_user = torch.from_numpy(np.random.default_rng([seed, 18]).permutation(n_users) % settings.folds)
     start = seeded_start(n_items, settings.rank, seed)
-    full, _ = als(dense, mask, mu, settings.rank, settings.reg, settings.iters, start)
+    full, _ = als(r, ratings, mu, settings.rank, settings.reg, settings.iters, start)
     out = torch.zeros(len(users), settings.rank, dtype=torch.float64)
     fold_of_row = fold_of_user[rows % n_users]
     fold_of_target = fold_of_user[users]
@@ -126,8 +126,8 @@ def cross_fitted_items(seen: Visible, row: Tensor, users: Tensor, items: Tensor,
         here = fold_of_target == f
         if not here.any():
             continue
-        keep = (fold_of_row != f).to(mask.dtype).unsqueeze(1)
-        q, _ = als(dense, mask * keep, mu, settings.rank, settings.reg, settings.iters, start)
+        keep = fold_of_row[row_index] != f
+        q, _ = als(r.keep(keep), ratings[keep], mu, settings.rank, settings.reg, settings.iters, start)
         out[here] = rotate_onto(q, full)[items[here]]
     return out
 
