@@ -147,11 +147,16 @@ def test_wrong_model_is_one_clear_line():
 
 
 @needs_ml100k()
+@pytest.mark.slow
 def test_short_train_through_the_console_script(tmp_path, cache_env):
     run = tmp_path / "run"
     train_ml100k(run, "experiment=melu_ml100k_mamo", "trainer.meta_batch_size=8", env=cache_env, steps=10, val_every=5)
     result = read_json(run / "eval.json")
     uc = result["states"]["user_cold"]
-    assert uc["n_tasks"] > 50 and 0.5 < uc["steps"][str(uc["headline_step"])]["mae"] < 1.5
+    # Golden numbers of this fixed-seed run (one thread, CPU; recorded 2026-12-07 with torch 2.13.0): another CPU's
+    # kernels move them by far less than the tolerance, a change to the model or the algorithm by more.
+    assert uc["n_tasks"] > 50 and uc["steps"]["3"]["mae"] == pytest.approx(0.823740, abs=1e-3)
+    assert uc["headline_step"] == "3" and uc["steps"]["3"]["mae"] < uc["floors"]["global_mean"]["mae"] - 0.05
+    assert [uc["steps"][str(k)]["mae"] for k in range(6)] == sorted((uc["steps"][str(k)]["mae"] for k in range(6)), reverse=True)
     ck = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert ck["config"]["algo"]["name"] == "mamo" and "memory" in ck["algo"]

@@ -160,6 +160,7 @@ KILL_DURING_WRITE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the heaviest of this file: three runs of 200 steps
 def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path, straight):
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
