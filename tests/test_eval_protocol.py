@@ -118,7 +118,7 @@ def test_sigterm_during_a_long_evaluation_stops_between_chunks_and_writes_nothin
                              f"hydra.run.dir={out}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = read_until(proc.stderr, b"evaluate")  # the evaluation's progress line: it has started
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     err = (seen + err).decode()
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err

@@ -80,7 +80,7 @@ def test_a_signal_saves_last_pt_and_resume_equals_the_straight_run(tmp_path, str
     wait_paused(proc)  # it stopped itself after step 50's last.pt: the signal lands mid-training, however fast
     proc.send_signal(sig)
     proc.send_signal(signal.SIGCONT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("metarec:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
