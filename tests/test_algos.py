@@ -145,6 +145,33 @@ def test_pretrain_step_is_plain_supervised_training():
     assert moved == len(names)  # every parameter group of the model learns, embeddings included
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_meta_gradient_equals_a_loop_written_here(first_order):
+    """MAML's meta-gradient against the algorithm written out in this test (metarec/reference.py is the
+    package's own oracle): per task, SGD on the mean squared error of its real support ratings, then the
+    query's; the mean over tasks; first order cuts the inner gradients out of the graph."""
+    model, algo = make("maml", inner_params="mlp", inner_steps=2, first_order=first_order)
+    batch = rating_batch(n_tasks=4)
+    params = dict(model.named_parameters())
+    losses = []
+    for i in range(batch.n_tasks):
+        s, q = batch.support_mask[i].bool(), batch.query_mask[i].bool()
+        fast = {n: params[n] for n in algo.engine.inner_names}
+        for _ in range(2):
+            pred = functional_call(model, {**params, **fast}, (batch.support_x[i][s],))
+            grads = torch.autograd.grad(((pred - batch.support_y[i][s]) ** 2).mean(), list(fast.values()),
+                                        create_graph=not first_order)
+            fast = {n: w - 0.3 * g for (n, w), g in zip(fast.items(), grads)}
+        pred = functional_call(model, {**params, **fast}, (batch.query_x[i][q],))
+        losses.append(((pred - batch.query_y[i][q]) ** 2).mean())
+    want = torch.autograd.grad(torch.stack(losses).mean(), list(params.values()))
+    got = torch.autograd.grad(algo.meta_loss(batch), list(params.values()), allow_unused=True)
+    for n, a, b in zip(params, got, want):
+        a = torch.zeros_like(b) if a is None else a
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), n
+    assert sum(float(g.abs().sum()) for g in want) > 0
+
+
 def test_inner_params_all_adapts_small_tables_not_item_ids():
     spec = {**SPEC, "fields": SPEC["fields"] + [["item", 50]]}
     model = MeLU(spec, embedding_dim=4, hidden=[8])
