@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: help setup train test test-fast bench results results-dbook results-movietweetings clean
+.PHONY: help setup train test test-slow bench results results-dbook results-movietweetings clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,11 +22,11 @@ setup: $(BIN)/metarec  ## create .venv with a pinned torch and metarec (editable
 train: setup  ## the main job: metarec train algo=maml data=movielens (ARGS="..." adds overrides)
 	$(BIN)/metarec train algo=maml data=movielens $(ARGS)
 
-test: setup  ## the whole test suite (slow end-to-end tests included)
-	$(BIN)/python -m pytest -q
-
-test-fast: setup  ## unit tests only
+test: setup  ## the default test suite (every test not marked slow)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup  ## the slow end-to-end tests (CI runs them after make test)
+	$(BIN)/python -m pytest -q -m slow
 
 bench: setup  ## meta-training throughput: engine vs per-task loop vs supervised step
 	$(BIN)/metarec bench --out bench.json

@@ -63,3 +63,58 @@ def assert_same_loss_and_gradients(ours, ref, params, atol=1e-10):
     assert torch.allclose(ours, ref, atol=atol, rtol=0)
     for a, b in zip(torch.autograd.grad(ours, params, retain_graph=True), torch.autograd.grad(ref, params)):
         assert torch.allclose(a, b, atol=atol, rtol=0)
+
+
+# A child that stops itself (SIGSTOP) right after it first puts a file of this name in place with
+# os.replace (checkpoints are written so): the test then holds it alive for as long as it needs, sends
+# what it wants and lets it go on with SIGCONT, whatever the machine's speed. Loaded by Python's site
+# machinery from PYTHONPATH into the real console script; it does nothing without the variable.
+PAUSE_HOOK = '''
+import os, signal
+_replace, _done = os.replace, []
+def replace(src, dst, *args, **kwargs):
+    _replace(src, dst, *args, **kwargs)
+    if not _done and os.path.basename(os.fspath(dst)) == os.environ.get("METAREC_TEST_PAUSE_AFTER"):
+        _done.append(dst)
+        os.kill(os.getpid(), signal.SIGSTOP)
+os.replace = replace
+'''
+
+
+def pause_env(tmp_path, after="last.pt"):
+    """Environment for a child that pauses itself after its first `after` is in place (see PAUSE_HOOK)."""
+    hook = tmp_path / "pause-hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(PAUSE_HOOK)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+            "METAREC_TEST_PAUSE_AFTER": after}
+
+
+def wait_paused(proc, timeout=300):
+    """Until `proc` has stopped itself (state T in /proc); fails with its stderr if it exits first."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if fields[0] == "T":
+            return
+        assert time.monotonic() < deadline, f"pid {proc.pid} never paused"
+        time.sleep(0.02)
+
+
+def read_until(stream, token, timeout=300):
+    """Read a child's binary pipe until `token` appears, with a deadline (a plain read blocks forever
+    when the child hangs); returns what was read. Fails when the pipe closes or the deadline passes."""
+    import selectors
+    import time
+    deadline, seen = time.monotonic() + timeout, b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while token not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and sel.select(left), f"no {token!r} within {timeout} s; read: {seen[-3000:]!r}"
+            chunk = os.read(stream.fileno(), 4096)
+            assert chunk, f"the pipe closed before {token!r}; read: {seen[-3000:]!r}"
+            seen += chunk
+    return seen

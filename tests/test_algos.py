@@ -1,5 +1,6 @@
 """Reptile, prompt and pretrain against closed forms and plain per-task loops."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -128,8 +129,47 @@ def test_pretrain_step_is_plain_supervised_training():
     pred = model(data.support_x)
     w = data.support_mask
     expected = (((pred - data.support_y) ** 2) * w).sum() / w.sum()
+    names = [n for n, _ in model.named_parameters()]
+    grads = dict(zip(names, torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = algo.step(batch)
     assert stats["loss"] == pytest.approx(expected.item(), abs=1e-12)
+    # Adam's first step written out (m = (1-b1) g, v = (1-b2) g^2, bias-corrected to g and g^2):
+    # p - lr * g / (|g| + eps), with lr = meta_lr = 0.5 and eps = 1e-8
+    moved = 0
+    for n, p in model.named_parameters():
+        g = grads[n] if grads[n] is not None else torch.zeros_like(before[n])
+        expected_p = before[n] - 0.5 * g / (g.abs() + 1e-8)
+        assert torch.allclose(p.detach(), expected_p, atol=1e-12, rtol=0), n
+        moved += int(not torch.equal(p.detach(), before[n]))
+    assert moved == len(names)  # every parameter group of the model learns, embeddings included
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_meta_gradient_equals_a_loop_written_here(first_order):
+    """MAML's meta-gradient against the algorithm written out in this test (metarec/reference.py is the
+    package's own oracle): per task, SGD on the mean squared error of its real support ratings, then the
+    query's; the mean over tasks; first order cuts the inner gradients out of the graph."""
+    model, algo = make("maml", inner_params="mlp", inner_steps=2, first_order=first_order)
+    batch = rating_batch(n_tasks=4)
+    params = dict(model.named_parameters())
+    losses = []
+    for i in range(batch.n_tasks):
+        s, q = batch.support_mask[i].bool(), batch.query_mask[i].bool()
+        fast = {n: params[n] for n in algo.engine.inner_names}
+        for _ in range(2):
+            pred = functional_call(model, {**params, **fast}, (batch.support_x[i][s],))
+            grads = torch.autograd.grad(((pred - batch.support_y[i][s]) ** 2).mean(), list(fast.values()),
+                                        create_graph=not first_order)
+            fast = {n: w - 0.3 * g for (n, w), g in zip(fast.items(), grads)}
+        pred = functional_call(model, {**params, **fast}, (batch.query_x[i][q],))
+        losses.append(((pred - batch.query_y[i][q]) ** 2).mean())
+    want = torch.autograd.grad(torch.stack(losses).mean(), list(params.values()))
+    got = torch.autograd.grad(algo.meta_loss(batch), list(params.values()), allow_unused=True)
+    for n, a, b in zip(params, got, want):
+        a = torch.zeros_like(b) if a is None else a
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), n
+    assert sum(float(g.abs().sum()) for g in want) > 0
 
 
 def test_inner_params_all_adapts_small_tables_not_item_ids():
@@ -162,7 +202,13 @@ def test_algorithms_do_not_assume_movielens():
         b = torch.autograd.grad(per_task_meta_loss(model, algo.engine.inner_names, batch, kind, 0.3, 2, False), params)
         for x, y in zip(a, b):
             assert torch.allclose(x, y, atol=1e-10, rtol=0)
-        assert masked_task_loss  # the shared loss is the only contract between data and algorithm
+    # the shared loss is the only contract between data and algorithm: each task's mean over its own examples
+    pred, y = torch.tensor([[1.0, 2.0, 9.0], [0.0, 4.0, 4.0]]), torch.tensor([[2.0, 4.0, 0.0], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    assert masked_task_loss(pred, y, mask, "regression").tolist() == pytest.approx([(1 + 4) / 2, (1 + 9 + 9) / 3])
+    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])
+    ce = masked_task_loss(logits, torch.tensor([[1, 1]]), torch.tensor([[1.0, 1.0]]), "classification")
+    assert ce.item() == pytest.approx((math.log(2) + math.log(1 + math.exp(2))) / 2, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["maml", "prompt", "pretrain"])

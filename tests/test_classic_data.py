@@ -252,6 +252,7 @@ def test_omniglot_unreachable_download_names_sources(monkeypatch, tmp_path):
 # --- omniglot, the real files -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # decodes all 32,460 PNGs into a fresh cache (the generated folders above cover the code paths)
 @pytest.mark.skipif(not REAL_OMNIGLOT.is_dir(), reason="no shared Omniglot copy")
 def test_real_omniglot_counts(monkeypatch, tmp_path):
     monkeypatch.setenv("METAREC_CACHE", str(tmp_path))

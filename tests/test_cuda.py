@@ -1,16 +1,18 @@
 """On a CUDA GPU: the engine's meta-gradients equal the per-task loop there and the CPU's, a run trains on
 the GPU and its checkpoint evaluates on the CPU, and a resumed GPU run equals an uninterrupted one.
 Skipped where torch sees no GPU (CI); run on a GPU machine with `pytest tests/test_cuda.py`."""
+import signal
+
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     pytest.skip("torch sees no CUDA GPU", allow_module_level=True)
 
-from conftest import ML100K, needs_ml100k, read_json, run_cli  # noqa: E402
+from conftest import ML100K, needs_ml100k, pause_env, read_json, run_cli, wait_paused  # noqa: E402
 from fixtures import rating_batch  # noqa: E402
 from test_engine import SPEED_OPTIONS, grads_of, make, reptile_case, with_option  # noqa: E402
-from test_resume import assert_same_run, start, wait_for  # noqa: E402
+from test_resume import assert_same_run, start  # noqa: E402
 from test_ridge import make as make_ridge  # noqa: E402
 
 from metarec.algos import ALGOS  # noqa: E402
@@ -106,19 +108,20 @@ def test_a_resumed_deterministic_gpu_run_equals_the_straight_run(tmp_path, data)
     ends bit for bit where an uninterrupted one does."""
     if data == "movielens" and not (ML100K / "u.data").exists():
         pytest.skip("../shared/data/ml-100k is absent")
-    steps = 400  # a GPU step takes milliseconds: enough of them that the signal lands mid-run
+    steps = 400
     base = [*RESUME_RUNS[data], "device=cuda", "device.deterministic=true", "trainer.meta_batch_size=4",
             "trainer.val_every=100", "trainer.log_every=5", "trainer.progress=false", f"trainer.max_steps={steps}"]
     straight = tmp_path / "straight"
     r = run_cli("train", *base, f"hydra.run.dir={straight}")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
-    proc = start(run, base=base[:-1], steps=steps)
-    wait_for(run / "metrics.jsonl", proc, timeout=300)
-    proc.send_signal(15)
+    proc = start(run, base=base[:-1], steps=steps, env=pause_env(tmp_path))
+    wait_paused(proc)  # it stopped itself after step 100's last.pt: the signal lands mid-run, however fast the GPU
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-3000:]
-    assert 0 < torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] < steps
+    assert 100 <= torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] <= 101
     r = run_cli("train", *base, f"hydra.run.dir={run}", "trainer.resume=auto")
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_run(straight, run)

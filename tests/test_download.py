@@ -90,8 +90,13 @@ def assert_cache_clean(cache: Path) -> None:
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
+# The local server answers at once or refuses at once: the timeout only bounds a hang, so it is long enough
+# that a loaded machine never trips it (no test waits for it to expire).
+TIMEOUT = 30.0
+
+
 def locate(cache: Path, sources, root=None, variant="ml-100k") -> Path:
-    return locate_movielens(variant, root, cache, sources=sources, timeout=2.0, progress=False)
+    return locate_movielens(variant, root, cache, sources=sources, timeout=TIMEOUT, progress=False)
 
 
 # ----------------------------------------------------------------------------- zip sources
@@ -289,9 +294,9 @@ def test_fetch_file_verifies_and_writes_atomically(server, tmp_path):
     url = server.add("/part.zip", body)
     dest = tmp_path / "cache" / "part.zip"
     with pytest.raises(ValueError, match=r"checksum mismatch \(got MD5 "):
-        fetch_file(url, dest, "0" * 32, algo="md5", timeout=2.0, progress=False)
+        fetch_file(url, dest, "0" * 32, algo="md5", timeout=TIMEOUT, progress=False)
     assert list(dest.parent.iterdir()) == []
-    assert fetch_file(url, dest, hashlib.md5(body).hexdigest(), algo="md5", timeout=2.0, progress=False) == dest
+    assert fetch_file(url, dest, hashlib.md5(body).hexdigest(), algo="md5", timeout=TIMEOUT, progress=False) == dest
     assert dest.read_bytes() == body and list(dest.parent.iterdir()) == [dest]
     verify(dest, sha(body))
     with pytest.raises(RuntimeError, match="stop"), atomic_write(tmp_path / "cache" / "other.bin") as out:

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import METAREC, ML100K, needs_ml100k, read_json, run_cli
+from conftest import METAREC, ML100K, needs_ml100k, read_json, read_until, run_cli
 from omegaconf import OmegaConf
 
 from metarec.evaluate_checkpoint import protocol_key
@@ -116,13 +116,9 @@ def test_sigterm_during_a_long_evaluation_stops_between_chunks_and_writes_nothin
     proc = subprocess.Popen([str(METAREC), "eval", f"checkpoint={run}/checkpoints/best.pt", "eval.chunk=20",
                              "eval.max_steps=500", "device=cpu", "device.threads=1",
                              f"hydra.run.dir={out}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen = b""
-    while b"evaluate" not in seen:  # the evaluation's progress line: it has started
-        chunk = proc.stderr.read1(4096)
-        assert chunk, (seen + proc.stdout.read()).decode()[-3000:]
-        seen += chunk
+    seen = read_until(proc.stderr, b"evaluate")  # the evaluation's progress line: it has started
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     err = (seen + err).decode()
     assert proc.returncode == 143, err[-3000:]
     assert "Traceback" not in err

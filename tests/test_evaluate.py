@@ -103,3 +103,99 @@ def test_the_headline_compares_a_row_with_the_floors_of_its_own_input_class():
     assert "| floor: bias_transductive (transductive) |" in text and "| floor: bias (inductive) |" in text
     state["input_class"] = "transductive"
     assert "the best transductive floor, bias_transductive 0.5000" in headline_line({"states": {"item_cold": state}})
+def test_accuracy_and_mse_hand_computed_over_the_real_query_examples():
+    from metarec.evaluate import task_metrics
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    y = torch.tensor([[0, 1, 2, 2], [1, 0, 0, 0]])
+    logits = torch.zeros(2, 4, 3)
+    logits[0, 0, 0] = logits[0, 1, 2] = logits[0, 2, 2] = logits[0, 3, 2] = 1.0  # right, wrong, right, padding
+    logits[1, 0, 0] = 1.0  # wrong; the padded positions would be right
+    batch = TaskBatch(y[:, :, None], y, m, y[:, :, None], y, m)
+    assert task_metrics(logits, batch, "classification")["acc"].tolist() == pytest.approx([2 / 3, 0.0])
+    yr = torch.tensor([[1.0, -1.0, 0.5, 7.0], [2.0, 0.0, 0.0, 0.0]])
+    pred = torch.tensor([[0.0, 1.0, 0.5, 0.0], [-1.0, 5.0, 5.0, 5.0]])
+    batch = TaskBatch(yr[:, :, None], yr, m, yr[:, :, None], yr, m)
+    assert task_metrics(pred, batch, "regression")["mse"].tolist() == pytest.approx([(1 + 4 + 0) / 3, 9.0])
+
+
+class StepAlgo:
+    """A stand-in method whose query prediction after k adaptation steps is k + the task's index
+    (known numbers, so the bookkeeping of steps, chunks and the headline can be checked by hand)."""
+
+    one_pass, select_state = False, "val"
+
+    def __init__(self):
+        self.calls, self.states = [], []
+
+    def enter_state(self, state):
+        self.states.append(state)
+
+    def adapt_trace(self, batch, steps, at=None):
+        self.calls.append((batch.n_tasks, steps, at))
+        task = batch.query_x[:, :1, 0]  # [tasks, 1]: each task's index, planted in its inputs
+        return [torch.zeros_like(batch.query_y) + task + k for k in (at if at is not None else range(steps + 1))]
+
+
+def step_batch(n_tasks=5):
+    """Regression tasks: task i's query x are all i, its targets y = (1, 2, ...) over 1 + i % 3 real examples."""
+    q = 3
+    x = torch.arange(n_tasks, dtype=torch.float64)[:, None, None].expand(n_tasks, q, 1).clone()
+    y = torch.arange(1, q + 1, dtype=torch.float64).expand(n_tasks, q).clone()
+    m = (torch.arange(q)[None] < (1 + torch.arange(n_tasks) % 3)[:, None]).double()
+    return TaskBatch(x, y, m, x, y, m)
+
+
+def hand_mse(task, k):
+    n = 1 + task % 3
+    return sum((task + k - (j + 1)) ** 2 for j in range(n)) / n
+
+
+def test_evaluate_state_scores_every_step_of_every_task_across_chunks():
+    from metarec.evaluate import evaluate_state
+    algo = StepAlgo()
+    r = evaluate_state(algo, step_batch(5), "regression", 2, "exp", chunk=2,
+                       floors={"zero": torch.zeros(5, 3, dtype=torch.float64)})
+    assert algo.calls == [(2, 2, None), (2, 2, None), (1, 2, None)]  # chunks of 2, 2 and 1 tasks
+    assert r["n_tasks"] == 5 and list(r["steps"]) == ["0", "1", "2"]
+    for k in range(3):
+        expected = [hand_mse(i, k) for i in range(5)]
+        assert r["per_task"][str(k)]["mse"] == pytest.approx(expected, abs=1e-6)
+        assert r["steps"][str(k)]["mse"] == pytest.approx(sum(expected) / 5)
+        sd = math.sqrt(sum((e - sum(expected) / 5) ** 2 for e in expected) / 4)
+        assert r["steps"][str(k)]["mse_ci"] == pytest.approx(1.96 * sd / math.sqrt(5))
+    zero = [sum((j + 1) ** 2 for j in range(1 + i % 3)) / (1 + i % 3) for i in range(5)]
+    assert r["floors_per_task"]["zero"]["mse"] == pytest.approx(zero) and r["floors"]["zero"]["mse"] == pytest.approx(sum(zero) / 5)
+    last = evaluate_state(StepAlgo(), step_batch(5), "regression", 2, "exp", chunk=2, only_last=True)
+    assert list(last["steps"]) == ["2"] and last["per_task"]["2"] == r["per_task"]["2"]
+
+
+class StepSource:
+    kind = "regression"
+
+    def eval_tasks(self, split):
+        return {"val": step_batch(4)} if split == "val" else {"test": step_batch(5), "other": step_batch(3)}
+
+    def floors(self, state):
+        return {}
+
+
+def test_evaluate_all_books_the_headline_step_and_the_steps_it_scores():
+    from omegaconf import OmegaConf
+
+    from metarec.evaluate import evaluate_all
+    cfg = OmegaConf.create({"seed": 0, "algo": {"eval_steps": None, "inner_steps": 3},
+                            "eval": {"max_steps": 5, "ndcg_gain": "exp", "chunk": 10}})
+    algo = StepAlgo()
+    result = evaluate_all(cfg, StepSource(), algo, "test")
+    assert list(result["states"]) == ["test", "other"] and algo.states == ["test", "other"]
+    test = result["states"]["test"]
+    assert test["headline_step"] == "3" and list(test["steps"]) == [str(k) for k in range(6)]  # 0..max(5, 3)
+    assert test["steps"]["3"]["mse"] == pytest.approx(sum(hand_mse(i, 3) for i in range(5)) / 5)
+    cfg.algo.eval_steps, cfg.eval.max_steps = 7, 2  # eval_steps wins over inner_steps; max_steps never cuts it
+    test = evaluate_all(cfg, StepSource(), StepAlgo(), "test")["states"]["test"]
+    assert test["headline_step"] == "7" and list(test["steps"]) == [str(k) for k in range(8)]
+    # the trainer's model selection: the val state alone, scored once, at the headline step
+    algo = StepAlgo()
+    val = evaluate_all(cfg, StepSource(), algo, "val", select=True)["states"]
+    assert list(val) == ["val"] and list(val["val"]["steps"]) == ["7"] and algo.calls == [(4, 7, [7])]
+    assert val["val"]["steps"]["7"]["mse"] == pytest.approx(sum(hand_mse(i, 7) for i in range(4)) / 4)

@@ -159,6 +159,7 @@ def test_movielens_tasks_read_cross_fitted_factors():
 
 
 @needs_ml100k()
+@pytest.mark.slow  # the default suite's heaviest call: an ml-100k run with cross-fitted factors, then an eval
 def test_ridge_with_factors_trains_and_its_checkpoint_evaluates_the_same(tmp_path, cache_env):
     run = tmp_path / "run"
     train_ml100k(run, "experiment=melu_ml100k_ridge", env=cache_env)

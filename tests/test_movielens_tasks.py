@@ -1,6 +1,7 @@
 """MovieLens tasks on the real ml-100k: what trains and what is held out, with and without the
 meta-train users above data.max_ratings (data.heavy_users)."""
 import numpy as np
+import pytest
 import torch
 from conftest import ML100K, needs_ml100k
 
@@ -106,3 +107,97 @@ def test_val_items_holds_out_a_seeded_share_of_new_items_for_item_colds_own_vali
     assert np.array_equal(again.tasks["val_item_cold"].query.numpy(), val.query.numpy())  # seeded
     other_items = set(raw.rating_item[list(rows(other.tasks["val_item_cold"], "query"))].tolist())
     assert other_items != set(raw.rating_item[list(rows(val, "query"))].tolist())
+def by_hand_item_bias(raw, rows, mu, shrink=5.0):
+    """{item: (sum of r - mu, count)} over the rating rows `rows`, and the shrunk biases {item: b_i}."""
+    sums = {}
+    for r in rows:
+        s, c = sums.get(raw.rating_item[r], (0.0, 0))
+        sums[raw.rating_item[r]] = (s + float(raw.rating[r]) - mu, c + 1)
+    return sums, {i: s / (c + shrink) for i, (s, c) in sums.items()}
+
+
+def real_rows(index, mask):
+    return [[int(r) for r, m in zip(ri, mi) if m > 0] for ri, mi in zip(index.tolist(), mask.tolist())]
+
+
+@needs_ml100k()
+def test_the_four_simple_floors_by_hand():
+    """global_mean, user_mean, bias and bias_transductive, from the ratings with plain Python: the design's
+    formulas (item bias shrunk by 5 over training ratings, a user's by 3 over the support set; the
+    transductive item bias pools every support set of the state as well)."""
+    src = source_of("data.mf_rank=1")  # floors() fits the MF floors too: rank 1 keeps that cheap
+    raw = src.raw
+    mu = sum(float(raw.rating[r]) for r in src.train_ratings) / len(src.train_ratings)
+    sums, b = by_hand_item_bias(raw, src.train_ratings, mu)
+    for state in ("user_cold", "item_cold"):
+        t, floors = src.tasks[state], src.floors(state)
+        supports, queries = real_rows(t.support, t.support_mask), real_rows(t.query, t.query_mask)
+        rating = lambda r: float(raw.rating[r])  # noqa: E731
+        user_b = [sum(rating(r) - mu - b.get(raw.rating_item[r], 0.0) for r in s) / (len(s) + 3) for s in supports]
+        pooled = dict(sums)
+        for s, ub in zip(supports, user_b):
+            for r in s:
+                total, count = pooled.get(raw.rating_item[r], (0.0, 0))
+                pooled[raw.rating_item[r]] = (total + rating(r) - mu - ub, count + 1)
+        b_t = {i: total / (count + 5) for i, (total, count) in pooled.items()}
+        user_bt = [sum(rating(r) - mu - b_t[raw.rating_item[r]] for r in s) / (len(s) + 3) for s in supports]
+        for k, (s, q) in enumerate(zip(supports, queries)):
+            for j, r in enumerate(q):
+                item = raw.rating_item[r]
+                want = {"global_mean": mu, "user_mean": sum(map(rating, s)) / len(s),
+                        "bias": mu + user_b[k] + b.get(item, 0.0), "bias_transductive": mu + user_bt[k] + b_t.get(item, 0.0)}
+                for name, value in want.items():
+                    assert float(floors[name][k, j]) == pytest.approx(value, abs=2e-4), (state, name, k, j)
+    assert src.mu == pytest.approx(mu, abs=1e-6)  # float32 sums
+
+
+BIAS_EDGES = [round(-1.5 + 0.15 * k, 2) for k in range(21)]  # the item context's buckets, as the design fixes them
+COUNT_EDGES = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+def context_by_hand(raw, members, rows, mu):
+    """Per row: (bias code, count code, the shrunk mean) of its item over the ratings `members` less the
+    row's own: each rating's residual less its rater's bias (shrunk by 3 over `members`), summed per
+    item, shrunk by 5; code 0 = no other rating, else 1 + the edges below the mean; count code = edges <= count."""
+    resid = {r: float(raw.rating[r]) - mu for r in members}
+    per_user = {}
+    for r in members:
+        s, c = per_user.get(raw.rating_user[r], (0.0, 0))
+        per_user[raw.rating_user[r]] = (s + resid[r], c + 1)
+    user_b = {u: s / (c + 3) for u, (s, c) in per_user.items()}
+    debiased = lambda r: float(raw.rating[r]) - mu - user_b.get(raw.rating_user[r], 0.0)  # noqa: E731
+    per_item = {}
+    for r in members:
+        s, c = per_item.get(raw.rating_item[r], (0.0, 0))
+        per_item[raw.rating_item[r]] = (s + debiased(r), c + 1)
+    member, out = set(members), {}
+    for r in rows:
+        s, c = per_item.get(raw.rating_item[r], (0.0, 0))
+        if r in member:
+            s, c = s - debiased(r), c - 1
+        mean = s / (c + 5)
+        out[r] = (0 if c == 0 else 1 + sum(e < mean for e in BIAS_EDGES), sum(e <= c for e in COUNT_EDGES), mean)
+    return out
+
+
+@needs_ml100k()
+def test_the_item_context_buckets_by_hand():
+    src = source_of("data.item_stats=true", "data.item_stats_transductive=true")  # states count their supports too
+    raw = src.raw
+    mu = sum(float(raw.rating[r]) for r in src.train_ratings) / len(src.train_ratings)
+    pool = [int(r) for r in src.train_ratings]
+    checks = {"train": (pool, pool[::7])}  # the full-pool context (evaluation of warm tasks reads it too)
+    for state in ("user_cold", "item_cold"):
+        t = src.tasks[state]
+        support = [r for s in real_rows(t.support, t.support_mask) for r in s]
+        query = [r for q in real_rows(t.query, t.query_mask) for r in q]
+        checks[state] = (pool + [r for r in support if r not in set(pool)], support + query)  # never a query rating
+    for name, (members, rows) in checks.items():
+        want, got = context_by_hand(raw, members, rows, mu), src.item_context[name]
+        # float32 sums may fall on the other side of an edge the exact mean is within 1e-4 of (an item with
+        # no other rating has mean 0, an edge, and code 0 whatever the rounding)
+        off_edge = [r for r in rows if want[r][0] == 0 or min(abs(want[r][2] - e) for e in BIAS_EDGES) > 1e-4]
+        assert len(off_edge) > 0.99 * len(rows)
+        assert [tuple(got[r].tolist()) for r in off_edge] == [want[r][:2] for r in off_edge], name
+        assert [int(got[r][1]) for r in rows] == [want[r][1] for r in rows], name
+        assert len({want[r][0] for r in rows}) > 5 and len({want[r][1] for r in rows}) > 3  # the buckets are used

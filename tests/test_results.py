@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import read_until
 
 from metarec import results
 from metarec.compose import compose_plain
@@ -305,9 +306,9 @@ def test_a_second_invocation_on_the_same_results_folder_is_refused_in_one_line(t
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from metarec.run_lock "
                                "import RunLock; RunLock.take(Path(sys.argv[1]), 'results'); print('locked', flush=True); "
-                               "time.sleep(600)", str(out)], stdout=subprocess.PIPE, text=True)
+                               "time.sleep(600)", str(out)], stdout=subprocess.PIPE)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        read_until(holder.stdout, b"locked\n", timeout=120)
         assert results.main(["--report-only", "--out", str(out), "--doc", str(tmp_path / "r.md")]) == 1
         err = capsys.readouterr().err
         assert f"{out} is in use by another metarec results (pid {holder.pid} " in err and "choose another --out" in err

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import METAREC, read_json, run_cli
+from conftest import METAREC, pause_env, read_json, run_cli, wait_paused
 
 STEPS = 200  # 2N
 QUICK = ["data=sinusoid", "trainer.meta_batch_size=4", "trainer.val_every=50", "trainer.log_every=5",
@@ -57,8 +57,8 @@ def assert_same_run(a, b):
     assert read_json(b / "status.json")["status"] == "finished"
 
 
-def start(run, *extra, base=QUICK, steps=STEPS):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start(run, *extra, base=QUICK, steps=STEPS, env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.Popen([str(METAREC), "train", *base, f"trainer.max_steps={steps}", f"hydra.run.dir={run}",
                              *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -76,15 +76,16 @@ def wait_for(path, proc, timeout=120):
                          ids=["SIGTERM", "SIGINT"])
 def test_a_signal_saves_last_pt_and_resume_equals_the_straight_run(tmp_path, straight, sig, code, resume):
     run = tmp_path / "run"
-    proc = start(run)
-    wait_for(run / "metrics.jsonl", proc)  # in the training loop
+    proc = start(run, env=pause_env(tmp_path))
+    wait_paused(proc)  # it stopped itself after step 50's last.pt: the signal lands mid-training, however fast
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("metarec:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     stopped = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
-    assert 0 < stopped < STEPS
+    assert 50 <= stopped <= 51  # the step the signal came in, saved on the way out
     assert lines[0].startswith(f"metarec: {signal.Signals(sig).name}: stopped after step {stopped};")
     assert f"resume with: metarec train {' '.join(QUICK)} trainer.max_steps={STEPS} hydra.run.dir={run} " \
            f"trainer.resume=auto" in lines[0]
@@ -115,14 +116,16 @@ def test_resuming_with_other_device_settings_warns_that_it_is_not_bit_exact(tmp_
 
 
 def test_resume_refuses_other_settings_and_a_fresh_start_never_overwrites_a_run(straight):
+    # One after the other: two at once race for the folder's lock, and the loser's message is the lock's.
     # Continuing a run with other settings would mix two experiments: one line, and the record is kept.
-    other = start(straight, "algo.meta_lr=0.01", "trainer.resume=auto")
+    other = run_cli("train", *QUICK, f"trainer.max_steps={STEPS}", f"hydra.run.dir={straight}", "algo.meta_lr=0.01",
+                    "trainer.resume=auto")
     # Starting over in a folder that holds a run (a forgotten trainer.resume=auto) would lose it.
-    fresh = start(straight)
-    (_, other_err), (_, fresh_err) = other.communicate(timeout=300), fresh.communicate(timeout=300)
-    for proc, err in ((other, other_err), (fresh, fresh_err)):
-        assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
-        assert len([line for line in err.splitlines() if line.startswith("metarec: error:")]) == 1
+    fresh = run_cli("train", *QUICK, f"trainer.max_steps={STEPS}", f"hydra.run.dir={straight}")
+    other_err, fresh_err = other.stderr, fresh.stderr
+    for r in (other, fresh):
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert len([line for line in r.stderr.splitlines() if line.startswith("metarec: error:")]) == 1
     assert "but algo.meta_lr 0.001 -> 0.01: resume with the run's own overrides (metarec train data=sinusoid" in other_err
     assert "already holds a run (checkpoints/last.pt): continue it with trainer.resume=auto" in fresh_err
     assert read_json(straight / "status.json")["status"] == "finished"
@@ -157,6 +160,7 @@ KILL_DURING_WRITE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the heaviest of this file: three runs of 200 steps
 def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path, straight):
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}

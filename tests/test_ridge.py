@@ -103,8 +103,11 @@ def test_evaluation_shows_the_prior_then_the_solution():
     trace = algo.adapt_trace(batch, 3)
     assert len(trace) == 4
     assert torch.allclose(trace[0], model(batch.query_x), atol=1e-12)  # step 0: the model itself
-    w = algo.solve(algo.features(batch.support_x), batch.support_y, batch.support_mask)
-    assert torch.allclose(trace[1], algo.predict(algo.features(batch.query_x), w), atol=1e-12)
+    for i in range(batch.n_tasks):  # after a step: each task's own least-squares weights, solved alone
+        sm, qm = batch.support_mask[i].bool(), batch.query_mask[i].bool()
+        w = per_task_weights(algo, batch.support_x[i][sm], batch.support_y[i][sm])
+        want = model.output_offset() + algo.features(batch.query_x[i][qm]) @ w
+        assert torch.allclose(trace[1][i][qm], want, atol=1e-10), i
     assert all(torch.equal(trace[1], t) for t in trace[2:])  # the solve is exact: more steps, same answer
     assert [t.shape for t in algo.adapt_trace(batch, 3, at=[3])] == [trace[3].shape]
 

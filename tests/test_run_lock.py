@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import read_json, run_cli
+from conftest import pause_env, read_json, read_until, run_cli, wait_paused
 from test_resume import QUICK, assert_same_run, start, straight, train, wait_for  # noqa: F401 - straight: a fixture
 
 from metarec import run_lock
@@ -20,10 +20,11 @@ from metarec.runs import load_run
 
 def test_a_second_run_into_a_live_runs_folder_is_refused_and_the_first_is_untouched(tmp_path):
     run = tmp_path / "run"
-    first = start(run, steps=1500)
-    wait_for(run / "metrics.jsonl", first)  # the first one is training
-    second = run_cli("train", *QUICK, "trainer.max_steps=1500", f"hydra.run.dir={run}")
-    resumed = run_cli("train", *QUICK, "trainer.max_steps=1500", f"hydra.run.dir={run}", "trainer.resume=auto")
+    first = start(run, env=pause_env(tmp_path))
+    wait_paused(first)  # the first one stopped itself mid-training, holding the lock, until SIGCONT
+    second = run_cli("train", *QUICK, "trainer.max_steps=200", f"hydra.run.dir={run}")
+    resumed = run_cli("train", *QUICK, "trainer.max_steps=200", f"hydra.run.dir={run}", "trainer.resume=auto")
+    first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     for r in (second, resumed):
@@ -33,21 +34,21 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_and_the_first_is_untouc
                                                        f"{first.pid} on {socket.gethostname()}, since ")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # every line whole
     train_steps = [row["step"] for row in rows if row["split"] == "train"]
-    assert train_steps == list(range(5, 1501, 5))  # one run's rows, in order, none twice
-    assert read_json(run / "status.json") == {"status": "finished", "reason": None, "step": 1500}
+    assert train_steps == list(range(5, 201, 5))  # one run's rows, in order, none twice
+    assert read_json(run / "status.json") == {"status": "finished", "reason": None, "step": 200}
     assert "trainer.resume=auto" not in (run / ".hydra" / "overrides.yaml").read_text()  # the first run's record
 
 
 def test_kill_9_leaves_a_run_that_report_calls_died_and_resume_takes_its_lock_over(tmp_path, straight):  # noqa: F811
     run = tmp_path / "run"
-    proc = start(run)
-    wait_for(run / "checkpoints" / "last.pt", proc)  # step 50 is saved; the run goes on
+    proc = start(run, env=pause_env(tmp_path))
+    wait_paused(proc)  # step 50 is saved; the run is alive (stopped by itself) until the kill
     live = read_json(run / "status.json")
     assert live["status"] == "running" and live["pid"] == proc.pid and load_run(run).status == "running"
     proc.kill()
     proc.communicate()
     dead = read_json(run / "status.json")
-    assert dead["status"] == "running" and dead["step"] >= 50  # the heartbeat kept the step current
+    assert dead["status"] == "running" and dead["step"] == 50  # the heartbeat kept the step current
     assert load_run(run).status == "died"
     r = run_cli("report", run, cwd=tmp_path)
     assert r.returncode == 0 and "1 died" in r.stdout
@@ -59,11 +60,12 @@ def test_kill_9_leaves_a_run_that_report_calls_died_and_resume_takes_its_lock_ov
 
 def test_the_heartbeat_and_step_move_while_a_run_trains(tmp_path):
     run = tmp_path / "run"
-    proc = start(run, steps=3000)
+    proc = start(run, steps=10 ** 9)  # ends by the test's SIGTERM, never by its step count
     wait_for(run / "status.json", proc)
-    seen = set()
+    seen, deadline = set(), time.monotonic() + 300
     while len(seen) < 3:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the status moved only {len(seen)} times in 300 s"
         status = read_json(run / "status.json")
         if status["status"] == "running" and "heartbeat" in status:
             seen.add((status["step"], status["heartbeat"]))
@@ -94,8 +96,8 @@ def test_a_lock_is_exclusive_names_its_holder_and_is_free_after_release(tmp_path
 def test_a_lock_held_by_a_process_that_died_is_free(tmp_path):
     child = subprocess.Popen(["python3", "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | "
                               "os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
-                              str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "locked"
+                              str(tmp_path / ".lock")], stdout=subprocess.PIPE)
+    read_until(child.stdout, b"locked\n")
     assert held(tmp_path) is True
     child.kill()
     child.wait()

@@ -124,13 +124,17 @@ def test_eval_md_shows_one_forward_pass_not_steps():
 
 
 @needs_ml100k()
+@pytest.mark.slow
 def test_tanp_trains_and_evaluates_through_the_console_script(tmp_path, cache_env):
     run = tmp_path / "run"
     train_ml100k(run, "experiment=melu_ml100k_tanp", env=cache_env)
     result = read_json(run / "eval.json")["states"]
     cold = result["user_cold"]
     assert list(cold["steps"]) == ["0"] and cold["adaptation"].startswith("one forward pass")
-    assert 0.5 < cold["steps"]["0"]["mae"] < 1.5 and "mf_foldin" in cold["floors"]
+    # Golden numbers of this fixed-seed run (one thread, CPU; recorded 2026-12-07 with torch 2.13.0): another CPU's
+    # kernels move them by far less than the tolerance, a change to the model or the algorithm by more.
+    assert cold["steps"]["0"]["mae"] == pytest.approx(0.849093, abs=1e-3) and "mf_foldin" in cold["floors"]
+    assert cold["steps"]["0"]["mae"] < cold["floors"]["global_mean"]["mae"] - 0.03  # it reads the user's ratings
     md = (run / "eval.md").read_text()
     assert "after one forward pass" in md and "| 1 steps |" not in md
     r = run_cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", f"hydra.run.dir={tmp_path / 'eval'}",
