@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from metarec.evaluate import format_table, headline_line, mean_ci, ndcg_at_k, paired_difference, rating_metrics
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 
 def test_ndcg_hand_computed_exp_and_linear_gain():
@@ -130,6 +130,9 @@ class StepAlgo:
     def enter_state(self, state):
         self.states.append(state)
 
+    def phase(self):
+        return None
+
     def adapt_trace(self, batch, steps, at=None):
         self.calls.append((batch.n_tasks, steps, at))
         task = batch.query_x[:, :1, 0]  # [tasks, 1]: each task's index, planted in its inputs
@@ -169,7 +172,8 @@ def test_evaluate_state_scores_every_step_of_every_task_across_chunks():
     assert list(last["steps"]) == ["2"] and last["per_task"]["2"] == r["per_task"]["2"]
 
 
-class StepSource:
+class StepSource(TaskSource):
+    """A generated regression source: TaskSource's defaults (inductive, no rating scale) for the rest."""
     kind = "regression"
 
     def eval_tasks(self, split):
