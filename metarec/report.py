@@ -207,6 +207,10 @@ def main(argv: list[str]) -> int:
     except UserError as err:
         print(f"metarec report: {err}", file=sys.stderr)
         return 2
+    for run in runs:  # one line per damaged run: what could not be read, and what the run was counted as
+        if run.damage:
+            print(f"metarec report: {run.name}: {'; '.join(run.damage)}; counted as {run.status}"
+                  f"{' (its eval.json has results)' if run.status == 'finished' else ''}", file=sys.stderr)
     counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in dict.fromkeys(r.status for r in runs))
     print(f"wrote {out / 'report.md'} ({len(runs)} runs: {counts})")
     return 0
