@@ -18,6 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from metarec import inputs
 from metarec.errors import UserError
 from metarec.runs import Run, find_runs, headline, is_run_folder, load_run, lookup, number
 
@@ -222,7 +223,7 @@ def _collect(dirs: list[Path], out: Path) -> list[Run]:
         if not d.exists():
             raise UserError(f"no such folder: {d}; {SWEEP_HINT}")
         if not d.is_dir():
-            raise UserError(f"not a folder: {d}; {SWEEP_HINT}")
+            raise UserError(f"not a folder: {d} is {inputs.kind_of(d.stat().st_mode)}; {SWEEP_HINT}")
         paths = find_runs(d)
         if not paths:
             raise UserError(f"no runs found under DIR: {d} holds no run folder (.hydra/, status.json or eval.json); "
