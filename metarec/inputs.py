@@ -16,7 +16,8 @@ CHECKPOINT_MAX = 16 * GIB  # checkpoint=: a metarec checkpoint (ml-1m's are a fe
 DATA_MAX = 4 * GIB  # one data file (ml-1m's ratings.dat is 24 MB, ml-20m's ratings.csv 0.5 GB)
 
 # Control bytes no text format of ours holds (tab, line feed, form feed, carriage return and escape are allowed).
-_BINARY = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_CONTROL = bytes([*range(0, 9), 11, *range(14, 27), *range(28, 32)])
+_BINARY = re.compile(b"[" + re.escape(_CONTROL) + b"]")
 
 
 def _size(n: int) -> str:
@@ -79,13 +80,14 @@ def read_bytes(path: str | Path, what: str, advice: str, limit: int = DATA_MAX) 
 def text_bytes(path: str | Path, what: str, advice: str, encoding: str = "utf-8", limit: int = DATA_MAX) -> bytes:
     """A text file's bytes, refused when they hold control bytes (a binary file) or do not decode in `encoding`."""
     data = read_bytes(path, what, advice, limit)
-    found = _BINARY.search(data)
+    found = len(data.translate(None, _CONTROL)) != len(data) and _BINARY.search(data)  # translate: 4x faster
     if found:
         line = data.count(b"\n", 0, found.start()) + 1
         raise UserError(f"{what} {path} is a binary file, not text (byte 0x{data[found.start()]:02x} on line {line}): "
                         f"{advice}")
     try:
-        data.decode(encoding)
+        if encoding != "latin-1":  # every byte is a latin-1 character: nothing to check
+            data.decode(encoding)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise UserError(f"{what} {path} is not {encoding.upper()} text (byte 0x{data[e.start]:02x} on line {line} does not "
