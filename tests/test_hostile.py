@@ -52,6 +52,14 @@ def test_a_ratings_file_that_is_not_a_text_file_is_named_at_once(hostile, name, 
     one_error_line(r, f"ratings file {path} {says}", "ratings=FILE")
 
 
+def test_a_ratings_file_over_the_bound_is_refused_before_it_is_read(tmp_path):
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as f:  # sparse: 65 MiB that take no disk
+        f.truncate(65 << 20)
+    r = run_cli("recommend", "checkpoint=nowhere.pt", f"ratings={big}", timeout=60)
+    one_error_line(r, f"ratings file {big} is too large (65.0 MiB; at most 64.0 MiB is read)")
+
+
 @pytest.mark.parametrize("name, says", [("/dev/zero", "a character device"), ("fifo", "a FIFO (named pipe)")])
 def test_a_checkpoint_that_is_not_a_file_is_named_not_called_missing(hostile, name, says):
     path = name if name.startswith("/") else hostile / name
