@@ -99,6 +99,15 @@ def test_movielens_files_that_are_not_text_files_are_named(tmp_path, damage, say
     one_error_line(r, says)
 
 
+def test_omniglot_zips_and_roots_that_are_not_files_or_folders_are_named(tmp_path):
+    os.mkfifo(tmp_path / "images_background.zip")
+    (tmp_path / "images_evaluation.zip").write_bytes(b"PK")
+    one_error_line(train_fails(tmp_path, "data=omniglot", f"data.root={tmp_path}"),
+                   f"Omniglot zip {tmp_path / 'images_background.zip'} is a FIFO (named pipe), not a regular file")
+    one_error_line(train_fails(tmp_path, "data=omniglot", "data.root=/dev/zero"),
+                   "data.root /dev/zero is a character device, not a folder")
+
+
 @pytest.mark.parametrize("inter, says", [
     ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n", "is empty: it has a header but no interactions"),
     ("", "is empty (not even a header line)"),
