@@ -199,14 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         return _main(argv)
     try:
-        return _main(sys.argv[1:])
+        code = _main(sys.argv[1:])
     except SystemExit as e:
-        if e.code in (130, 143):  # stopped by SIGINT / SIGTERM, its line printed: exit now, without the
-            logging.shutdown()  # interpreter's teardown (freeing a data set's millions of objects took 5 s)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(e.code)
-        raise
+        if e.code not in (130, 143):
+            raise
+        code = e.code
+    except KeyboardInterrupt:  # Ctrl-C in a command that does not take signals over (recommend, report, bench)
+        print(f"metarec: SIGINT: {' '.join(sys.argv[1:2])} stopped before it finished", file=sys.stderr)
+        code = 130
+    if code in (130, 143):  # stopped by SIGINT / SIGTERM, its line printed: exit now, without the
+        logging.shutdown()  # interpreter's teardown (freeing a data set's millions of objects took 5 s)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _main(argv: list[str]) -> int:
