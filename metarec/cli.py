@@ -198,6 +198,8 @@ def _completion(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         return _main(argv)
+    from metarec import signals
+    signals.EXIT_AT_ONCE = True  # the console script: a recorded stop ends the process at once
     try:
         code = _main(sys.argv[1:])
     except SystemExit as e:

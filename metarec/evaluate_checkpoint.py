@@ -27,7 +27,7 @@ from metarec.evaluate import evaluate_all, format_table
 from metarec.resume import refuse_occupied
 from metarec.run_folder import RunFolder
 from metarec.run_lock import EVAL_ADVICE, records
-from metarec.signals import Interrupted, SignalCatcher, claim_stop
+from metarec.signals import Interrupted, SignalCatcher, claim_stop, exit_now
 from metarec.train import build
 
 log = logging.getLogger("metarec")
@@ -100,6 +100,7 @@ def _stopped(run: RunFolder, step: int, path, signum: int) -> int:
     run.status("interrupted", step, f"{name}: stopped before the evaluation was written")
     print(f"metarec: {name}: stopped before the evaluation of {path} was written (nothing was): "
           f"run the same command again to evaluate it", file=sys.stderr, flush=True)
+    exit_now(128 + signum)
     return 128 + signum
 
 
