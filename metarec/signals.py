@@ -193,7 +193,7 @@ def stopped(e: Interrupted, run: RunFolder | None, run_dir: Path, step: int) -> 
     return 128 + e.signum
 
 
-EXIT_AT_ONCE = False  # the console script sets it: a recorded stop ends the process there (tests calling train() keep theirs)
+EXIT_AT_ONCE = False  # the console script sets it: a recorded stop ends the process (in-process callers keep theirs)
 
 
 def exit_now(code: int) -> None:

@@ -137,7 +137,8 @@ def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Pat
         aside.parent.rmdir()
         tried = str(e).split("; tried ", 1)[-1].split(". Download it yourself", 1)[0]
         raise UserError(f"the cached {variant} in {target} is damaged ({', '.join(bad)} "
-                        f"{'differs' if len(bad) == 1 else 'differ'} from the release: cut short or changed) and fetching it again failed (tried {tried}): "
+                        f"{'differs' if len(bad) == 1 else 'differ'} from the release: cut short or changed) and "
+                        f"fetching it again failed (tried {tried}): "
                         f"nothing was run on it; connect to the network and run again, or set "
                         f"data.root=/path/to/{variant} (a copy of your own is used as it is)") from None
     if aside is not None:  # never deleted: a copy put into the cache by hand looks the same
