@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from metarec import inputs
 from metarec.errors import UserError, first_line
 
 REQUIRED = ("model", "config", "step")
@@ -65,8 +66,8 @@ def load(path: str | Path) -> dict:
         inside = next((p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()), None)
         raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: pass "
                         f"{inside or 'the path of a .pt file in a run' + chr(39) + 's checkpoints/ folder'}")
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: pass the path of a .pt file in a run's checkpoints/ folder")
+    inputs.regular_file(path, "checkpoint", "pass the path of a .pt file in a run's checkpoints/ folder",
+                        inputs.CHECKPOINT_MAX)  # a FIFO or a device is named, never opened
     try:
         with open(path, "rb") as f:
             head = f.read(4)

@@ -27,7 +27,7 @@ from metarec.evaluate import evaluate_all, format_table
 from metarec.resume import refuse_occupied
 from metarec.run_folder import RunFolder
 from metarec.run_lock import EVAL_ADVICE, records
-from metarec.signals import Interrupted, SignalCatcher
+from metarec.signals import Interrupted, SignalCatcher, claim_stop, exit_now
 from metarec.train import build
 
 log = logging.getLogger("metarec")
@@ -69,15 +69,13 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
     progress.show(cfg.trainer.progress)
     signals = SignalCatcher()  # a signal stops at once while the data loads, between chunks once evaluating
     signals.beat = run.beat
+    signals.deadline = lambda signum, _phase: _stopped(run, int(ck["step"]), path, signum)  # no safe point in time
     try:
         run.status("running", int(ck["step"]))
         result = _evaluate(cfg, ck, path, changed, protocol, signals)
     except Interrupted as e:
-        name = signal.Signals(e.signum).name
-        run.status("interrupted", int(ck["step"]), f"{name}: stopped before the evaluation was written")
-        print(f"metarec: {name}: stopped before the evaluation of {path} was written (nothing was): "
-              f"run the same command again to evaluate it", file=sys.stderr, flush=True)
-        raise SystemExit(128 + e.signum) from None
+        claim_stop()
+        raise SystemExit(_stopped(run, int(ck["step"]), path, e.signum)) from None
     except BaseException as e:
         run.record_failure(int(ck["step"]), first_line(e, limit=None))
         raise
@@ -94,6 +92,16 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
     run.status("finished", int(ck["step"]))
     print(table)
     return result
+
+
+def _stopped(run: RunFolder, step: int, path, signum: int) -> int:
+    """An evaluation stopped by a signal: its status.json and one line; returns the exit code."""
+    name = signal.Signals(signum).name
+    run.status("interrupted", step, f"{name}: stopped before the evaluation was written")
+    print(f"metarec: {name}: stopped before the evaluation of {path} was written (nothing was): "
+          f"run the same command again to evaluate it", file=sys.stderr, flush=True)
+    exit_now(128 + signum)
+    return 128 + signum
 
 
 def apply_overrides(cfg: DictConfig, cli_cfg: DictConfig, overrides: list[str]) -> dict[str, tuple]:

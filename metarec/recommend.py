@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from metarec import inputs
 from metarec.errors import UserError
 
 USER_KEYS = ("gender", "age", "occupation", "zip")
@@ -57,11 +58,8 @@ def read_ratings(path: str | Path):
     from metarec.api import Rating
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise UserError(f"ratings file {path} cannot be read ({e.strerror or e}): pass ratings=FILE, "
-                        f"a CSV with a header item_id,rating") from None
+    text = inputs.read_text(path, "ratings file", "pass ratings=FILE, a CSV with a header item_id,rating",
+                            limit=inputs.RATINGS_MAX)  # a FIFO or /dev/zero is refused before it is opened
     lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
     if not lines:
         raise UserError(f"{path} is empty: write a header item_id,rating and one line per rated item")
@@ -93,6 +91,19 @@ def read_ratings(path: str | Path):
     return out
 
 
+def count(key: str, value: str) -> int:
+    """A count given as key=value, at least 1: a negative one or zero is called so, as is one that is not a number."""
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise UserError(f"{key}={value!r} is not a whole number: give one >= 1") from None
+    if n < 0:
+        raise UserError(f"{key}={n} is negative: give a whole number >= 1")
+    if n == 0:
+        raise UserError(f"{key}=0 is zero: give a whole number >= 1")
+    return n
+
+
 def table(top, rated: int, candidates: int, rec, seconds: dict) -> str:
     lines = [f"top {len(top)} of {candidates:,} unrated items for a new user with {rated} rating(s) "
              f"({rec.cfg.algo.name} adapted for {rec.steps} step(s); checkpoint {rec.path})", "",
@@ -108,18 +119,14 @@ def recommend(opts: dict[str, str], as_json: bool) -> str:
     from metarec.api import load
 
     if "threads" in opts:
-        if not opts["threads"].isdigit() or int(opts["threads"]) < 1:
-            raise UserError(f"threads={opts['threads']} must be a whole number >= 1")
-        torch.set_num_threads(int(opts["threads"]))
-    top_k = opts.get("top_k", "10")
-    if not top_k.isdigit() or int(top_k) < 1:
-        raise UserError(f"top_k={top_k} must be a whole number >= 1")
+        torch.set_num_threads(count("threads", opts["threads"]))
+    top_k = count("top_k", opts.get("top_k", "10"))
     ratings = read_ratings(opts["ratings"])  # before the (slower) load: a bad file fails at once
     start = time.perf_counter()
     rec = load(opts["checkpoint"], data_root=opts.get("data.root"), device=opts.get("device", "cpu"))
     loaded = time.perf_counter()
     user = rec.adapt(ratings, opts["user"])
-    top = user.recommend(int(top_k))
+    top = user.recommend(top_k)
     seconds = {"load": round(loaded - start, 3), "adapt_rank": round(time.perf_counter() - loaded, 4)}
     candidates = int(rec.catalogue.sum()) - int(rec.catalogue[torch.as_tensor(user.rated)].sum())
     if not as_json:

@@ -18,6 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from metarec import inputs
 from metarec.errors import UserError
 from metarec.runs import Run, find_runs, headline, is_run_folder, load_run, lookup, number
 
@@ -207,6 +208,10 @@ def main(argv: list[str]) -> int:
     except UserError as err:
         print(f"metarec report: {err}", file=sys.stderr)
         return 2
+    for run in runs:  # one line per damaged run: what could not be read, and what the run was counted as
+        if run.damage:
+            print(f"metarec report: {run.name}: {'; '.join(run.damage)}; counted as {run.status}"
+                  f"{' (its eval.json has results)' if run.status == 'finished' else ''}", file=sys.stderr)
     counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in dict.fromkeys(r.status for r in runs))
     print(f"wrote {out / 'report.md'} ({len(runs)} runs: {counts})")
     return 0
@@ -218,7 +223,7 @@ def _collect(dirs: list[Path], out: Path) -> list[Run]:
         if not d.exists():
             raise UserError(f"no such folder: {d}; {SWEEP_HINT}")
         if not d.is_dir():
-            raise UserError(f"not a folder: {d}; {SWEEP_HINT}")
+            raise UserError(f"not a folder: {d} is {inputs.kind_of(d.stat().st_mode)}; {SWEEP_HINT}")
         paths = find_runs(d)
         if not paths:
             raise UserError(f"no runs found under DIR: {d} holds no run folder (.hydra/, status.json or eval.json); "

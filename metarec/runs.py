@@ -12,7 +12,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -35,6 +35,7 @@ class Run:
     info: dict  # run_info.json, {} when missing
     val: list[dict]  # metrics.jsonl rows of the validation split
     states: dict  # eval.json "states", {} when there is none
+    damage: list[str] = field(default_factory=list)  # what was found unreadable, e.g. "metrics.jsonl line 7 is torn"
 
     @property
     def seed(self) -> str | None:
@@ -103,22 +104,31 @@ def find_runs(root: Path) -> list[Path]:
 
 def load_run(path: Path, name: str | None = None) -> Run:
     """The run in `path`: its status is "unfinished" when it claims to be finished without eval.json states."""
-    overrides = _read_yaml(path / ".hydra" / "overrides.yaml")
-    config = _read_yaml(path / ".hydra" / "config.yaml")
-    status_doc, _ = _read_json(path / "status.json")
-    info, _ = _read_json(path / "run_info.json")
+    damage: list[str] = []
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml", damage)
+    config = _read_yaml(path / ".hydra" / "config.yaml", damage)
+    status_doc, status_error = _read_json(path / "status.json")
+    info, info_error = _read_json(path / "run_info.json")
     eval_doc, eval_error = _read_json(path / "eval.json")
+    damage += [e for e in (status_error, info_error) if e is not None and not e.startswith("no ")]
+    if status_error is None and not isinstance(status_doc, dict):
+        damage.append("status.json is not a JSON object")
     states = eval_doc.get("states") if isinstance(eval_doc, dict) else None
     if not isinstance(states, dict) or not states:
         states, eval_error = {}, eval_error or "eval.json has no states"
     status_doc = status_doc if isinstance(status_doc, dict) else {}
     status, reason, step = status_doc.get("status"), status_doc.get("reason"), status_doc.get("step")
     if status in (None, "finished") and not states:
+        if status == "finished" or (path / "eval.json").exists():  # it claims results that are not there
+            damage.append(eval_error if eval_error.startswith("eval.json") else f"{eval_error} (status.json says finished)")
         status, reason = "unfinished", reason or eval_error
     elif status == "running":
         status, reason = liveness(path, status_doc)
     elif status is None:
         status = "finished"  # evaluated, but written by a version that kept no status.json
+    val = [row for row in _read_jsonl(path / "metrics.jsonl", damage) if row.get("split") in VAL_SPLITS]
+    if status == "running":  # a live run may be writing its last line right now
+        damage = [d for d in damage if "last line" not in d]
     return Run(
         path=path,
         name=name or str(path),
@@ -128,8 +138,9 @@ def load_run(path: Path, name: str | None = None) -> Run:
         reason=None if reason is None else str(reason),
         step=step if isinstance(step, int) else None,
         info=info if isinstance(info, dict) else {},
-        val=[row for row in _read_jsonl(path / "metrics.jsonl") if row.get("split") in VAL_SPLITS],
+        val=val,
         states=states,
+        damage=damage,
     )
 
 
@@ -161,24 +172,33 @@ def _read_json(path: Path) -> tuple[object, str | None]:
         return None, f"{path.name} unreadable ({type(err).__name__}: {err})"
 
 
-def _read_yaml(path: Path) -> object:
+def _read_yaml(path: Path, damage: list[str]) -> object:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        damage.append(f"{path.parent.name}/{path.name} unreadable ({type(err).__name__})")
         return None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, damage: list[str]) -> list[dict]:
+    """The rows of a JSON-lines file; lines that are not a JSON object are skipped and named in `damage`."""
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    rows, bad = [], []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, start=1):
         try:  # a running job may have left a half-written last line
             row = json.loads(line)
         except ValueError:
-            continue
+            row = None
         if isinstance(row, dict):
             rows.append(row)
+        elif line.strip():
+            bad.append(n)
+    if bad == [len(lines)]:
+        damage.append(f"{path.name}'s last line ({len(lines)}) is torn: skipped")
+    elif bad:
+        damage.append(f"{path.name} has {len(bad)} unreadable line(s) (first: line {bad[0]}): skipped")
     return rows
 
 

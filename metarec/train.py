@@ -86,6 +86,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     signals = SignalCatcher()  # until the loop starts (and after it ends) a signal stops at once
     progress = Progress()
     run, rank = None, 0
+    # where no safe point comes within signals.GRACE_S, the watchdog records the stop as the run would
+    signals.deadline = lambda signum, phase: stopped(Interrupted(signum, phase), run, run_dir, progress.step)
     try:
         device = setup_device(cfg.device)
         rank, world = distributed.setup(device)  # torchrun: this process's rank and the number of ranks; else 0, 1
@@ -187,7 +189,9 @@ class Trainer:
     def validate(self) -> bool:
         """Score the validation tasks, keep best.pt and last.pt; True when trainer.patience says stop."""
         p, metric = self.progress, VAL_METRIC[self.source.kind]
+        self.signals.phase = "validation"  # a stop takes effect at its next chunk, or the watchdog's (signals.py)
         val = evaluate_all(self.cfg, self.source, self.algo, "val", select=True)  # fixed tasks: draws nothing
+        self.signals.phase = "train"
         state = self.algo.select_state  # metaemb: val_new
         if state not in val["states"]:
             raise UserError(f"there are no {state} tasks to select the best checkpoint with: give validation users "

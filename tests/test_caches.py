@@ -67,14 +67,15 @@ def test_a_cached_u_data_cut_in_half_is_named_and_fetched_again(tmp_path, server
 
 
 @needs_ml100k()
-def test_a_damaged_cache_that_cannot_be_fetched_again_stays_and_is_named(tmp_path, server, release_source, caplog):  # noqa: F811
+def test_a_damaged_cache_that_cannot_be_fetched_again_stays_but_is_refused(tmp_path, server, release_source):  # noqa: F811
     cached = cut_copy(tmp_path / "cache" / "ml-100k", 50_177)
     server.routes.clear()  # the source answers 404 now
-    with caplog.at_level(logging.WARNING):
-        folder = locate_movielens("ml-100k", None, tmp_path / "cache", progress=False)
-    assert folder == cached and len((cached / "u.data").read_bytes().splitlines()) == 50_177
-    warned = " ".join(r.getMessage() for r in caplog.records)
-    assert str(cached / "u.data") in warned and "using the cached" in warned
+    with pytest.raises(UserError) as err:  # never used for a run: it would train on half the ratings
+        locate_movielens("ml-100k", None, tmp_path / "cache", progress=False)
+    line = str(err.value)
+    assert "\n" not in line and "u.data" in line and "damaged" in line and "404" in line
+    assert "network" in line and "data.root=" in line
+    assert len((cached / "u.data").read_bytes().splitlines()) == 50_177  # kept in place: nothing lost
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["ml-100k"]  # nothing left aside
 
 

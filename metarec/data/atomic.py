@@ -56,6 +56,9 @@ def read_dataset(cfg) -> AtomicData:
     if not cfg.root:
         raise UserError("data=atomic needs data.root: the folder holding NAME.inter (+ NAME.user, NAME.item)")
     inter = read_atomic_file(find_inter(existing_folder(cfg.root), cfg.dataset))
+    if not len(inter):
+        raise UserError(f"{inter.path} is empty: it has a header but no interactions; add one line per rating, "
+                        f"or point data.root at a complete copy")
     ids = {"user": cfg.user_id_field, "item": cfg.item_id_field}
     for key, name in [("user_id_field", cfg.user_id_field), ("item_id_field", cfg.item_id_field),
                       ("rating_field", cfg.rating_field)]:

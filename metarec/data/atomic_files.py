@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metarec import inputs
 from metarec.errors import UserError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
@@ -85,7 +86,10 @@ def _number(text: str) -> float:
 
 def read_atomic_file(path: Path) -> AtomicFile:
     """A typed-header atomic file, checked against its header."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not part of the header
+    text = inputs.read_text(path, "atomic file", f"fix {path.name} (RecBole's atomic files are UTF-8 text) or point "
+                            "data.root at another copy")  # a byte-order mark is dropped: it is not part of the header
+    if not text.strip():
+        raise UserError(f"{path} is empty (not even a header line): fix it or point data.root at a complete copy")
     lines = text.split("\n")
     types = _header(path, lines[0].rstrip("\r"))
     names = list(types)
@@ -125,7 +129,7 @@ def find_inter(folder: Path, dataset: str | None = None) -> Path:
     """NAME.inter in `folder`: the named data set's, else the only one there."""
     if dataset:
         path = folder / f"{dataset}.inter"
-        if not path.is_file():
+        if not path.exists():  # a FIFO or a device under the name is refused by name when read
             found = ", ".join(p.stem for p in sorted(folder.glob("*.inter"))) or "none"
             raise UserError(f"{path} does not exist (data sets in {folder}: {found}): "
                             f"set data.dataset to one of them, or data.root to the folder that holds {dataset}.inter")
@@ -143,7 +147,7 @@ def find_inter(folder: Path, dataset: str | None = None) -> Path:
 def side_file(inter: Path, kind: str) -> AtomicFile | None:
     """NAME.user or NAME.item beside NAME.inter, read; None when there is none."""
     path = inter.with_suffix(f".{kind}")
-    return read_atomic_file(path) if path.is_file() else None
+    return read_atomic_file(path) if path.exists() else None
 
 
 def rows_of(table_tokens: list[str], inter_tokens: list[str]) -> tuple[dict[str, int], list[int], list[str]]:

@@ -23,6 +23,7 @@ from typing import BinaryIO, Iterator
 
 from tqdm import tqdm
 
+from metarec import inputs
 from metarec.data import cache_check
 from metarec.data.movielens_io import EXPECTED_HINT, detect_format
 from metarec.errors import UserError
@@ -102,8 +103,8 @@ def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Pat
     if root is not None and str(root) != "":
         folder = Path(root).expanduser()
         if folder.exists() and not folder.is_dir():
-            raise UserError(f"data.root={folder} is a file, not a folder: point data.root at the folder that holds "
-                            f"the {variant} files ({EXPECTED_HINT})")
+            raise UserError(f"data.root={folder} is {inputs.kind_of(folder.stat().st_mode)}, not a folder: point "
+                            f"data.root at the folder that holds the {variant} files ({EXPECTED_HINT})")
         if not folder.is_dir():
             raise UserError(f"data.root={folder} does not exist: fix the path, or leave data.root unset to download {variant}")
         if detect_format(folder) is None:
@@ -119,7 +120,7 @@ def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Pat
 
     cache = checked_cache(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     target = cache / variant
-    aside = None
+    aside, bad = None, []
     if detect_format(target) is not None:
         bad = _damaged(variant, target, sources)
         if not bad:
@@ -129,13 +130,17 @@ def locate_movielens(variant: str, root: str | Path | None, cache_dir: str | Pat
         aside = _set_aside(target, [f"{target} (it lacks the {variant} files)"])
     try:
         found = _fetch_variant(variant, cache, target, sources, timeout, progress)
-    except UserError:
+    except UserError as e:
         if aside is None or detect_format(aside) is None:
             raise
-        os.replace(aside, target)  # what there was, back in place (a copy put there by hand stays usable)
+        os.replace(aside, target)  # what there was, back in place (nothing is lost), but never used for a run
         aside.parent.rmdir()
-        log.warning("using the cached %s as it is: fetching the release again failed", target)
-        return target
+        tried = str(e).split("; tried ", 1)[-1].split(". Download it yourself", 1)[0]
+        raise UserError(f"the cached {variant} in {target} is damaged ({', '.join(bad)} "
+                        f"{'differs' if len(bad) == 1 else 'differ'} from the release: cut short or changed) and "
+                        f"fetching it again failed (tried {tried}): "
+                        f"nothing was run on it; connect to the network and run again, or set "
+                        f"data.root=/path/to/{variant} (a copy of your own is used as it is)") from None
     if aside is not None:  # never deleted: a copy put into the cache by hand looks the same
         log.warning("the previous %s is kept in %s: delete it when it is not needed", target, aside.parent)
     return found

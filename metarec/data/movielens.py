@@ -174,6 +174,11 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
             if r == 0 and not new:
                 pools.append(support)  # warm queries are held out of training for good
                 pool_users.append(user)
+        existing = int((~self.new_item[raw.rating_item]).sum())
+        if not pools and existing < 0.05 * len(raw.rating_item):  # the cut, not the filter, left nothing to train on
+            raise UserError(f"only {existing:,} of {len(raw.rating_item):,} ratings are on existing items (the cut "
+                            f"{self.cut_info} makes almost every item new): no meta-train user has {lo}-{hi} of them; "
+                            f"move the cut (data.cut_year, or data.cut for data=atomic)")
         if not pools:
             raise UserError(f"no meta-train user has {lo}-{hi} ratings on existing items "
                             f"(data.min_ratings / data.max_ratings / data.query_size): loosen the filter")

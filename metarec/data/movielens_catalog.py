@@ -155,8 +155,10 @@ class CatalogRows:
                 continue
             value = str(features[name]).strip()
             if name == "age":
+                if value.startswith("-") and value[1:].strip().isdigit():
+                    raise UserError(f"user feature age={value} is negative: give the user's age in years (e.g. age=25)")
                 if not value.isdigit():
-                    raise UserError(f"user feature age={value!r} is not a whole number of years")
+                    raise UserError(f"user feature age={value!r} is not a whole number of years (e.g. age=25)")
                 codes[j] = int(np.searchsorted(AGE_EDGES, int(value), side="right")) + 1
                 continue
             key = value.upper() if name == "gender" else value[:self.cfg.zip_prefix] if name == "zip" else value

@@ -43,9 +43,10 @@ def detect_format(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    if all((folder / f).is_file() for f in FORMAT_FILES["ml-100k"]):
+    # exists(), not is_file(): a FIFO or a device under a data file's name is refused by name when read
+    if all((folder / f).exists() for f in FORMAT_FILES["ml-100k"]):
         return "ml-100k"
-    if all((folder / f).is_file() for f in FORMAT_FILES["ml-1m"]):
+    if all((folder / f).exists() for f in FORMAT_FILES["ml-1m"]):
         return "ml-1m"
     if len(list(folder.glob("*.inter"))) == 1:
         return "atomic"
@@ -70,7 +71,7 @@ def read_movielens(folder: str | Path) -> MovieLensRaw:
 
 
 def _require(folder: Path, names: list[str], fmt: str) -> list[Path]:
-    missing = [n for n in names if not (folder / n).is_file()]
+    missing = [n for n in names if not (folder / n).exists()]
     if missing:
         raise UserError(
             f"{folder} is missing {', '.join(missing)} (a {fmt} folder needs {', '.join(names)}): "

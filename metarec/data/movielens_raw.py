@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from metarec import inputs
 from metarec.errors import UserError
 
 RATING_MIN, RATING_MAX = 1.0, 5.0
+REREAD = "re-download it (or the data set), or point data.root at a complete copy"
 
 
 @dataclass
@@ -67,9 +69,7 @@ def existing_folder(folder: str | Path) -> Path:
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise UserError(f"data folder {folder} does not exist: check data.root (or leave it unset to download)")
-    if not folder.is_dir():
-        raise UserError(f"data folder {folder} is a file, not a folder: point data.root at the folder holding the data")
-    return folder
+    return inputs.folder(folder, "data folder", "point data.root at the folder holding the data")
 
 
 # ----------------------------------------------------------------------------- ratings (fast path)
@@ -80,7 +80,7 @@ def parse_ratings(path: Path, sep: bytes) -> tuple[np.ndarray, np.ndarray]:
     Fast path: one numpy parse of the whole file, accepted only when every line has exactly four
     fields; anything else goes through the per-line parser, which names the first bad line.
     """
-    data = path.read_bytes()
+    data = inputs.text_bytes(path, "data file", REREAD, "latin-1")
     if not data.strip():
         raise UserError(f"{path} is empty (no ratings): a copy cut short? Re-download it (or the data set), "
                         f"or point data.root at a complete copy")
@@ -195,7 +195,7 @@ def assemble(ratings_path: Path, values: np.ndarray, lines: np.ndarray, user_ids
 def split_lines(path: Path, sep: str, fields: int) -> list[tuple[int, list[str]]]:
     """Small '|' or '::' tables (users, items): [(1-based line, fields)], blank lines skipped."""
     out = []
-    text = path.read_text(encoding="latin-1")
+    text = inputs.read_text(path, "data file", REREAD, "latin-1")
     if not text.strip():
         raise UserError(f"{path} is empty: a copy cut short? Re-download it (or the data set), or point data.root "
                         f"at a complete copy")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metarec import progress
+from metarec import inputs, progress
 from metarec.checks import ordered, rule
 from metarec.data import cache_check
 from metarec.data.download import atomic_write, checked_cache, default_cache_dir, fetch_file, one_line, verify
@@ -71,8 +71,9 @@ def cache_dir() -> Path:
 
 
 def _part_path(folder: Path, part: str) -> Optional[Path]:
-    if (folder / f"{part}.zip").is_file():
-        return folder / f"{part}.zip"
+    if (folder / f"{part}.zip").exists():  # a FIFO or a device under the name is refused by name
+        return inputs.regular_file(folder / f"{part}.zip", "Omniglot zip", "point data.root at the folder holding "
+                                   "the official images_background.zip and images_evaluation.zip")
     if (folder / part).is_dir():
         return folder / part
     return None
@@ -87,9 +88,9 @@ def find_sources(root: Optional[str]) -> list[Path]:
     """The two parts (zip or extracted folder): from data.root, else the cache, else downloaded."""
     if root is not None:
         folder = Path(root).expanduser()
-        if folder.is_file():
-            raise UserError(f"data.root={folder} is a file, not a folder: point data.root at the folder holding "
-                            "images_background.zip and images_evaluation.zip")
+        if folder.exists():  # a file, a FIFO or a device is named; a missing folder is named below
+            inputs.folder(folder, "data.root", "point data.root at the folder holding images_background.zip and "
+                          "images_evaluation.zip")
         found = [_part_path(folder, part) for part in PARTS]
         missing = [part for part, path in zip(PARTS, found) if path is None]
         if missing:
