@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from metarec import progress
-from metarec.signals import between_chunks
+from metarec.signals import check_stop
 
 USER_BIAS_PRECISION = 3.0  # the bias floor's shrinkage of a user's mean residual (movielens.py reads it too)
 ITEM_BIAS_PRECISION = 5.0  # ... and of an item's
@@ -109,7 +109,7 @@ def als(r: Ratings, ratings: Tensor, mu: float, rank: int, reg: float, iters: in
     q, b_item = start.clone(), torch.zeros(r.n_cols, dtype=torch.float64)
     resid = ratings.to(torch.float64) - mu
     for _ in progress.bar(range(iters), desc=f"factorise {r.n_rows}x{r.n_cols} (ALS)", unit="sweep"):
-        between_chunks()  # a stop request takes effect between sweeps
+        check_stop()  # a stop request takes effect between sweeps (and so between folds and floor fits)
         p, b_user = _ridge_rows(r, resid - b_item[r.cols], q, reg, USER_BIAS_PRECISION)
         q, b_item = _ridge_rows(r.T, resid - b_user[r.rows], p, reg, ITEM_BIAS_PRECISION)
     return q, b_item
