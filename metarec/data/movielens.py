@@ -19,14 +19,15 @@ rating's feature input and which items are new (metarec/data/features.py): data=
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data import cold_cut, floor_cache, mf_floors, transductive
+from metarec.data import cold_cut, floor_cache, mf_floors, split, transductive
+from metarec.data.split import EvalTasks, pad as _pad
 from metarec.data.download import fingerprint, locate_movielens
 from metarec.data.movielens_catalog import CatalogRows
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
@@ -39,27 +40,6 @@ from metarec.states import CUT_YEAR, STATES
 from metarec.tasks import INDUCTIVE, TRANSDUCTIVE, TaskBatch, TaskSource
 
 VAL_STATES = ("val", "val_new", "val_item_cold")  # validation users on existing / new items; _held_new_items
-
-
-def _pad(rows: list[np.ndarray], width: int | None = None) -> tuple[Tensor, Tensor]:
-    """Ragged index lists -> padded [n, width] long tensor (pad 0) and float mask."""
-    width = width if width is not None else max((len(r) for r in rows), default=1)
-    width = max(width, 1)
-    index = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.float32)
-    for i, r in enumerate(rows):
-        index[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return torch.from_numpy(index), torch.from_numpy(mask)
-
-
-@dataclass
-class EvalTasks:
-    users: np.ndarray  # [tasks] user row
-    support: Tensor  # [tasks, S] rating index, padded
-    support_mask: Tensor
-    query: Tensor  # [tasks, Q]
-    query_mask: Tensor
 
 
 class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
@@ -136,7 +116,7 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         self.user_role = role = self._user_roles(rng.permutation(raw.num_users))
 
         is_new = self.new_item[raw.rating_item]
-        held = self._held_new_items(seed)
+        held = split.held_new_items(self.new_item, self.cfg.val_items, seed)
         order = np.lexsort((np.arange(len(raw.rating_user)), is_new, raw.rating_user))
         q = cfg.query_size
         tasks: dict[str, list] = {s: [] for s in (*STATES, *VAL_STATES)}
@@ -192,27 +172,9 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         self.mu = float(raw.rating[train_idx].mean())
         self._item_bias(train_idx)
 
-    def _held_new_items(self, seed: int) -> np.ndarray | None:
-        """data.val_items: a seeded share of the new items [items] (bool) whose meta-train users' ratings form
-        val_item_cold (item_cold's validation state; None when 0: MeLU's item_cold). _split cuts a kept
-        new-item partition by item after its shuffle, so the draws and every other state stay as without it."""
-        if self.cfg.val_items <= 0:
-            return None
-        new_items = np.flatnonzero(self.new_item)
-        chosen = np.random.default_rng([seed, 36]).permutation(new_items)[: int(round(self.cfg.val_items * len(new_items)))]
-        held = np.zeros(len(self.new_item), dtype=bool)
-        held[chosen] = True
-        return held
     def _user_roles(self, perm: np.ndarray) -> np.ndarray:
-        """[users] 0 meta-train, 1 validation, 2 test: the seeded permutation cut at data.split's rounded
-        cumulative shares (splits with the same test share, 0.7/0.1/0.2 and 0.6/0.2/0.2, hold out the same
-        test users). data=atomic's data.test_user_field overrides it with a published split."""
-        split, n_users = self.cfg.split, len(perm)
-        n_train = int(round(split[0] * n_users))
-        n_val = int(round((split[0] + split[1]) * n_users)) - n_train
-        role = np.empty(n_users, dtype=np.int64)
-        role[perm[:n_train]], role[perm[n_train:n_train + n_val]], role[perm[n_train + n_val:]] = 0, 1, 2
-        return role
+        """[users] 0 meta-train, 1 validation, 2 test (data=atomic's data.test_user_field overrides it)."""
+        return split.user_roles(perm, self.cfg.split)
 
     def _eval_tasks(self, tasks: list, state: str) -> EvalTasks:
         shots = self.cfg.shots
