@@ -71,11 +71,20 @@ def _means(per_task: dict[str, Tensor], sel: Tensor) -> dict[str, float]:
     return out
 
 
-def rank_metrics(score: Tensor, candidate: Tensor, relevant: Tensor, generator: torch.Generator,
+def tie_order(seed: int, first_task: int, n_tasks: int, n_items: int) -> Tensor:
+    """[tasks, N] random keys that break ties, drawn per task from (seed, the task's index in its state): a
+    task's order is the same whichever chunk it is scored in (a new item's floors tie on every new item)."""
+    return torch.stack([torch.rand(n_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + first_task + i))
+                        for i in range(n_tasks)])
+
+
+def rank_metrics(score: Tensor, candidate: Tensor, relevant: Tensor, generator: torch.Generator | Tensor,
                  ks: tuple[int, ...] = KS) -> dict[str, Tensor]:
     """Recall@k, NDCG@k and HR@k per task [tasks] of the ranking of `score` [tasks, N] over the
-    candidates [tasks, N] (bool), relevance [tasks, N] (bool); nan for a task without a relevant item."""
-    tie = torch.rand(score.shape, generator=generator).to(score.device)
+    candidates [tasks, N] (bool), relevance [tasks, N] (bool); nan for a task without a relevant item.
+    Ties break by `generator`'s draws, or by the given keys [tasks, N] (tie_order)."""
+    tie = generator if isinstance(generator, Tensor) else torch.rand(score.shape, generator=generator)
+    tie = tie.to(score.device)
     perm = tie.argsort(dim=1)  # random order first; a stable sort by score keeps it within ties
     s = score.float().gather(1, perm).masked_fill(~candidate.gather(1, perm), -math.inf)
     top = perm.gather(1, s.argsort(dim=1, descending=True, stable=True)[:, :max(ks)])
@@ -122,11 +131,12 @@ def catalog_state(source, algo, batch: TaskBatch, state: str, steps: int, seed: 
         query = TaskBatch(part.support_x, part.support_y, part.support_mask, qx, ones * 0, ones)
         pred = algo.adapt_trace(query, steps, at=[steps])[-1]
         cand, rel = cat.masks(sl)  # [tasks, N] of this chunk alone
-        for name, v in rank_metrics(pred, cand, rel, torch.Generator().manual_seed(seed + start)).items():
+        tie = tie_order(seed, start, len(cand), n_items)  # the same keys for the method and every floor
+        for name, v in rank_metrics(pred, cand, rel, tie).items():
             method.setdefault(name, []).append(v.cpu())
         for fname, score in floors.items():
             scores = score[None].expand(len(cand), -1)
-            for name, v in rank_metrics(scores, cand, rel, torch.Generator().manual_seed(seed + start)).items():
+            for name, v in rank_metrics(scores, cand, rel, tie).items():
                 floor_parts[fname].setdefault(name, []).append(v.cpu())
     method_t = {n: torch.cat(v) for n, v in method.items()}
     floors_t = {f: {n: torch.cat(v) for n, v in d.items()} for f, d in floor_parts.items()}

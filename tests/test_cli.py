@@ -33,7 +33,8 @@ def test_help_and_cfg_job():
     assert r.returncode == 0, r.stderr
     listed = r.stdout.split("algo:", 1)[1].split("\n", 1)[0]  # Hydra's "Configuration groups" line
     assert sorted(a.strip() for a in listed.split(",")) == sorted(["maml", "reptile", "prompt", "ridge", "pretrain", "tanp",
-                                                                   "metaemb", "mwuf", "mamo", "lwa", "nlba"])
+                                                                   "metaemb", "mwuf", "mamo", "lwa", "nlba", "lwa_items",
+                                                                   "nlba_items"])
     r = run_cli("train", "algo=reptile", "data.variant=ml-1m", "--cfg", "job")
     assert r.returncode == 0, r.stderr
     assert "name: reptile" in r.stdout and "variant: ml-1m" in r.stdout and "name: melu" in r.stdout

@@ -256,7 +256,7 @@ def test_the_fit_check_refuses_exactly_what_would_not_build(kind, model, algo):
 MODEL_KIND = {"melu": "rating", "mamo": "rating", "mlp": "regression", "conv4": "classification"}
 SPEC_KEY = {"melu": "fields", "mamo": "fields", "mlp": "in_dim", "conv4": "ways"}
 # algorithm constructors refuse with a ValueError (they know no CLI); build_model turns a model's into a UserError
-RAISES_VALUE_ERROR = {"ridge", "tanp", "metaemb", "mwuf", "lwa", "nlba"}
+RAISES_VALUE_ERROR = {"ridge", "tanp", "metaemb", "mwuf", "lwa", "nlba", "lwa_items", "nlba_items"}
 
 
 def test_a_model_that_refuses_its_settings_is_one_user_error_line():

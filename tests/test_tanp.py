@@ -144,13 +144,15 @@ def test_tanp_trains_and_evaluates_through_the_console_script(tmp_path, cache_en
 
 
 def test_bench_reference_step_runs_the_per_task_loop(monkeypatch):
-    from metarec.bench import reference_step
+    from metarec.bench_rows import reference_step
     algo = make(dtype=torch.float32)
     calls = []
     loop = algo.reference_loss
     monkeypatch.setattr(algo, "reference_loss", lambda batch: calls.append(batch) or loop(batch))
     before = [p.clone() for p in algo.net.parameters()]
-    reference_step(algo)(rating_batch(n_tasks=3, dtype=torch.float32))
+    step, why = reference_step(algo)
+    assert why == ""
+    step(rating_batch(n_tasks=3, dtype=torch.float32))
     assert len(calls) == 1 and any(not torch.equal(a, b) for a, b in zip(before, algo.net.parameters()))
 
 
@@ -158,4 +160,4 @@ def test_bench_refuses_an_algorithm_outside_its_grid(capsys):
     from metarec.bench import main
     assert main(["--algos", "tanpp"]) == 2
     err = capsys.readouterr().err
-    assert "--algos tanpp: the grid has maml, " in err and ", tanp" in err
+    assert "--algos tanpp: the algorithms are maml, " in err and ", tanp" in err

@@ -32,7 +32,7 @@ The item-task transpose that metarec shipped as lwa / nlba before is algo=lwa_it
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,7 @@ class NLBAConfig(LWAConfig):
     """algo=nlba (conf/algo/nlba.yaml): as algo=lwa, and the widths of the network whose biases adapt."""
 
     name: str = "nlba"
-    hidden: list[int] = field(default_factory=lambda: [64])
+    hidden: list[int] = rule([64], "each >= 1")  # the widths of the layers whose biases adapt
 
 
 def class_means(f: Tensor, y: Tensor, mask: Tensor, threshold: float, pooling: str = "mean") -> tuple[Tensor, Tensor]:
