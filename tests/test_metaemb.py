@@ -187,7 +187,7 @@ def test_metaemb_trains_and_evaluates_through_the_console_script(tmp_path):
     # Golden numbers of this fixed-seed run (one thread, CPU; recorded 2026-12-07 with torch 2.13.0): another CPU's
     # kernels move them by far less than the tolerance, a change to the model or the algorithm by more.
     new = states["item_cold"]
-    assert new["headline_step"] == "1" and new["steps"]["1"]["mae"] == pytest.approx(0.907320, abs=1e-3)
+    assert new["headline_step"] == "1" and new["steps"]["1"]["mae"] == pytest.approx(0.911059, abs=1e-3)
     assert new["steps"]["1"]["mae"] < new["floors"]["global_mean"]["mae"] - 0.05
     assert states["user_cold"]["steps"]["1"]["mae"] == pytest.approx(0.794487, abs=1e-3)
     val = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
