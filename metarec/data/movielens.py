@@ -154,14 +154,8 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
             if r == 0 and not new:
                 pools.append(support)  # warm queries are held out of training for good
                 pool_users.append(user)
-        existing = int((~self.new_item[raw.rating_item]).sum())
-        if not pools and existing < 0.05 * len(raw.rating_item):  # the cut, not the filter, left nothing to train on
-            raise UserError(f"only {existing:,} of {len(raw.rating_item):,} ratings are on existing items (the cut "
-                            f"{self.cut_info} makes almost every item new): no meta-train user has {lo}-{hi} of them; "
-                            f"move the cut (data.cut_year, or data.cut for data=atomic)")
         if not pools:
-            raise UserError(f"no meta-train user has {lo}-{hi} ratings on existing items "
-                            f"(data.min_ratings / data.max_ratings / data.query_size): loosen the filter")
+            self._no_training_tasks(lo, hi)
         self.tasks = {s: self._eval_tasks(t, s) for s, t in tasks.items() if s != "val_item_cold" or held is not None}
         self.small_states = cold_cut.warn_small({s: len(t.users) for s, t in self.tasks.items()})  # one line each
         self.pool_users = np.array(pool_users)
@@ -171,6 +165,17 @@ class MovieLensTasks(CatalogRows, ItemContext, TaskSource):
         self.train_ratings = train_idx
         self.mu = float(raw.rating[train_idx].mean())
         self._item_bias(train_idx)
+
+    def _no_training_tasks(self, lo: int, hi: int) -> None:
+        """No meta-train user kept a task: say whether the cut or the filter left nothing to train on."""
+        rating_item = self.raw.rating_item
+        existing = int((~self.new_item[rating_item]).sum())
+        if existing < 0.05 * len(rating_item):
+            raise UserError(f"only {existing:,} of {len(rating_item):,} ratings are on existing items (the cut "
+                            f"{self.cut_info} makes almost every item new): no meta-train user has {lo}-{hi} of them; "
+                            f"move the cut (data.cut_year, or data.cut for data=atomic)")
+        raise UserError(f"no meta-train user has {lo}-{hi} ratings on existing items "
+                        f"(data.min_ratings / data.max_ratings / data.query_size): loosen the filter")
 
     def _user_roles(self, perm: np.ndarray) -> np.ndarray:
         """[users] 0 meta-train, 1 validation, 2 test (data=atomic's data.test_user_field overrides it)."""
