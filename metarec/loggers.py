@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from metarec.errors import UserError, first_line
+from metarec.run_lock import read_record
 
 log = logging.getLogger("metarec")
 LOGGERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it imports
@@ -64,7 +65,7 @@ class RunRecord:
 
     @classmethod
     def read(cls, cfg: DictConfig, run_dir: Path) -> RunRecord:
-        status = _json(run_dir / "status.json").get("status", "failed")
+        status = read_record(run_dir / "status.json").get("status", "failed")
         rows = []
         if (run_dir / "metrics.jsonl").is_file():
             for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -72,7 +73,7 @@ class RunRecord:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:  # a line cut short by a kill
                     continue
-        return cls(cfg, run_dir, hydra_job(cfg, run_dir), status, rows, _json(run_dir / "eval.json"))
+        return cls(cfg, run_dir, hydra_job(cfg, run_dir), status, rows, read_record(run_dir / "eval.json"))
 
     def params(self) -> dict[str, str]:
         return flatten(OmegaConf.to_container(self.cfg, resolve=True))
@@ -232,13 +233,6 @@ def _wandb(cfg: DictConfig, run_dir: Path, record: RunRecord) -> None:
         # shutting the service down waits for it, so the offline files are whole when the job ends
         wandb.teardown()
 
-
-def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _number(v) -> bool:

@@ -72,6 +72,7 @@ class RunLock:
 
 
 def read_record(path: Path) -> dict:
+    """A JSON object file (a lock record, a run's status.json or eval.json); {} when unreadable or not an object."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):

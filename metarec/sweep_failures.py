@@ -14,6 +14,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from metarec.run_lock import read_record
+
 SHOWN = 5  # failed folders named in the line; the rest are counted
 MARKS = ".failed"  # SWEEP/.failed/NUM.json: a job's own record that it failed (see mark)
 ENDED: list[Failures] = []  # what each multirun of this process ended with (the CLI reads the last)
@@ -54,16 +56,9 @@ def _mtime(path: Path) -> int | None:
         return None
 
 
-def _json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
 
 def _record(folder: Path) -> dict:
-    return _json(folder / "status.json")
+    return read_record(folder / "status.json")
 
 
 def status_of(folder: Path) -> str | None:
@@ -106,7 +101,7 @@ def count(sweep: Path, before: dict[Path, tuple[int | None, int | None]], marks_
     real = {f.resolve(): f for f in now}  # a mark names its folder absolute, the sweep folder may be relative
     for path, stamp in marked(sweep).items():
         if (marks_before or {}).get(path) != stamp:
-            doc = _json(path)
+            doc = read_record(path)
             folder = Path(doc.get("folder", sweep / path.stem))
             said[real.get(folder.resolve(), folder)] = str(doc.get("reason", "failed"))
     jobs = sorted(jobs | said.keys(), key=_job_order)
