@@ -19,12 +19,15 @@ NDCG_KS = (1, 3, 5)
 PAIRED = ("mae", "ndcg@3", "mse", "acc")  # per-task values kept in eval.json for paired comparisons
 
 
-def ndcg_at_k(score: Tensor, rating: Tensor, mask: Tensor, k: int, gain: str, generator: torch.Generator) -> Tensor:
-    """Per-task nDCG@k of the query items ranked by `score`: [tasks]. Ties are broken at random
-    (seeded), so a constant score scores the random-order level, not an artificial order."""
+def ndcg_at_k(score: Tensor, rating: Tensor, mask: Tensor, k: int, gain: str,
+              generator: torch.Generator | Tensor) -> Tensor:
+    """Per-task nDCG@k of the query items ranked by `score`: [tasks]. Ties are broken at random, by
+    `generator`'s draws or by given keys [tasks, Q] (ranking.tie_order), so a constant score scores the
+    random-order level, not an artificial order."""
     g = torch.pow(2.0, rating) - 1 if gain == "exp" else rating
     g = g * mask
-    tie = torch.rand(score.shape, generator=generator).to(score.device)
+    tie = generator if isinstance(generator, Tensor) else torch.rand(score.shape, generator=generator)
+    tie = tie.to(score.device)
     perm = tie.argsort(dim=1)  # random order first, then a stable sort by score keeps it within ties
     s = score.gather(1, perm).masked_fill(mask.gather(1, perm) == 0, -math.inf)
     order = perm.gather(1, s.argsort(dim=1, descending=True, stable=True))
@@ -53,26 +56,29 @@ def on_five(rating: Tensor, scale: tuple[float, float] | None) -> Tensor:
 
 
 def rating_metrics(pred: Tensor, batch: TaskBatch, gain: str, seed: int,
-                   scale: tuple[float, float] | None = None) -> dict[str, Tensor]:
+                   scale: tuple[float, float] | None = None, first_task: int = 0) -> dict[str, Tensor]:
     """Per-task metrics of query predictions [tasks, Q], scored as predicted (never clipped: every method
-    and floor alike); the nDCG gains read the query ratings mapped onto 1-5 (on_five)."""
+    and floor alike); the nDCG gains read the query ratings mapped onto 1-5 (on_five). nDCG's ties break
+    by keys drawn per task from (seed + k, first_task + the task's row), so a task scores the same in
+    whichever evaluation chunk it falls."""
     y, m = batch.query_y, batch.query_mask
     n = m.sum(1).clamp(min=1)
     err = (pred - y) * m
     out = {"mae": err.abs().sum(1) / n, "rmse": ((err ** 2).sum(1) / n).sqrt()}
     other = {"exp": ("linear", "ndcg_lin"), "linear": ("exp", "ndcg_exp")}[gain]
     r = on_five(y, scale)
+    ties = {k: ranking.tie_order(seed + k, first_task, *y.shape) for k in NDCG_KS}
     for k in NDCG_KS:  # both gains, each named: ndcg@k uses eval.ndcg_gain
-        out[f"ndcg@{k}"] = ndcg_at_k(pred, r, m, k, gain, torch.Generator().manual_seed(seed + k))
+        out[f"ndcg@{k}"] = ndcg_at_k(pred, r, m, k, gain, ties[k])
     for k in NDCG_KS:
-        out[f"{other[1]}@{k}"] = ndcg_at_k(pred, r, m, k, other[0], torch.Generator().manual_seed(seed + k))
+        out[f"{other[1]}@{k}"] = ndcg_at_k(pred, r, m, k, other[0], ties[k])
     return out
 
 
 def task_metrics(pred: Tensor, batch: TaskBatch, kind: str, gain: str = "exp", seed: int = 0,
-                 scale: tuple[float, float] | None = None) -> dict[str, Tensor]:
+                 scale: tuple[float, float] | None = None, first_task: int = 0) -> dict[str, Tensor]:
     if kind == "rating":
-        return rating_metrics(pred, batch, gain, seed, scale)
+        return rating_metrics(pred, batch, gain, seed, scale, first_task)
     m = batch.query_mask
     n = m.sum(1).clamp(min=1)
     if kind == "classification":
@@ -100,7 +106,7 @@ def evaluate_state(algo, batch: TaskBatch, kind: str, steps: int, gain: str, chu
         between_chunks()  # a stop request takes effect here, not after the whole evaluation
         part = batch.select(slice(start, start + chunk))
         for k, pred in zip(scored, algo.adapt_trace(part, steps, at=[steps] if only_last else None)):
-            for name, v in task_metrics(pred.float(), part, kind, gain, seed + start, scale).items():
+            for name, v in task_metrics(pred.float(), part, kind, gain, seed, scale, start).items():
                 per_step[k].setdefault(name, []).append(v.cpu())
         bar.update(part.n_tasks)
     bar.close()
