@@ -32,15 +32,15 @@ bench: setup  ## meta-training throughput: engine vs per-task loop vs supervised
 	$(BIN)/metarec bench --out bench.json
 
 results: setup  ## every method x 3 split seeds (+ ridge's catalogue evaluation) on ml-100k and ml-1m -> docs/results[-ml1m].md and .seeds.json (ML100K=PATH ML1M=PATH)
-	$(BIN)/python -m metarec.results $(if $(ML100K),--data-root $(ML100K)) $(ARGS)
-	$(BIN)/python -m metarec.results --data ml-1m $(if $(ML1M),--data-root $(ML1M)) $(ARGS)
+	$(BIN)/python -m metarec.reporting.results $(if $(ML100K),--data-root $(ML100K)) $(ARGS)
+	$(BIN)/python -m metarec.reporting.results --data ml-1m $(if $(ML1M),--data-root $(ML1M)) $(ARGS)
 
 results-dbook: setup  ## every method x 3 seeds on DBook, our split and MetaHIN's -> docs/results-dbook*.md (DBOOK=PATH)
-	$(BIN)/python -m metarec.results --data dbook $(if $(DBOOK),--data-root $(DBOOK)) $(ARGS)
-	$(BIN)/python -m metarec.results --data dbook-metahin $(if $(DBOOK),--data-root $(DBOOK)) $(ARGS)
+	$(BIN)/python -m metarec.reporting.results --data dbook $(if $(DBOOK),--data-root $(DBOOK)) $(ARGS)
+	$(BIN)/python -m metarec.reporting.results --data dbook-metahin $(if $(DBOOK),--data-root $(DBOOK)) $(ARGS)
 
 results-movietweetings: setup  ## every method x 3 seeds on MovieTweetings 100K -> docs/results-movietweetings.md (MOVIETWEETINGS=PATH)
-	$(BIN)/python -m metarec.results --data movietweetings $(if $(MOVIETWEETINGS),--data-root $(MOVIETWEETINGS)) $(ARGS)
+	$(BIN)/python -m metarec.reporting.results --data movietweetings $(if $(MOVIETWEETINGS),--data-root $(MOVIETWEETINGS)) $(ARGS)
 
 clean:  ## remove the venv, build files and caches (not outputs/)
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

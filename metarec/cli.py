@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metarec.errors import UserError
-from metarec.extras import check_extras
+from metarec.config.extras import check_extras
 
 USAGE = """usage: metarec COMMAND [ARGS]
 
@@ -35,7 +35,7 @@ commands:
   report  summarise runs / sweeps:   metarec report outputs/multirun/DATE/TIME
   bench   meta-training throughput:  metarec bench [--out bench.json]; growth with size: metarec bench --scale
   recommend  top-k for a new user:   metarec recommend checkpoint=PATH ratings=FILE [top_k=10] [--json]
-  results the results pages:         metarec results [--data ml-1m] ... (python -m metarec.results);
+  results the results pages:         metarec results [--data ml-1m] ... (python -m metarec.reporting.results);
           one run against a page:    metarec results --check RUN [--page docs/results-ml1m.md] [--against RUN2]
 """
 CONF = "pkg://metarec.conf"
@@ -54,7 +54,7 @@ def _user_errors(fn):
             print(f"metarec: error: {e}", file=sys.stderr)
             hydra_cfg = HydraConfig.get()
             if hydra_cfg.mode == RunMode.MULTIRUN:
-                from metarec.sweep_failures import mark  # counted by the launching process, wherever this job ran
+                from metarec.run.sweep_failures import mark  # counted by the launching process, wherever this job ran
                 mark(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, _run_dir(), str(e))
                 return _failed_value()  # one failed job must not end the sweep; its status.json says why
             raise SystemExit(2) from None
@@ -67,12 +67,12 @@ def _user_errors(fn):
 def _checked(cfg: DictConfig, app: str) -> None:
     """Every key in its range, a model, data set and algorithm that fit, the packages it needs: before
     any data is read. A train job's refusal is its run's record too (status.json), as its other failures."""
-    from metarec.fit import check_config
+    from metarec.config.fit import check_config
     try:
         check_config(cfg)
     except UserError as e:
         if app == "train_app":
-            from metarec.run_folder import BareFolder
+            from metarec.run.run_folder import BareFolder
             BareFolder(_run_dir()).record_failure(0, str(e))
         raise
 
@@ -97,14 +97,14 @@ def _run_dir() -> Path:
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 @_user_errors
 def train_app(cfg: DictConfig) -> float:
-    from metarec.train import train
+    from metarec.run.train import train
     return train(cfg, _run_dir())
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 @_user_errors
 def eval_app(cfg: DictConfig) -> None:
-    from metarec.evaluate_checkpoint import evaluate_checkpoint
+    from metarec.run.evaluate_checkpoint import evaluate_checkpoint
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("checkpoint=", "eval.checkpoint="))]
     evaluate_checkpoint(cfg, overrides, _run_dir())
 
@@ -113,14 +113,14 @@ def eval_app(cfg: DictConfig) -> None:
 @_user_errors
 def data_app(cfg: DictConfig) -> None:
     from metarec.data import build_source
-    from metarec.device import resolve_device
+    from metarec.run.device import resolve_device
     source = build_source(cfg.data, resolve_device(cfg.device.name), cfg.seed)
     print(json.dumps(source.info(), indent=2))
 
 
 def _register() -> None:
     """The schemas (they import the algorithms and data sets' configs): only for commands that compose."""
-    from metarec.config import register
+    from metarec.config.schema import register
     register()
 
 
@@ -146,7 +146,7 @@ def _hydra(app, name: str, argv: list[str]) -> int:
     except KeyboardInterrupt:  # Ctrl-C while importing or composing, before training takes signals over
         print(f"metarec: SIGINT: stopped before {name} started", file=sys.stderr)
         return 130
-    from metarec.sweep_failures import ENDED  # every launcher's jobs, counted from their run folders
+    from metarec.run.sweep_failures import ENDED  # every launcher's jobs, counted from their run folders
     if ENDED and ENDED[-1].failed:
         print(f"metarec: error: {ENDED[-1].line()}", file=sys.stderr)
         return 1
@@ -163,7 +163,7 @@ def _check_output_dir(argv: list[str], name: str = "train") -> None:
     given = [a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith(f"{key}=")]
     folder = Path(given[-1].split("${")[0] if given else "outputs")  # the part before an interpolation
     if given and "${" not in given[-1]:
-        from metarec.run_lock import precheck  # a live run's folder, or a run's records for eval: refused
+        from metarec.run.run_lock import precheck  # a live run's folder, or a run's records for eval: refused
         precheck(name, folder, key == "hydra.sweep.dir")
     parent = folder.absolute()
     while not parent.exists() and parent != parent.parent:
@@ -237,19 +237,19 @@ def _main(argv: list[str]) -> int:
         return _hydra(data_app, "data", ["hydra.output_subdir=null", "hydra/job_logging=disabled",
                                          "hydra.run.dir=.", *rest[1:]])
     if cmd == "report":
-        from metarec.report import main as report_main
+        from metarec.reporting.report import main as report_main
         return report_main(rest)
     if cmd == "bench" and "--scale" in rest:  # time and memory per phase against the ratings (bench_scale.py)
-        from metarec.bench_scale import main as scale_main
+        from metarec.bench.scale import main as scale_main
         return scale_main([a for a in rest if a != "--scale"])
     if cmd == "bench":
-        from metarec.bench import main as bench_main
+        from metarec.bench.speed import main as bench_main
         return bench_main(rest)
     if cmd == "results":  # --check RUN: one run against a page's per-seed values; else `make results`'s pages
-        from metarec import results, results_seeds
+        from metarec.reporting import results, results_seeds
         return results_seeds.main(rest) if any(a.startswith("--check") for a in rest) else results.main(rest)
     if cmd == "recommend":
-        from metarec.recommend import main as recommend_main
+        from metarec.serve.recommend import main as recommend_main
         return recommend_main(rest)
     print(f"metarec: error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from metarec.errors import UserError
 
 if TYPE_CHECKING:  # imported when a stop is recorded: the console script imports this module for every command
-    from metarec.run_folder import RunFolder
+    from metarec.run.run_folder import RunFolder
 
 
 class Interrupted(BaseException):
@@ -161,8 +161,8 @@ _LAST_BEAT = 0.0
 
 def stopped(e: Interrupted, run: RunFolder | None, run_dir: Path, step: int) -> int:
     """The one line an interrupted run prints, its status.json, and its exit code (128 + signal)."""
-    from metarec import checkpoint
-    from metarec.resume import resume_command
+    from metarec.run import checkpoint
+    from metarec.run.resume import resume_command
     claim_stop()
     name = signal.Signals(e.signum).name
     last = run.saved.get("last.pt") if run is not None else None

@@ -11,7 +11,7 @@ from torch.func import functional_call
 from metarec.algos import ALGOS
 from metarec.engine import InnerLoop, masked_task_loss
 from metarec.models.melu import MeLU
-from metarec.reference import per_task_meta_loss
+from metarec.bench.reference import per_task_meta_loss
 
 
 BASE = dict(inner_lr=0.3, inner_steps=1, first_order=False, inner_params="all", meta_lr=0.5,
@@ -147,7 +147,7 @@ def test_pretrain_step_is_plain_supervised_training():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_maml_meta_gradient_equals_a_loop_written_here(first_order):
-    """MAML's meta-gradient against the algorithm written out in this test (metarec/reference.py is the
+    """MAML's meta-gradient against the algorithm written out in this test (metarec/bench/reference.py is the
     package's own oracle): per task, SGD on the mean squared error of its real support ratings, then the
     query's; the mean over tasks; first order cuts the inner gradients out of the graph."""
     model, algo = make("maml", inner_params="mlp", inner_steps=2, first_order=first_order)
@@ -216,7 +216,7 @@ def test_inner_adam_is_reptiles_only(name):
     """The inner Adam's keys are in reptile's schema only: another algorithm refuses them at compose time."""
     from hydra.errors import ConfigCompositionException
 
-    from metarec.bench import compose
+    from metarec.config.compose import compose
     for setting in ("algo.inner_optimizer=adam", "algo.inner_betas=[0.9,0.999]"):
         with pytest.raises(ConfigCompositionException, match=f"Could not override '{setting.split('=')[0]}'") as e:
             compose([f"algo={name}", setting])
@@ -246,8 +246,8 @@ def test_reptile_outer_step_anneals_linearly_to_zero():
 
 
 def test_reptile_omniglot_preset_uses_the_papers_inner_adam():
-    from metarec.bench import compose
-    from metarec.train import build_model
+    from metarec.config.compose import compose
+    from metarec.run.train import build_model
     cfg = compose(["experiment=reptile_omniglot_5w1s", "trainer.max_steps=300"])
     algo = ALGOS["reptile"](cfg.algo, build_model(cfg.model, cfg.algo, {"ways": 5}), "classification")
     assert algo.inner_adam() == (0.0, 0.999) and cfg.algo.inner_lr == 1e-3 and cfg.algo.anneal_steps == 300

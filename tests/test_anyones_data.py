@@ -13,7 +13,7 @@ from test_atomic import SHOP, source, write_synthetic
 from metarec.data.cold_cut import latest_ratings, random_items, share_threshold, warn_small
 from metarec.data.item_context import BIAS_EDGES, bias_edges
 from metarec.errors import UserError
-from metarec.evaluate import on_five, rating_metrics
+from metarec.evaluation.evaluate import on_five, rating_metrics
 from metarec.tasks import TaskBatch
 
 DEFAULT_CUT = [o for o in SHOP if not o.startswith("data.cut.")]  # SHOP with no cut given
@@ -196,7 +196,7 @@ def test_recommend_from_an_atomic_checkpoint_with_user_fields_by_name(tmp_path):
 # ----------------------------------------------------------------------------- the results pages beyond MovieLens
 
 def test_a_results_page_refuses_a_state_under_30_tasks():
-    from metarec.results_page import SeedRun, summarize
+    from metarec.reporting.results_page import SeedRun, summarize
 
     def run(method, seed, n):
         mae = [0.8] * n
@@ -213,8 +213,8 @@ def test_a_results_page_refuses_a_state_under_30_tasks():
 
 def carried_over(data: str, protocol: str, methods: list[str]) -> None:
     """Each method's run on `data` composes the protocol with its ml-100k preset's settings, key for key."""
-    from metarec import results
-    from metarec.compose import compose_plain
+    from metarec.reporting import results
+    from metarec.config.compose import compose_plain
     presets = results.presets_of(data)
     assert list(presets) == list(results.METHODS)
     for method in methods:
@@ -239,7 +239,7 @@ def test_a_method_runs_on_a_new_data_set_with_its_ml100k_settings():
 
 @pytest.mark.slow
 def test_every_ml100k_method_runs_on_metahins_split_with_its_ml100k_settings():
-    from metarec import results
+    from metarec.reporting import results
     carried_over("dbook-metahin", "dbook_metahin", list(results.METHODS))
 
 
@@ -256,7 +256,7 @@ def test_the_transductive_penalty_stretches_with_the_scale(tmp_path, monkeypatch
 def test_shown_ratings_are_clipped_to_the_scale_and_ranked_by_the_scores():
     from types import SimpleNamespace
 
-    from metarec.api import AdaptedUser
+    from metarec.serve.api import AdaptedUser
     rec = SimpleNamespace(scale=(0.0, 10.0), item_ids=["a", "b", "c", "d"], titles=["", "", "", ""],
                           catalogue=torch.ones(4, dtype=torch.bool), _row={"a": 0, "b": 1, "c": 2, "d": 3})
     rec.item_row = lambda item, where: rec._row[item]
@@ -266,7 +266,7 @@ def test_shown_ratings_are_clipped_to_the_scale_and_ranked_by_the_scores():
 
 
 def test_recommend_takes_user_fields_by_name():
-    from metarec.recommend import parse
+    from metarec.serve.recommend import parse
     opts, as_json = parse(["checkpoint=c.pt", "ratings=r.csv", "--user", "location=314", "user.age=30", "gender=F", "--json"])
     assert opts["user"] == {"gender": "F", "location": "314", "age": "30"} and as_json
     with pytest.raises(UserError, match="not an argument"):

@@ -49,8 +49,8 @@ def ml100k_overrides(folder: Path) -> list[str]:
 
 
 def source(*overrides):
-    from metarec.bench import compose
-    from metarec.train import build_source
+    from metarec.config.compose import compose
+    from metarec.run.train import build_source
     return build_source(compose(list(overrides)).data, torch.device("cpu"), 0, progress=False)
 
 
@@ -139,7 +139,7 @@ def test_data_info_lists_the_fields_and_the_cut(ml100k_atomic):
 
 
 def test_the_protocol_keys_are_movielens_ones():
-    from metarec.config import MovieLensConfig
+    from metarec.config.schema import MovieLensConfig
     from metarec.data.atomic_config import AtomicConfig
     movielens = {f.name: f for f in dataclasses.fields(MovieLensConfig)}
     shared = [f for f in dataclasses.fields(AtomicConfig) if f.name in movielens and f.name not in ("name", "root")]

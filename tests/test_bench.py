@@ -4,7 +4,7 @@ import json
 import numpy as np
 from conftest import ML100K, needs_ml100k
 
-from metarec.bench import HEADER, format_row, main, write_synthetic_ml1m
+from metarec.bench.speed import HEADER, format_row, main, write_synthetic_ml1m
 from metarec.data.movielens_io import read_movielens
 
 ROW_KEYS = {"algo", "meta_batch", "inner_steps", "first_order", "impl", "tasks_per_s", "peak_rss_mb"}
@@ -58,7 +58,7 @@ def test_device_cuda_without_a_gpu_is_one_clear_line(capsys):
 
 def test_grid_has_a_row_for_every_registered_algorithm():
     from metarec.algos import ALGOS
-    from metarec.bench_rows import grid
+    from metarec.bench.rows import grid
     rows = grid(list(ALGOS))
     assert {name for name, _ in rows} == set(ALGOS)
     assert ("maml", False) in rows and ("maml", True) in rows  # maml in both orders, the rest in their config's
@@ -77,8 +77,8 @@ def test_every_algorithm_fits_the_bench_data_with_what_it_declares():
     """mamo gets its own model, the item-task learners their item ids; each has a reference step or a note."""
     import torch
 
-    from metarec.bench_rows import build_algo, fitting_overrides, reference_step
-    from metarec.compose import compose
+    from metarec.bench.rows import build_algo, fitting_overrides, reference_step
+    from metarec.config.compose import compose
     from metarec.data import build_source
     cfg = compose(["device=cpu", f"data.root={ML100K}"])
     source = build_source(cfg.data, torch.device("cpu"), cfg.seed, progress=False)

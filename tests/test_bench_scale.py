@@ -1,4 +1,4 @@
-"""`metarec bench --scale` (metarec/bench_scale.py): the planted data sets read as atomic files, the sizes
+"""`metarec bench --scale` (metarec/bench/scale.py): the planted data sets read as atomic files, the sizes
 and the growth per doubling by hand, and the installed command's JSON in the shape the figure reads."""
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import read_json, run_cli
 
-from metarec import bench_scale
-from metarec.compose import compose
+from metarec.bench import scale as bench_scale
+from metarec.config.compose import compose
 from metarec.data.atomic import read_dataset
 
 

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from metarec import checkpoint
+from metarec.run import checkpoint
 from metarec.errors import UserError
 
 

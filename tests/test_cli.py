@@ -68,7 +68,7 @@ def test_cuda_without_gpu_is_one_clear_line(tmp_path):
 def test_device_settings_apply_threads_and_deterministic_kernels(monkeypatch):
     from omegaconf import OmegaConf
 
-    from metarec.device import setup_device
+    from metarec.run.device import setup_device
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
@@ -98,7 +98,7 @@ def test_data_info_prints_split_statistics(cache_env):
 
 @needs_ml100k()
 def test_validation_states_are_validation_users_on_existing_and_on_new_items():
-    from metarec.bench import compose
+    from metarec.config.compose import compose
     from metarec.data import build_source
     source = build_source(compose(["data=movielens", f"data.root={ML100K}"]).data, torch.device("cpu"), 0, progress=False)
     new_item = source.raw.item_year > source.cut

@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from metarec.algos import ALGOS
-from metarec.bench import compose
-from metarec.config import checked
+from metarec.config.compose import compose
+from metarec.config.schema import checked
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = ([f"experiment={p.stem}" for p in sorted((CONF / "experiment").glob("*.yaml"))]

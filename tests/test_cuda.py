@@ -16,7 +16,7 @@ from test_resume import assert_same_run, start  # noqa: E402
 from test_ridge import make as make_ridge  # noqa: E402
 
 from metarec.algos import ALGOS  # noqa: E402
-from metarec.reference import per_task_meta_loss, per_task_reptile_step  # noqa: E402
+from metarec.bench.reference import per_task_meta_loss, per_task_reptile_step  # noqa: E402
 
 GPU = torch.device("cuda")
 

@@ -1,7 +1,7 @@
 """Threads per run: parallel sweep jobs share the cores; a user's setting that oversubscribes them is warned about."""
 import pytest
 
-from metarec.device import cpu_count, parallel_jobs, thread_share
+from metarec.run.device import cpu_count, parallel_jobs, thread_share
 
 
 def test_parallel_jobs_take_an_equal_share_of_the_cores():

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from conftest import read_json
 from omegaconf import OmegaConf
 
-from metarec import distributed
+from metarec.run import distributed
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
 
@@ -57,7 +57,7 @@ def test_one_process_needs_no_process_group(monkeypatch):
 def _config(algo: list[str]) -> dict:
     from hydra import compose, initialize_config_module
 
-    from metarec.config import register
+    from metarec.config.schema import register
     register()
     with initialize_config_module("metarec.conf", version_base="1.3"):
         cfg = compose("config", overrides=["data=sinusoid", "device=cpu", f"trainer.meta_batch_size={META_BATCH}",
@@ -67,7 +67,7 @@ def _config(algo: list[str]) -> dict:
 
 def _meta_train(cfg: dict, rank: int, world: int) -> tuple[dict, list[float]]:
     """The trainer's loop, reduced to what this test is about: draw, shard, step with the sync hook."""
-    from metarec.train import build
+    from metarec.run.train import build
     cfg = OmegaConf.create(cfg)
     source, model, algo = build(cfg, torch.device("cpu"), progress=False)
     algo.sync = distributed.make_sync(world)
@@ -116,7 +116,7 @@ def _compare_with_one_process(configs: dict, tmp_path: Path) -> None:
 
 
 def _initial(cfg: dict) -> dict:
-    from metarec.train import build
+    from metarec.run.train import build
     _, model, _ = build(OmegaConf.create(cfg), torch.device("cpu"), progress=False)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 from fixtures import SPEC, image_batch, rating_batch, sinusoid_batch
-from metarec.reference import per_task_meta_loss
+from metarec.bench.reference import per_task_meta_loss
 from omegaconf import OmegaConf
 
 from metarec.algos.maml import MAML
@@ -363,7 +363,7 @@ INNER = {"sgd": dict(inner_optimizer="sgd"),
 @pytest.mark.parametrize("case", REPTILE_CASES)
 def test_reptile_step_equals_the_per_task_reference(case, inner):
     """Vectorized Reptile (SGD, or Adam with per-task moments) = a loop over tasks (torch.optim.Adam per task)."""
-    from metarec.reference import per_task_reptile_step
+    from metarec.bench.reference import per_task_reptile_step
     algo, reference_model, batch, kind = reptile_case(case, **INNER[inner])
     algo.optimizer.step = lambda: None  # compare the gradients the update is made of
     algo.step(batch)
@@ -385,7 +385,7 @@ def test_reptile_evaluation_adapts_with_the_inner_adam(case):
     torch.optim.Adam after k steps on the task's support set."""
     from torch.func import functional_call
 
-    from metarec.reference import per_task_adapt
+    from metarec.bench.reference import per_task_adapt
     algo, model, batch, kind = reptile_case(case, **INNER["adam beta1"])
     trace = algo.adapt_trace(batch, 3)
     sgd = reptile_case(case, inner_optimizer="sgd", inner_lr=0.01)[0].adapt_trace(batch, 3)

@@ -12,7 +12,7 @@ import pytest
 from conftest import METAREC, ML100K, needs_ml100k, read_json, read_until, run_cli
 from omegaconf import OmegaConf
 
-from metarec.evaluate_checkpoint import protocol_key
+from metarec.run.evaluate_checkpoint import protocol_key
 
 FAST = ["trainer.progress=false", "device=cpu", "device.threads=1"]
 

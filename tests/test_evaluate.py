@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from metarec.evaluate import format_table, headline_line, mean_ci, ndcg_at_k, paired_difference, rating_metrics
+from metarec.evaluation.evaluate import format_table, headline_line, mean_ci, ndcg_at_k, paired_difference, rating_metrics
 from metarec.tasks import TaskBatch, TaskSource
 
 
@@ -57,7 +57,7 @@ def test_validation_scores_only_the_last_step_with_the_same_numbers():
     from omegaconf import OmegaConf
 
     from metarec.algos.maml import MAML
-    from metarec.evaluate import evaluate_state
+    from metarec.evaluation.evaluate import evaluate_state
     from metarec.models.melu import MeLU
     torch.manual_seed(0)
     cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=2, first_order=False, inner_params="mlp", meta_lr=1e-3,
@@ -104,7 +104,7 @@ def test_the_headline_compares_a_row_with_the_floors_of_its_own_input_class():
     state["input_class"] = "transductive"
     assert "the best transductive floor, bias_transductive 0.5000" in headline_line({"states": {"item_cold": state}})
 def test_accuracy_and_mse_hand_computed_over_the_real_query_examples():
-    from metarec.evaluate import task_metrics
+    from metarec.evaluation.evaluate import task_metrics
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     y = torch.tensor([[0, 1, 2, 2], [1, 0, 0, 0]])
     logits = torch.zeros(2, 4, 3)
@@ -154,7 +154,7 @@ def hand_mse(task, k):
 
 
 def test_evaluate_state_scores_every_step_of_every_task_across_chunks():
-    from metarec.evaluate import evaluate_state
+    from metarec.evaluation.evaluate import evaluate_state
     algo = StepAlgo()
     r = evaluate_state(algo, step_batch(5), "regression", 2, "exp", chunk=2,
                        floors={"zero": torch.zeros(5, 3, dtype=torch.float64)})
@@ -186,7 +186,7 @@ class StepSource(TaskSource):
 def test_evaluate_all_books_the_headline_step_and_the_steps_it_scores():
     from omegaconf import OmegaConf
 
-    from metarec.evaluate import evaluate_all
+    from metarec.evaluation.evaluate import evaluate_all
     cfg = OmegaConf.create({"seed": 0, "algo": {"eval_steps": None, "inner_steps": 3},
                             "eval": {"max_steps": 5, "ndcg_gain": "exp", "chunk": 10}})
     algo = StepAlgo()
@@ -208,7 +208,7 @@ def test_evaluate_all_books_the_headline_step_and_the_steps_it_scores():
 def test_ndcg_of_a_task_does_not_depend_on_the_evaluation_chunk():
     """Ties break by keys drawn per task, so eval.chunk (a memory knob) never moves a number: a tied
     predictor scored in chunks of 3 gives each task the value it gets in one chunk."""
-    from metarec.evaluate import evaluate_state
+    from metarec.evaluation.evaluate import evaluate_state
 
     class Constant:
         def adapt_trace(self, batch, steps, at=None):

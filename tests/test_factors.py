@@ -130,8 +130,8 @@ def test_ridge_folds_in_the_factors_and_its_meta_gradient_equals_a_per_task_loop
 
 @needs_ml100k()
 def test_movielens_tasks_read_cross_fitted_factors():
-    from metarec.bench import compose
-    from metarec.train import build_source
+    from metarec.config.compose import compose
+    from metarec.run.train import build_source
     cfg = compose(["data=movielens", f"data.root={ML100K}", "data.item_factors=4"]).data
     source = build_source(cfg, torch.device("cpu"), 0, progress=False)
     n_items, folds = len(source.raw.item_year), cfg.factor_folds

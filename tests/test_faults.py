@@ -246,7 +246,7 @@ def test_status_json_records_each_outcome_for_report(outcomes):
     failed = read_json(p.run("malformed_rating_line") / "status.json") if (ML100K / "u.data").exists() else None
     if failed is not None:
         assert failed["status"] == "failed" and failed["reason"].startswith("u.data line 3 is malformed")
-    from metarec.report import main as report_main
+    from metarec.reporting.report import main as report_main
     assert report_main([str(p.runs), "--out", str(p.root / "report")]) == 0
     table = (p.root / "report" / "report.md").read_text()
     assert "| finished |" in table and "| failed |" in table and "the loss became nan at step 2" in table

@@ -90,7 +90,7 @@ def test_a_file_not_to_be_trusted_is_named_and_computed_again(folder, caplog, da
 
 @needs_ml100k()
 def test_a_second_source_reads_the_floors_without_fitting(folder, monkeypatch):
-    from metarec.compose import compose
+    from metarec.config.compose import compose
     from metarec.data import build_source, mf_floors
     cfg = compose(["data=movielens", f"data.root={ML100K}", "data.split=[0.3,0.1,0.6]"]).data
     first = build_source(cfg, torch.device("cpu"), 0, progress=False)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from metarec.algos import ALGOS
-from metarec.compose import compose
+from metarec.config.compose import compose
 from metarec.errors import UserError
-from metarec.evaluate import eval_steps
-from metarec.train import build
+from metarec.evaluation.evaluate import eval_steps
+from metarec.run.train import build
 
 GENRES = 19  # u.item's genre flags
 STATES = ("user_cold", "item_cold", "user_item_cold")  # their support sets never train

@@ -6,7 +6,7 @@ from conftest import ML100K, needs_ml100k
 
 @needs_ml100k()
 def test_flat_pool_selects_the_padded_rows_of_the_chosen_users():
-    from metarec.compose import compose
+    from metarec.config.compose import compose
     from metarec.data import build_source
     cfg = compose(["device=cpu", f"data.root={ML100K}", "data.item_stats=true", "data.heavy_users=true"])
     source = build_source(cfg.data, torch.device("cpu"), cfg.seed, progress=False)

@@ -14,7 +14,7 @@ import yaml
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from metarec import loggers
+from metarec.run import loggers
 from metarec.errors import UserError
 
 has = {name: importlib.util.find_spec(name) is not None for name in ("mlflow", "wandb")}

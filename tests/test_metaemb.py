@@ -15,7 +15,7 @@ from metarec.algos.item_tasks import ItemTasks
 from metarec.algos.metaemb import ITEM, MetaEmb, MetaEmbConfig
 from metarec.data.transductive import Visible
 from metarec.models.melu import MeLU
-from metarec.reference import per_task_adapt
+from metarec.bench.reference import per_task_adapt
 from metarec.tasks import TaskBatch
 
 N_ITEMS, N_GENRES = 6, 4

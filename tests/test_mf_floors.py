@@ -95,7 +95,7 @@ def test_the_transductive_floor_equals_a_plain_loop_and_reads_no_query():
 
 @needs_ml100k()
 def test_the_floors_on_real_ml100k_tasks():
-    from metarec.config import MovieLensConfig
+    from metarec.config.schema import MovieLensConfig
     from metarec.data.movielens import MovieLensTasks
     cfg = OmegaConf.structured(MovieLensConfig(root=str(ML100K), heavy_users=True, split=[0.6, 0.2, 0.2]))
     source = MovieLensTasks(cfg, "cpu", 0, progress=False)
@@ -124,7 +124,7 @@ DENSE_MAE = {"warm": (0.75241, 0.745646), "user_cold": (0.723557, 0.722804), "it
 @pytest.mark.slow
 @needs_ml100k()
 def test_the_sparse_floors_equal_the_dense_ones_on_ml100k():
-    from metarec.compose import compose
+    from metarec.config.compose import compose
     from metarec.data import build_source
     source = build_source(compose(["data=movielens", f"data.root={ML100K}"]).data, torch.device("cpu"), 0, progress=False)
     for state, want in DENSE_MAE.items():

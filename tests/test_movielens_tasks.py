@@ -7,8 +7,8 @@ from conftest import ML100K, needs_ml100k
 
 
 def source_of(*overrides):
-    from metarec.bench import compose
-    from metarec.train import build_source
+    from metarec.config.compose import compose
+    from metarec.run.train import build_source
     # MeLU's 70/10/20 split without heavy users unless asked (the defaults before algo=maml data=movielens took the tuned preset's)
     pinned = [p for p in ("data.split=[0.7,0.1,0.2]", "data.heavy_users=false") if not any(o.startswith(p.split("=")[0]) for o in overrides)]
     cfg = compose(["data=movielens", f"data.root={ML100K}", *pinned, *overrides]).data

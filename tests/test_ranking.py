@@ -1,4 +1,4 @@
-"""eval.ranking=catalog and the support-size buckets (metarec/ranking.py, metarec/data/movielens_catalog.py):
+"""eval.ranking=catalog and the support-size buckets (metarec/evaluation/ranking.py, metarec/data/movielens_catalog.py):
 metrics by hand on a tiny ranking, the vectorised metrics against a per-user loop, buckets by hand, and
 the catalogue of real ml-100k against the evaluation's own tasks."""
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ML100K, needs_ml100k
 
-from metarec import ranking
+from metarec.evaluation import ranking
 from metarec.errors import UserError
 
 
@@ -89,8 +89,8 @@ def test_buckets_by_hand():
 
 @pytest.fixture(scope="module")
 def ml100k():
-    from metarec.compose import compose
-    from metarec.train import build
+    from metarec.config.compose import compose
+    from metarec.run.train import build
 
     if not (ML100K / "u.data").exists():
         pytest.skip("../shared/data/ml-100k is absent")
@@ -137,7 +137,7 @@ def test_catalog_state_in_chunks_equals_one_pass(ml100k, monkeypatch):
 @needs_ml100k()
 @pytest.mark.slow
 def test_catalog_and_buckets_land_in_eval_json_and_eval_md(ml100k):
-    from metarec.evaluate import evaluate_all, format_table
+    from metarec.evaluation.evaluate import evaluate_all, format_table
 
     cfg, source, model, algo = ml100k
     result = evaluate_all(cfg, source, algo, "val")
@@ -163,8 +163,7 @@ def test_bad_ranking_choice_is_one_line():
 def test_catalog_section_of_the_results_page_by_hand(tmp_path):
     import json
 
-    from metarec import catalog_page
-
+    from metarec.reporting import catalog_page
     def states(r, pop):
         cat = {"method": {"recall@10": r, "ndcg@10": r / 2}, "floors": {"popularity": {"recall@10": pop, "ndcg@10": pop}},
                "by_support": [{"support": "3-5", "n_tasks": 2, "method": {"recall@10": r}}]}

@@ -10,7 +10,7 @@ from conftest import ML100K, needs_ml100k, run_cli
 
 import metarec
 from metarec.errors import UserError
-from metarec.recommend import read_ratings
+from metarec.serve.recommend import read_ratings
 
 TINY = ["algo=ridge", "data.item_stats=false", "data.item_factors=2", "trainer.max_steps=10", "trainer.val_every=10",
         "trainer.meta_batch_size=8", "trainer.progress=false", "device=cpu", "device.threads=1", "eval.max_steps=1"]
@@ -141,7 +141,7 @@ def test_load_adapt_recommend_predict(rec):
 def test_adapt_equals_the_evaluation_of_the_same_support_set(rec):
     """A user_cold user's support set given to adapt() predicts that user's query items as evaluation does."""
     from metarec.data import build_source
-    from metarec.evaluate import eval_steps
+    from metarec.evaluation.evaluate import eval_steps
 
     # the evaluation's own source (it fits the item factors; load() took them from the checkpoint)
     source = build_source(rec.cfg.data, torch.device("cpu"), rec.cfg.seed, progress=False)

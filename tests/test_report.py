@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metarec.report import main
-from metarec.runs import headline, headline_step
+from metarec.reporting.report import main
+from metarec.reporting.runs import headline, headline_step
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -179,7 +179,7 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path, capsys):
 
 def test_command_line_prints_no_traceback(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "metarec.report", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "metarec.reporting.report", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300)  # a hang guard; pytest-timeout names a real hang
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1

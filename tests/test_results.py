@@ -1,4 +1,4 @@
-"""metarec.results on small generated eval.json files: aggregation over seeds, the best meta-learner by
+"""metarec.reporting.results on small generated eval.json files: aggregation over seeds, the best meta-learner by
 validation, paired per-task differences combined over seeds (checked against hand-computed numbers)."""
 
 import json
@@ -12,10 +12,10 @@ import pytest
 import yaml
 from conftest import read_until
 
-from metarec import results
-from metarec.compose import compose_plain
+from metarec.reporting import results
+from metarec.config.compose import compose_plain
 from metarec.errors import UserError
-from metarec.results_page import SeedRun, combine, mean_ci, summarize, targets
+from metarec.reporting.results_page import SeedRun, combine, mean_ci, summarize, targets
 
 # per seed: per-task MAE on user_cold (identical tasks for every method of a seed)
 MAML = {0: [0.7, 0.8, 0.9], 1: [0.6, 0.7, 0.8, 0.9]}
@@ -29,7 +29,7 @@ VAL = {"maml": 0.78, "pretrain": 0.77, "reptile": 0.80}  # pretrain is best on v
 @pytest.fixture(autouse=True)
 def small_states_allowed(monkeypatch):
     """These generated states hold 3-4 tasks; a real page refuses fewer than 30 (test_anyones_data.py)."""
-    monkeypatch.setattr("metarec.states.MIN_TASKS", 1)
+    monkeypatch.setattr("metarec.data.states.MIN_TASKS", 1)
 
 
 def mean(v):
@@ -185,7 +185,7 @@ def test_a_key_added_to_the_schema_after_a_run_keeps_it_only_at_the_old_behaviou
     thinner = {**composed, "data": {**composed["data"], "trans_shares": [0.2, 1.0]}}  # a preset that now thins
     assert not results.same_config(recorded, thinner)
     assert not results.same_config({**recorded, "data": {**recorded["data"], "trans_reg": 3.0}}, composed)
-    # the trackers' keys (metarec/loggers.py) came later too: a run without them is reused
+    # the trackers' keys (metarec/run/loggers.py) came later too: a run without them is reused
     before = {**composed, "trainer": {k: v for k, v in composed["trainer"].items() if k not in ("loggers", "tracking_experiment", "tracking_uri")}}
     assert composed["trainer"]["loggers"] == [] and results.same_config(before, composed)
 
@@ -220,9 +220,9 @@ def test_ml1m_presets_share_one_protocol_with_every_meta_train_rating(capsys):
 
 def test_the_page_names_the_data_copy_without_this_machines_paths(tmp_path, monkeypatch):
     assert results.shown_command(["--report-only", "--data-root", "/work/shared/data/ml-100k"], "ml-100k") == \
-        "python -m metarec.results --data-root PATH/ml-100k"
+        "python -m metarec.reporting.results --data-root PATH/ml-100k"
     assert results.shown_command(["--data-root=/x/ml-100k", "--seeds", "0", "--out", "/tmp/r"], None) == \
-        "python -m metarec.results --seeds 0 --out PATH/r"
+        "python -m metarec.reporting.results --seeds 0 --out PATH/r"
     # docs/results*.md's lines around the numbers are what the renderer prints for the runs that made them
     for doc, variant, argv in (("results.md", "ml-100k", []), ("results-ml1m.md", "ml-1m", ["--data", "ml-1m"])):
         lines = (Path(__file__).parents[1] / "docs" / doc).read_text().splitlines()
@@ -230,7 +230,7 @@ def test_the_page_names_the_data_copy_without_this_machines_paths(tmp_path, monk
         took = re.search(r"took ([0-9.]+) min wall time(?: over (\d+) invocations)?", line)  # absent: some runs unrecorded
         wall = (float(took.group(1)) * 60, int(took.group(2) or 1)) if took else None
         fingerprint = re.search(r"fingerprint `([0-9a-f]{16})…`", line).group(1)
-        command = re.search(r"\(`(python -m metarec.results [^`]*)`\)", line).group(1)  # as shown_command printed it
+        command = re.search(r"\(`(python -m metarec.reporting.results [^`]*)`\)", line).group(1)  # as shown_command printed it
         assert command.startswith(results.shown_command(["--data-root", f"/work/shared/data/{variant}", *argv], variant))
         page = results.render(summarize(runs()), wall, {"maml": "x"}, command, fingerprint + "0" * 48, "",
                               variant, variant)
@@ -250,7 +250,7 @@ def test_the_page_names_the_data_copy_without_this_machines_paths(tmp_path, monk
     assert results.main(["--report-only", "--out", str(tmp_path / "runs"), "--doc", str(doc), "--seeds", "0", "1"]) == 0
     text = doc.read_text()
     assert str(tmp_path) not in text
-    assert "(`python -m metarec.results --data-root PATH/ml-100k --out PATH/runs --doc PATH/results.md --seeds 0 1`)" in text
+    assert "(`python -m metarec.reporting.results --data-root PATH/ml-100k --out PATH/runs --doc PATH/results.md --seeds 0 1`)" in text
     assert "(folder `ml-100k`, SHA-256 fingerprint `abababababababab…` in each run_info.json)" in text
 
 
@@ -273,20 +273,20 @@ def test_the_wall_time_sums_the_invocations_that_trained_the_pages_runs(tmp_path
 
 
 def test_new_items_table_is_every_method_against_bias_transductive_and_marks_transductive_rows():
-    from metarec.results_page import render
+    from metarec.reporting.results_page import render
     s = summarize(runs_with_floor("item_cold", "bias_transductive", 0.75, ("maml", "pretrain", "reptile")))
     d, se = s["new_items"]["item_cold"]["maml"]["mae"]  # the same numbers as maml against the bias floor above
     assert d == pytest.approx(-0.05) and se == pytest.approx(0.0288675 / 2, abs=1e-6)
     d, se = s["new_items"]["item_cold"]["reptile"]["ndcg@3"]
     assert d == pytest.approx(0.05) and se == pytest.approx(0.0)
     s["transductive"] = ["reptile"]
-    page = render(s, None, {}, "python -m metarec.results")
+    page = render(s, None, {}, "python -m metarec.reporting.results")
     assert "| item_cold | reptile (transductive) | " in page and "| item_cold | maml | " in page
     assert "| floor: bias_transductive (transductive) |" in page
 
 
 def test_new_users_table_is_every_method_against_mf_foldin_ridge_maml_and_melu_paper():
-    from metarec.results_page import render
+    from metarec.reporting.results_page import render
     s = summarize(runs_with_floor("user_cold", "mf_foldin", 0.7, ("maml", "pretrain", "ridge")))  # ridge: reptile's values
     rows = s["new_users"]
     assert set(rows["maml"]) == {"floor: mf_foldin", "ridge"}  # no melu_paper run, and not against itself
@@ -296,7 +296,7 @@ def test_new_users_table_is_every_method_against_mf_foldin_ridge_maml_and_melu_p
     d, se = rows["pretrain"]["ridge"]
     assert d == pytest.approx((0.366667 + 0.35) / 2, abs=1e-6)
     assert se == pytest.approx(math.sqrt(0.0666667 ** 2 + 0.0957427 ** 2) / 2, abs=1e-6)
-    page = render(s, None, {}, "python -m metarec.results")
+    page = render(s, None, {}, "python -m metarec.reporting.results")
     assert "| method | vs floor: mf_foldin | vs ridge |" in page
     assert "| ridge | " in page and "| maml | -0.0500 ± 0.0144 (-3.5) | " in page
 
@@ -304,7 +304,7 @@ def test_new_users_table_is_every_method_against_mf_foldin_ridge_maml_and_melu_p
 def test_a_second_invocation_on_the_same_results_folder_is_refused_in_one_line(tmp_path, capsys):
     out = tmp_path / "runs"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from metarec.run_lock "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from metarec.run.run_lock "
                                "import RunLock; RunLock.take(Path(sys.argv[1]), 'results'); print('locked', flush=True); "
                                "time.sleep(600)", str(out)], stdout=subprocess.PIPE)
     try:
@@ -329,7 +329,7 @@ def test_the_training_time_is_recorded_even_when_the_page_cannot_be_written(tmp_
 
 
 def test_each_state_has_an_inductive_and_a_transductive_table_with_its_own_floors_by_hand():
-    from metarec.results_page import render
+    from metarec.reporting.results_page import render
     runs = runs_with_floor("item_cold", "bias_transductive", 0.75, ("maml", "pretrain", "reptile"))
     for r in runs:  # the classes as each run's eval.json recorded them
         r.states["item_cold"]["input_class"] = "transductive" if r.method == "reptile" else "inductive"
@@ -348,7 +348,7 @@ def test_each_state_has_an_inductive_and_a_transductive_table_with_its_own_floor
     # reptile - bias_transductive: seed 0 d = [-.25, -.35, -.45], SE .057735; seed 1 [-.1, -.3, -.3, -.5], SE .081650
     assert trans["mae"] == pytest.approx((-0.325, 0.05), abs=1e-6)
     assert s["transductive"] == ["reptile"]
-    page = render(s, None, {}, "python -m metarec.results")
+    page = render(s, None, {}, "python -m metarec.reporting.results")
     assert ("**item_cold, inductive**: maml wins by 3.5 SE: maml (the inductive meta-learner best on validation) "
             "minus bias (the best inductive floor), MAE -0.0500 ± 0.0144.") in page
     assert "**item_cold, transductive**: reptile wins by 6.5 SE" in page
@@ -364,7 +364,7 @@ def test_each_state_has_an_inductive_and_a_transductive_table_with_its_own_floor
 
 
 def test_a_run_that_recorded_no_input_class_is_in_neither_table():
-    from metarec.results_page import render
+    from metarec.reporting.results_page import render
     runs = runs_with_floor("item_cold", "bias_transductive", 0.75, ("maml", "pretrain", "reptile"))
     for r in runs:
         if r.method != "reptile":

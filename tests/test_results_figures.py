@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from metarec import results, results_figures as rf
+from metarec.reporting import results, results_figures as rf
 from metarec.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -124,11 +124,11 @@ def test_scale_command_draws_the_file_and_refuses_a_wrong_one_in_one_line(tmp_pa
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps(BENCH))
     out = tmp_path / "figs" / "scale.png"
-    r = subprocess.run([sys.executable, "-m", "metarec.results_figures", "scale", str(bench), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "metarec.reporting.results_figures", "scale", str(bench), "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and out.read_bytes()[:8] == PNG
     bench.write_text(json.dumps({"sizes": [{"users": 3}]}))
-    r = subprocess.run([sys.executable, "-m", "metarec.results_figures", "scale", str(bench), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "metarec.reporting.results_figures", "scale", str(bench), "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "metarec results_figures: error: each entry of the benchmark JSON's \"sizes\" needs \"ratings\" and "
@@ -136,7 +136,7 @@ def test_scale_command_draws_the_file_and_refuses_a_wrong_one_in_one_line(tmp_pa
 
 
 def test_the_results_page_embeds_the_figures_it_draws(tmp_path, monkeypatch):
-    monkeypatch.setattr("metarec.states.MIN_TASKS", 1)  # the fixture's states hold 3-4 tasks
+    monkeypatch.setattr("metarec.data.states.MIN_TASKS", 1)  # the fixture's states hold 3-4 tasks
     monkeypatch.setattr(results, "METHODS", {"maml": ["experiment=melu_ml100k"], "ridge_trans": ["experiment=melu_ml100k_trans"]})
     monkeypatch.setattr(results, "preset_hparams", lambda m, data="ml-100k": f"preset of {m}")
     for m, seeds in by_method(("maml", "ridge_trans")).items():

@@ -9,8 +9,7 @@ import pytest
 import yaml
 from conftest import ML100K, needs_ml100k, run_cli
 
-from metarec import catalog_page, results, results_seeds
-
+from metarec.reporting import catalog_page, results, results_seeds
 # (method, seed) -> per-task MAE on user_cold and item_cold; the floors are the same for both methods
 MAE = {("maml", 0): ([0.7, 0.8, 0.9], [0.9, 1.0]), ("maml", 1): ([0.6, 0.8], [0.8, 0.8, 1.1]),
        ("ridge", 0): ([0.7, 0.7, 0.7], [0.95, 0.95]), ("ridge", 1): ([0.5, 0.7], [0.9, 0.9, 0.9])}
@@ -57,7 +56,7 @@ def page(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "METHODS", PRESETS)
     monkeypatch.setattr(results, "preset_hparams", lambda m, data="ml-100k": f"preset of {m}")
     monkeypatch.setattr(results, "protocol", lambda methods, variant="ml-100k": "Protocol: fixture")
-    monkeypatch.setattr("metarec.states.MIN_TASKS", 1)  # the fixture's states hold 2-3 tasks
+    monkeypatch.setattr("metarec.data.states.MIN_TASKS", 1)  # the fixture's states hold 2-3 tasks
     for (method, seed) in MAE:
         write_run(results.folder_of(tmp_path / "runs", method, seed), method, seed)
     doc = tmp_path / "docs" / "results.md"

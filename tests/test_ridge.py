@@ -135,7 +135,7 @@ def test_regression_models_work_and_classification_and_prompts_are_refused():
         make(prior_precision=0.0)
     from hydra.errors import ConfigCompositionException
 
-    from metarec.bench import compose
+    from metarec.config.compose import compose
     for setting, value in (("learn_inner_lr", "true"), ("first_order", "true"), ("inner_optimizer", "adam")):
         # gradient-step settings are not in ridge's schema: refused when the config is composed
         with pytest.raises(ConfigCompositionException, match=f"Could not override 'algo.{setting}'") as e:

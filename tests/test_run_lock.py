@@ -12,10 +12,10 @@ import pytest
 from conftest import pause_env, read_json, read_until, run_cli, wait_paused
 from test_resume import QUICK, assert_same_run, start, straight, train, wait_for  # noqa: F401 - straight: a fixture
 
-from metarec import run_lock
+from metarec.run import run_lock
 from metarec.errors import UserError
-from metarec.run_lock import RunLock, held
-from metarec.runs import load_run
+from metarec.run.run_lock import RunLock, held
+from metarec.reporting.runs import load_run
 
 
 def test_a_second_run_into_a_live_runs_folder_is_refused_and_the_first_is_untouched(tmp_path):

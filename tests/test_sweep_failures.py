@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import read_json, run_cli
 
-from metarec.sweep_failures import Failures, SweepFailures, count, job_folders, mark, marked
+from metarec.run.sweep_failures import Failures, SweepFailures, count, job_folders, mark, marked
 
 QUICK = ["data=sinusoid", "device=cpu", "device.threads=1", "trainer.max_steps=10", "trainer.val_every=10",
          "trainer.log_every=10", "trainer.progress=false", "trainer.meta_batch_size=4"]
@@ -68,7 +68,7 @@ def test_more_than_five_failures_are_counted_and_the_first_five_named(tmp_path):
 def test_the_callback_resolves_the_sweep_folder_once_and_counts_at_the_end(tmp_path):
     from omegaconf import OmegaConf
 
-    from metarec import sweep_failures
+    from metarec.run import sweep_failures
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sw")}}})
     callback = SweepFailures()
     callback.on_multirun_start(cfg)
@@ -82,7 +82,7 @@ def test_every_launcher_and_sweeper_composes_with_the_counting_callback(tmp_path
         r = run_cli("train", f"hydra/launcher={launcher}", "--cfg", "hydra", cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-2000:]
         callbacks = yaml.safe_load(r.stdout)["hydra"]["callbacks"]
-        assert callbacks["sweep_failures"]["_target_"] == "metarec.sweep_failures.SweepFailures"
+        assert callbacks["sweep_failures"]["_target_"] == "metarec.run.sweep_failures.SweepFailures"
 
 
 def _assert_one_failed(r, sweep: Path) -> None:

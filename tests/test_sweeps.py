@@ -13,9 +13,9 @@ import yaml
 from conftest import read_json, run_cli
 from PIL import Image
 
-from metarec.device import cpu_count
+from metarec.run.device import cpu_count
 from metarec.errors import UserError
-from metarec.run_folder import RunFolder
+from metarec.run.run_folder import RunFolder
 
 QUICK = ["data=sinusoid", "device=cpu", "device.threads=1", "trainer.max_steps=20", "trainer.val_every=10",
          "trainer.log_every=10", "trainer.progress=false"]

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from metarec.algos import ALGOS
 from metarec.algos.tanp import TaNP, TaNPConfig
-from metarec.evaluate import format_table
+from metarec.evaluation.evaluate import format_table
 from metarec.models.melu import MeLU
 from metarec.models.mlp import MLP
 from metarec.tasks import TaskBatch
@@ -144,7 +144,7 @@ def test_tanp_trains_and_evaluates_through_the_console_script(tmp_path, cache_en
 
 
 def test_bench_reference_step_runs_the_per_task_loop(monkeypatch):
-    from metarec.bench_rows import reference_step
+    from metarec.bench.rows import reference_step
     algo = make(dtype=torch.float32)
     calls = []
     loop = algo.reference_loss
@@ -157,7 +157,7 @@ def test_bench_reference_step_runs_the_per_task_loop(monkeypatch):
 
 
 def test_bench_refuses_an_algorithm_outside_its_grid(capsys):
-    from metarec.bench import main
+    from metarec.bench.speed import main
     assert main(["--algos", "tanpp"]) == 2
     err = capsys.readouterr().err
     assert "--algos tanpp: the algorithms are maml, " in err and ", tanp" in err

@@ -7,7 +7,7 @@ import torch
 from conftest import ML100K, needs_ml100k
 from omegaconf import OmegaConf
 
-from metarec.config import MovieLensConfig
+from metarec.config.schema import MovieLensConfig
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION
 from metarec.data.transductive import TransSettings, Visible, context, left_out_bias, pooled
 

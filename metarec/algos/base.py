@@ -10,7 +10,7 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
-from metarec.checks import rule
+from metarec.config.checks import rule
 from metarec.tasks import TaskBatch
 
 
@@ -42,7 +42,7 @@ class MetaLearner:
     algorithm's schema (conf/algo/NAME.yaml builds on it)."""
 
     Config = AlgoConfig
-    data_kinds = ("rating", "regression", "classification")  # the data it fits (metarec/fit.py)
+    data_kinds = ("rating", "regression", "classification")  # the data it fits (metarec/config/fit.py)
     one_pass = False  # evaluation: adaptation is one forward pass, not steps (TaNP), so no step trace
     select_state = "val"  # the validation state the trainer keeps the best checkpoint on
 

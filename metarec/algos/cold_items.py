@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from metarec.algos.item_tasks import ItemTasks, visible_item_tasks
 from metarec.algos.pretrain import Pretrain, PretrainConfig
-from metarec.checks import rule
+from metarec.config.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch
@@ -49,7 +49,7 @@ def user_features(encoder: nn.Module, x: Tensor) -> Tensor:
 
 
 class ColdItemLearner(Pretrain):
-    data_kinds = ("rating",)  # what metarec/fit.py checks, before any data is read
+    data_kinds = ("rating",)  # what metarec/config/fit.py checks, before any data is read
     select_state = "val_new"  # the trainer keeps the checkpoint best on validation users' new items
     warm_up = False  # whether evaluation reads the ratings a state shows of its new items (transductive)
 
@@ -158,7 +158,7 @@ class ColdItemLearner(Pretrain):
 
     # ---- evaluation: new items read the learner's rows --------------------------------------------------
     def enter_state(self, state: str) -> None:
-        """Evaluation is about to score `state` (metarec.evaluate): a transductive learner reads the
+        """Evaluation is about to score `state` (metarec.evaluation.evaluate): a transductive learner reads the
         ratings the state shows of its new items (TaskSource.visible: other users' support ratings)."""
         self.warmed = None
         if not self.warm_up or self.source is None:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metarec.algos.base import AlgoConfig, MetaLearner
-from metarec.checks import rule
+from metarec.config.checks import rule
 from metarec.engine import Params, masked_task_loss
 from metarec.errors import UserError
 from metarec.models.mamo import MAMONet
@@ -109,7 +109,7 @@ class Memory(nn.Module):
 
 class MAMO(MetaLearner):
     Config = MAMOConfig
-    data_kinds = ("rating",)  # what metarec/fit.py checks, before any data is read
+    data_kinds = ("rating",)  # what metarec/config/fit.py checks, before any data is read
 
     @classmethod
     def model_needs(cls, cfg) -> tuple[str, ...]:

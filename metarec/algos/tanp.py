@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
-from metarec.checks import rule
+from metarec.config.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.models.melu import FieldEncoder
 from metarec.models.tanp import TaNPNet
@@ -78,13 +78,13 @@ def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) 
 
 class TaNP(MetaLearner):
     Config = TaNPConfig
-    data_kinds = ("rating",)  # what metarec/fit.py checks, before any data is read
+    data_kinds = ("rating",)  # what metarec/config/fit.py checks, before any data is read
 
     @classmethod
     def model_needs(cls, cfg) -> tuple[str, ...]:
         return ("fields",)  # it encodes the inputs with MeLU's field embeddings
 
-    one_pass = True  # evaluation: adaptation is a forward pass, not steps (metarec/evaluate.py)
+    one_pass = True  # evaluation: adaptation is a forward pass, not steps (metarec/evaluation/evaluate.py)
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         if kind != "rating" or "fields" not in getattr(model, "offers", ()) or not isinstance(model.encoder, FieldEncoder):
@@ -162,7 +162,7 @@ class TaNP(MetaLearner):
 
     def adapt_trace(self, batch: TaskBatch, steps: int, at: list[int] | None = None) -> list[Tensor]:
         """The same forward-pass predictions at every requested step (there are no steps; evaluation
-        asks for the headline one alone: metarec/evaluate.py reads one_pass)."""
+        asks for the headline one alone: metarec/evaluation/evaluate.py reads one_pass)."""
         with torch.no_grad():
             pred = self.predict(batch)
         return [pred for k in range(steps + 1) if at is None or k in at]

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from metarec.states import MIN_TASKS
+from metarec.data.states import MIN_TASKS
 
 log = logging.getLogger(__name__)
 

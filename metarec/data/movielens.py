@@ -36,7 +36,7 @@ from metarec.data.item_context import BIAS_EDGES, COUNT_EDGES, ItemContext
 from metarec.data.movielens_features import rating_features
 from metarec.data.movielens_io import RATING_MAX, RATING_MIN, read_movielens
 from metarec.errors import UserError
-from metarec.states import CUT_YEAR, STATES
+from metarec.data.states import CUT_YEAR, STATES
 from metarec.tasks import INDUCTIVE, TRANSDUCTIVE, TaskBatch, TaskSource
 
 VAL_STATES = ("val", "val_new", "val_item_cold")  # validation users on existing / new items; _held_new_items

@@ -1,6 +1,6 @@
 """Model input rows for any (user, item) pair of a MovieLens source, not only the rated ones: the
-catalogue ranking of evaluation (eval.ranking=catalog, metarec/ranking.py) and `metarec recommend`
-(metarec/api.py) score every item of the catalogue for a user.
+catalogue ranking of evaluation (eval.ranking=catalog, metarec/evaluation/ranking.py) and `metarec recommend`
+(metarec/serve/api.py) score every item of the catalogue for a user.
 
 A row is laid out as a training row (movielens.py's rows_batch; features.Features.rows): the user's codes,
 the item's codes, the user's and the item's multi-hot flags, the two item context codes after the

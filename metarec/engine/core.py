@@ -9,7 +9,7 @@ Each adapted parameter gets a leading task dimension ([tasks, *shape]); paramete
 not adapt are never copied per task, and when only the head adapts the encoder runs once per batch,
 outside the loop. A model that declares its fast form (forms.py) runs the fast path instead
 (groups.py); trainer.fast_paths=false keeps every model on this one (the tests hold both to the
-per-task oracle, metarec/reference.py, float64 1e-10)."""
+per-task oracle, metarec/bench/reference.py, float64 1e-10)."""
 from __future__ import annotations
 
 from typing import Callable

@@ -33,7 +33,7 @@ class ConvNet(nn.Module):
 class Conv4(nn.Module):
     """encoder (identity) -> head (the whole ConvNet); all of it is adapted in the inner loop."""
 
-    data_kinds = ("classification",)  # what metarec/fit.py checks a config against: images -> classes
+    data_kinds = ("classification",)  # what metarec/config/fit.py checks a config against: images -> classes
     offers = ()
 
     def __init__(self, spec: dict, channels: int = 64):

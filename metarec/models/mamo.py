@@ -25,7 +25,7 @@ def batched_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 class MAMONet(nn.Module):
-    data_kinds = ("rating",)  # what metarec/fit.py checks a config against: MovieLens' user and item fields
+    data_kinds = ("rating",)  # what metarec/config/fit.py checks a config against: MovieLens' user and item fields
     offers = ("mamo",)
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64)):
         super().__init__()

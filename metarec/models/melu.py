@@ -54,7 +54,7 @@ def multi_blocks(multi_hot: list) -> list[tuple[str, int]]:
 class MeLU(nn.Module):
     """Rating predictor; spec comes from the rating task source (field sizes, multi-hot blocks, rating mean)."""
 
-    data_kinds = ("rating",)  # what metarec/fit.py checks a config against: MovieLens-style fields
+    data_kinds = ("rating",)  # what metarec/config/fit.py checks a config against: MovieLens-style fields
     offers = ("prompt", "last_layer", "fields")
 
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64),

@@ -10,7 +10,7 @@ from metarec.models.prompt_mlp import PromptMLP
 class MLP(nn.Module):
     """encoder (identity) -> head (the MLP); the engine adapts parameters named by inner_names."""
 
-    data_kinds = ("regression",)  # what metarec/fit.py checks a config against: vectors x -> a number
+    data_kinds = ("regression",)  # what metarec/config/fit.py checks a config against: vectors x -> a number
     offers = ("prompt", "last_layer")
 
     def __init__(self, spec: dict, hidden=(40, 40), prompt_len: int = 0, prompt_dim: int = 0):

@@ -1,5 +1,5 @@
 """Experiment trackers (trainer.loggers): an ended run's folder sent to MLflow or Weights & Biases (TensorBoard
-events are written live by metarec/run_folder.py); the run folder stays the record."""
+events are written live by metarec/run/run_folder.py); the run folder stays the record."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from metarec.errors import UserError, first_line
-from metarec.run_lock import read_record
+from metarec.run.run_lock import read_record
 
 log = logging.getLogger("metarec")
 LOGGERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it imports

@@ -20,15 +20,16 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from metarec import checkpoint, progress
-from metarec.device import setup_device
+from metarec.run import checkpoint
+from metarec import progress
+from metarec.run.device import setup_device
 from metarec.errors import UserError, first_line
-from metarec.evaluate import evaluate_all, format_table
-from metarec.resume import refuse_occupied
-from metarec.run_folder import RunFolder
-from metarec.run_lock import EVAL_ADVICE, records
+from metarec.evaluation.evaluate import evaluate_all, format_table
+from metarec.run.resume import refuse_occupied
+from metarec.run.run_folder import RunFolder
+from metarec.run.run_lock import EVAL_ADVICE, records
 from metarec.signals import Interrupted, SignalCatcher, claim_stop, exit_now
-from metarec.train import build
+from metarec.run.train import build
 
 log = logging.getLogger("metarec")
 

@@ -3,7 +3,7 @@
     metarec train algo=maml data=movielens trainer.max_steps=1000
     metarec train algo=maml data=movielens trainer.max_steps=1000 hydra.run.dir=RUN trainer.resume=auto  # continue RUN
 
-The run folder's records are metarec/run_folder.py's, resuming metarec/resume.py's, signals
+The run folder's records are metarec/run/run_folder.py's, resuming metarec/run/resume.py's, signals
 metarec/signals.py's; data sets, models and algorithms come from their registries.
 """
 from __future__ import annotations
@@ -21,18 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import metarec
-from metarec import checkpoint, distributed, loggers
+from metarec.run import checkpoint, distributed, loggers
 from metarec import progress as progress_lines
 from metarec.algos import ALGOS
 from metarec.algos.base import MetaLearner
 from metarec.data import build_source
-from metarec.device import setup_device
+from metarec.run.device import setup_device
 from metarec.errors import UserError, first_line
-from metarec.evaluate import evaluate_all, format_table
-from metarec.fit import check_config
+from metarec.evaluation.evaluate import evaluate_all, format_table
+from metarec.config.fit import check_config
 from metarec.models import MODELS
-from metarec.resume import Progress, overrides, resume, take_over
-from metarec.run_folder import BareFolder, RunFolder, run_info
+from metarec.run.resume import Progress, overrides, resume, take_over
+from metarec.run.run_folder import BareFolder, RunFolder, run_info
 from metarec.signals import Interrupted, SignalCatcher, stopped
 from metarec.tasks import TaskSource
 

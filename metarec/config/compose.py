@@ -10,9 +10,9 @@ def compose(overrides: list[str], check: bool = True):
     checked unless check=False: a value out of its range or a model that does not fit raises
     metarec.errors.UserError)."""
     from hydra import compose as hydra_compose, initialize_config_module
-    from metarec.config import register
+    from metarec.config.schema import register
     register()
-    from metarec.fit import check_config
+    from metarec.config.fit import check_config
     with initialize_config_module("metarec.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides)
     if check:

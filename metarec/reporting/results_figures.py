@@ -1,4 +1,4 @@
-"""The results pages' figures (PNG, Agg, as metarec/report.py draws): each method against the best floor of its
+"""The results pages' figures (PNG, Agg, as metarec/reporting/report.py draws): each method against the best floor of its
 input class, MAE and nDCG by support size, and the size benchmark's cost; each returns the series it plotted."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from metarec.errors import UserError
-from metarec.results_page import FLOORS, SeedRun, paired
-from metarec.states import STATES
+from metarec.reporting.results_page import FLOORS, SeedRun, paired
+from metarec.data.states import STATES
 
 CLASSES = ("inductive", "transductive")
 METRICS = {"mae": "MAE (lower is better)", "ndcg@3": "nDCG@3, gain 2^r-1 (higher is better)"}
@@ -239,8 +239,8 @@ def page_section(runs: list[SeedRun], summary: dict, folder: Path, doc: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m metarec.results_figures scale BENCH.json --out docs/figures/scale.png"""
-    p = argparse.ArgumentParser(prog="python -m metarec.results_figures", description=__doc__.splitlines()[0])
+    """python -m metarec.reporting.results_figures scale BENCH.json --out docs/figures/scale.png"""
+    p = argparse.ArgumentParser(prog="python -m metarec.reporting.results_figures", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="figure", required=True)
     scale = sub.add_parser("scale", help="time and memory per phase from `metarec bench --scale`'s JSON (log-log)")
     scale.add_argument("json", type=Path)

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metarec import checkpoint
+from metarec.run import checkpoint
 from metarec.errors import UserError, first_line
-from metarec.run_folder import RunFolder
-from metarec.run_lock import occupied
+from metarec.run.run_folder import RunFolder
+from metarec.run.run_lock import occupied
 
 log = logging.getLogger("metarec")
 

@@ -2,7 +2,7 @@
 
 Training and evaluation leave .hydra/, status.json, run_info.json, metrics.jsonl and eval.json in a
 run folder; this reads them without model code (runs copied off a cluster read the same), tolerating
-what a failed or running job leaves half-written. `metarec report` and metarec.results both read
+what a failed or running job leaves half-written. `metarec report` and metarec.reporting.results both read
 runs through load_run.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from metarec.run_lock import STALE_HEARTBEAT_S, held
+from metarec.run.run_lock import STALE_HEARTBEAT_S, held
 
 VAL_SPLITS = ("val", "valid", "validation")
 

@@ -11,7 +11,7 @@ import functools
 
 from omegaconf import OmegaConf
 
-from metarec.compose import compose, compose_plain
+from metarec.config.compose import compose, compose_plain
 
 PROTOCOLS = {"dbook": "dbook", "dbook-metahin": "dbook_metahin", "movietweetings": "movietweetings"}  # --data -> protocol
 CARRIED = ("algo", "model", "data", "trainer", "eval")  # the groups a method's preset may set

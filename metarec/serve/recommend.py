@@ -10,7 +10,7 @@ tokens). The user's features go on the command line: MovieLens' as key=value (ge
 years, occupation as in the data's user table, zip code), any data set's by the field name of its user
 file as `--user location=314` (or user.location=314); one not given takes the most common value among
 the meta-train users. Predicted ratings are clipped to the data set's rating scale.
-The work is metarec/api.py's: adapt with the checkpoint's algorithm, rank every unrated item.
+The work is metarec/serve/api.py's: adapt with the checkpoint's algorithm, rank every unrated item.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def parse(argv: list[str]) -> tuple[dict[str, str], bool]:
 
 def read_ratings(path: str | Path):
     """A ratings file -> [api.Rating]; an empty file, a bad header or a malformed line is one line naming it."""
-    from metarec.api import Rating
+    from metarec.serve.api import Rating
 
     path = Path(path)
     text = inputs.read_text(path, "ratings file", "pass ratings=FILE, a CSV with a header item_id,rating",
@@ -116,7 +116,7 @@ def table(top, rated: int, candidates: int, rec, seconds: dict) -> str:
 def recommend(opts: dict[str, str], as_json: bool) -> str:
     import torch
 
-    from metarec.api import load
+    from metarec.serve.api import load
 
     if "threads" in opts:
         torch.set_num_threads(count("threads", opts["threads"]))

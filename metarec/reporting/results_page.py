@@ -3,7 +3,7 @@
 summarize() turns the runs' eval.json states into per-state means ± 95% CI over seeds and the best
 meta-learner's paired per-task differences (per seed the mean over identical tasks and its SE,
 combined over seeds as the mean of the seed means with SE = sqrt(sum SE_s^2) / n_seeds); render()
-writes docs/results.md from them. No model code and no file reading: metarec.results does that.
+writes docs/results.md from them. No model code and no file reading: metarec.reporting.results does that.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from metarec.evaluate import paired_difference
-from metarec.results_classes import UNRECORDED, class_lines, class_summary, phases, run_class
-from metarec.runs import headline
+from metarec.evaluation.evaluate import paired_difference
+from metarec.reporting.results_classes import UNRECORDED, class_lines, class_summary, phases, run_class
+from metarec.reporting.runs import headline
 from metarec.errors import UserError
-from metarec import states as state_names
-from metarec.states import STATES
+from metarec.data import states as state_names
+from metarec.data.states import STATES
 
 FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive", "mf_foldin", "mf_transductive")
 NEW_ITEM_STATES = ("item_cold", "user_item_cold")
@@ -210,7 +210,7 @@ def summary_tables(summary: dict) -> list[str]:
 def shown_command(argv: list[str], data_folder: str | None) -> str:
     """The command that made the page, as anyone could type it: no --report-only, the data named by
     the folder the runs read (PATH/ml-100k, as `make help` writes it), no absolute path of this machine."""
-    shown, rest = ["python -m metarec.results"], iter(argv)
+    shown, rest = ["python -m metarec.reporting.results"], iter(argv)
     if data_folder:
         shown += ["--data-root", f"PATH/{data_folder}"]
     for arg in rest:

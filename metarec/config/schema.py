@@ -12,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from metarec.algos import ALGOS
-from metarec.checks import rule
+from metarec.config.checks import rule
 from metarec.data.atomic_config import AtomicConfig
 from metarec.data.omniglot import OmniglotConfig
 from metarec.data.protocol_config import ProtocolConfig
@@ -49,7 +49,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the inner loop
     fast_paths: bool = True  # the engine's written-out paths for models that declare them; false: the core path alone (debugging, new models)
     tensorboard: bool = False  # an alias of "tensorboard" in loggers
-    loggers: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb (metarec/loggers.py)
+    loggers: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb (metarec/run/loggers.py)
     tracking_experiment: Optional[str] = None  # mlflow / wandb: null = a multirun's sweep folder, else "metarec"
     tracking_uri: Optional[str] = None  # mlflow: null = $MLFLOW_TRACKING_URI, else a file store in ./outputs/mlruns
     progress: bool = True  # tqdm bar
@@ -63,7 +63,7 @@ class EvalConfig:
     chunk: int = rule(512, ">= 1")  # evaluation tasks per batch
     checkpoint: Optional[str] = None  # metarec eval: the checkpoint to evaluate
     split: str = rule("test", "one of test, val")  # metarec eval: test (the test states) | val (validation states only; MovieLens: val, val_new, val_item_cold with data.val_items)
-    ranking: str = rule("query", "one of query, catalog")  # query (each user's query items, MeLU's) | catalog (also every item of the state's pool: metarec/ranking.py)
+    ranking: str = rule("query", "one of query, catalog")  # query (each user's query items, MeLU's) | catalog (also every item of the state's pool: metarec/evaluation/ranking.py)
     allow_protocol_change: bool = False  # metarec eval: accept a seed / data.* that redraws the checkpoint's split (marked in eval.md)
 
 

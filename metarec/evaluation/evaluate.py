@@ -11,7 +11,8 @@ import math
 import torch
 from torch import Tensor
 
-from metarec import progress, ranking
+from metarec import progress
+from metarec.evaluation import ranking
 from metarec.signals import between_chunks
 from metarec.tasks import INDUCTIVE, TaskBatch, TaskSource
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from metarec import checkpoint
+from metarec.run import checkpoint
 from metarec.errors import UserError, first_line
 from metarec.tasks import TaskBatch
 
@@ -156,7 +156,7 @@ def load(path: str | Path, data_root: str | None = None, device: str = "cpu") ->
     """A checkpoint of `metarec train` as a Recommender (data_root: where its data is now, if moved)."""
     from metarec.algos import ALGOS
     from metarec.data import build_source
-    from metarec.train import build_model
+    from metarec.run.train import build_model
 
     path = Path(path)
     ck = checkpoint.load(path)

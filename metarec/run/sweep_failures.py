@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from metarec.run_lock import read_record
+from metarec.run.run_lock import read_record
 
 SHOWN = 5  # failed folders named in the line; the rest are counted
 MARKS = ".failed"  # SWEEP/.failed/NUM.json: a job's own record that it failed (see mark)

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 import metarec
-from metarec import checkpoint
-from metarec.device import cpu_count, parallel_jobs
+from metarec.run import checkpoint
+from metarec.run.device import cpu_count, parallel_jobs
 from metarec.errors import UserError
-from metarec.run_lock import RunLock, busy, held, identity
+from metarec.run.run_lock import RunLock, busy, held, identity
 from metarec.tasks import TaskSource
 
 log = logging.getLogger("metarec")
@@ -23,7 +23,7 @@ log = logging.getLogger("metarec")
 
 class RunFolder:
     """Writes the run's records; `saved` says which checkpoint this process last wrote at which step.
-    take_lock() takes the folder's lock (metarec/run_lock.py), held until release() or the process's
+    take_lock() takes the folder's lock (metarec/run/run_lock.py), held until release() or the process's
     end; until then nothing but a refusal's record is written, and no status into a live run's folder."""
 
     def __init__(self, path: Path, tensorboard: bool = False):

@@ -54,7 +54,7 @@ def check_packages(cfg) -> None:
     if cfg.trainer.get("tensorboard") and missing("tensorboard"):
         raise UserError("trainer.tensorboard=true needs the tensorboard extra (tensorboard is not installed): "
                         "pip install 'metarec[tensorboard]', or leave trainer.tensorboard=false")
-    from metarec import loggers  # trainer.loggers: each tracker's extra
+    from metarec.run import loggers  # trainer.loggers: each tracker's extra
     loggers.check(cfg, missing)
 
 

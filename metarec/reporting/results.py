@@ -1,12 +1,12 @@
 """`make results`: every method on ml-100k (and ml-1m) over 3 split seeds, through `metarec train`, into docs/.
 
-    python -m metarec.results --data-root ../shared/data/ml-100k      # train what is missing, then write docs/results.md
-    python -m metarec.results --data ml-1m --data-root ../shared/data/ml-1m   # the same for ml-1m: docs/results-ml1m.md
-    python -m metarec.results --report-only                            # aggregate the runs already there
+    python -m metarec.reporting.results --data-root ../shared/data/ml-100k      # train what is missing, then write docs/results.md
+    python -m metarec.reporting.results --data ml-1m --data-root ../shared/data/ml-1m   # the same for ml-1m: docs/results-ml1m.md
+    python -m metarec.reporting.results --report-only                            # aggregate the runs already there
 
 Each run is `metarec train experiment=melu_ml100k[_METHOD] seed=K` (split_seed follows seed), the
 command a user types, in outputs/results/METHOD/seedK. This module trains what is missing and reads
-the run folders through metarec.runs (the loader `metarec report` uses); metarec.results_page turns
+the run folders through metarec.reporting.runs (the loader `metarec report` uses); metarec.reporting.results_page turns
 them into the table: per state, MAE and nDCG@3 as mean ± 95% CI over seeds beside the floors on the
 same tasks, and the best meta-learner (by validation MAE, never a test number) against pretrain and
 the best floor by paired per-task differences.
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import yaml
 
-from metarec import catalog_page, results_figures, results_seeds, results_sets
-from metarec import runs as run_folders
-from metarec.compose import compose_plain
+from metarec.reporting import catalog_page, results_figures, results_seeds, results_sets
+from metarec.reporting import runs as run_folders
+from metarec.config.compose import compose_plain
 from metarec.errors import UserError
-from metarec.results_page import SeedRun, render, shown_command, summarize
-from metarec.run_lock import RunLock
-from metarec.states import CUT_YEAR
+from metarec.reporting.results_page import SeedRun, render, shown_command, summarize
+from metarec.run.run_lock import RunLock
+from metarec.data.states import CUT_YEAR
 
 # method -> the overrides after `metarec train`; the tuned values live in the presets. No row's input class is
 # written here: each run's eval.json records it (TaskSource.input_class)
@@ -79,7 +79,7 @@ SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
     "ml-100k": ("METAREC_ML100K", Path("outputs/results"), Path("docs/results.md")),
     "ml-1m": ("METAREC_ML1M", Path("outputs/results-ml1m"), Path("docs/results-ml1m.md")),
-    # beyond MovieLens: every ml-100k method on the data set's protocol (metarec/results_sets.py)
+    # beyond MovieLens: every ml-100k method on the data set's protocol (metarec/reporting/results_sets.py)
     "dbook": ("METAREC_DBOOK", Path("outputs/results-dbook"), Path("docs/results-dbook.md")),
     "dbook-metahin": ("METAREC_DBOOK", Path("outputs/results-dbook-metahin"), Path("docs/results-dbook-metahin.md")),
     "movietweetings": ("METAREC_MOVIETWEETINGS", Path("outputs/results-movietweetings"), Path("docs/results-movietweetings.md")),
@@ -94,7 +94,7 @@ def presets_of(data: str) -> dict[str, list[str]]:
 
 
 def load_run(path: Path, method: str, seed: int) -> SeedRun:
-    """A finished run of `method` and `seed`, read by metarec.runs (the loader `metarec report` uses)."""
+    """A finished run of `method` and `seed`, read by metarec.reporting.runs (the loader `metarec report` uses)."""
     run = run_folders.load_run(path)
     return SeedRun(method, seed, run.states, run.best_val("mae"), run.data_fingerprint, run.data_root)
 
@@ -231,7 +231,7 @@ def protocol(methods: list[str], variant: str = "ml-100k") -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m metarec.results", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m metarec.reporting.results", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="ml-100k", choices=list(DEFAULTS), help="the data set (its presets: METHODS, ML1M_METHODS)")
     p.add_argument("--data-root", help="a folder with the data set (default: $METAREC_ML100K / $METAREC_ML1M, else the cache / download)")
     p.add_argument("--out", type=Path, help="run folders, reused when finished with the same overrides "

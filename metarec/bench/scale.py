@@ -105,10 +105,10 @@ def child(folder: str, factor_rank: int) -> None:
     """Run every phase on the data set in `folder`; print the phases as one JSON line."""
     import torch
 
-    from metarec.compose import compose
+    from metarec.config.compose import compose
     from metarec.data.atomic import AtomicTasks, read_dataset
-    from metarec.evaluate import evaluate_all
-    from metarec.train import build_model
+    from metarec.evaluation.evaluate import evaluate_all
+    from metarec.run.train import build_model
     from metarec.algos import ALGOS
     cfg = compose(["data=atomic", f"data.root={folder}", "data.user_features=[age,gender]",
                    "data.item_features=[genre,release_year]", "device=cpu", "trainer.progress=false"])
@@ -166,7 +166,7 @@ def run_size(ratings: int, threads: int, factor_rank: int, timeout: int) -> dict
     with tempfile.TemporaryDirectory(prefix="metarec-scale-") as tmp:
         shape = write_planted(Path(tmp), ratings)
         print(f"{shape['ratings']:,} ratings, {shape['users']:,} users, {shape['items']:,} items", flush=True)
-        code = (f"import torch; torch.set_num_threads({threads}); from metarec.bench_scale import child; "
+        code = (f"import torch; torch.set_num_threads({threads}); from metarec.bench.scale import child; "
                 f"child({tmp!r}, {factor_rank})")
         env = {**os.environ, "METAREC_FLOOR_CACHE": str(Path(tmp) / "floors")}  # empty: the floors are computed
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,9 +1,9 @@
-"""The results page's "Catalog ranking" section (python -m metarec.results): eval.ranking=catalog's
+"""The results page's "Catalog ranking" section (python -m metarec.reporting.results): eval.ranking=catalog's
 numbers over split seeds, where the run folders have them (`make results` evaluates CATALOG_METHODS').
 
 A run folder has them in its own eval.json (trained with eval.ranking=catalog) or in catalog/eval.json
 (`metarec eval checkpoint=RUN/checkpoints/best.pt eval.ranking=catalog hydra.run.dir=RUN/catalog`).
-Cells: mean ± 95% t-interval over seeds of each seed's mean over users (metarec/ranking.py says what
+Cells: mean ± 95% t-interval over seeds of each seed's mean over users (metarec/evaluation/ranking.py says what
 is ranked). The floors are the same for every method of a seed (same tasks): the first method's are shown.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from metarec.results_page import mean_ci
-from metarec.states import STATES
+from metarec.reporting.results_page import mean_ci
+from metarec.data.states import STATES
 
 
 def catalog_states(folder: Path) -> dict | None:
@@ -41,7 +41,7 @@ def catalog_section(found: dict[str, dict[int, dict]], k: int = 10) -> str:
     states = [s for s in STATES if all(s in first[x] and "catalog" in first[x][s] for x in seeds)]
     names = (f"recall@{k}", f"ndcg@{k}")
     lines = ["## Catalog ranking", "",
-             f"`eval.ranking=catalog` (metarec/ranking.py): each test user ranks every item of the state's pool "
+             f"`eval.ranking=catalog` (metarec/evaluation/ranking.py): each test user ranks every item of the state's pool "
              f"(existing items for warm and user_cold, new items for item_cold and user_item_cold) except the items "
              f"of their support set; relevant are the query items they rated 4 or 5 (users without one are left "
              f"out). Recall@{k} / NDCG@{k}, mean ± 95% CI over split seeds {', '.join(map(str, seeds))}. popularity "

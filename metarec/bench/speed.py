@@ -25,9 +25,9 @@ import torch
 
 import metarec
 from metarec.algos import ALGOS
-from metarec.bench_rows import (HEADER, base_overrides, bench_grid, build_algo, format_row, peak_rss_mb,  # noqa: F401
+from metarec.bench.rows import (HEADER, base_overrides, bench_grid, build_algo, format_row, peak_rss_mb,  # noqa: F401
                                 synchronizer, time_interleaved)
-from metarec.compose import compose
+from metarec.config.compose import compose
 from metarec.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
 
 def bench_eval(source, repeats: int, steps: int = 5) -> dict:
     """Seconds to evaluate every user_cold task after 0..steps adaptation steps (the trainer's path)."""
-    from metarec.evaluate import evaluate_state
+    from metarec.evaluation.evaluate import evaluate_state
     cfg = compose(base_overrides(source) + ["algo=maml"])
     algo = build_algo(cfg, source)
     batch = source.eval_tasks("test")["user_cold"]
@@ -119,8 +119,8 @@ def write_synthetic_ml1m(folder: Path, users: int = ML1M_SHAPE["users"], items: 
 def ml1m_child(folder: str, steps: int, meta_batch: int, inner_steps: int) -> None:
     """Run in a fresh process: load the synthetic ml-1m, meta-train `steps` steps, validate once;
     print the process's peak RSS as JSON."""
-    from metarec.evaluate import evaluate_all
-    from metarec.train import build
+    from metarec.evaluation.evaluate import evaluate_all
+    from metarec.run.train import build
     cfg = compose(["device=cpu", "trainer.progress=false", "data.variant=ml-1m", f"data.root={folder}",
                    "algo=maml", f"algo.inner_steps={inner_steps}", f"trainer.meta_batch_size={meta_batch}"])
     t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def ml1m_child(folder: str, steps: int, meta_batch: int, inner_steps: int) -> No
 def bench_ml1m(threads: int, steps: int = 20, meta_batch: int = 32, inner_steps: int = 5) -> dict:
     with tempfile.TemporaryDirectory(prefix="metarec-ml1m-") as tmp:
         write_synthetic_ml1m(Path(tmp))
-        code = (f"import torch; torch.set_num_threads({threads}); from metarec.bench import ml1m_child; "
+        code = (f"import torch; torch.set_num_threads({threads}); from metarec.bench.speed import ml1m_child; "
                 f"ml1m_child({tmp!r}, {steps}, {meta_batch}, {inner_steps})")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace, threads: int) -> int:
         inner_steps = args.inner_steps
 
     from metarec.data import build_source
-    from metarec.device import resolve_device
+    from metarec.run.device import resolve_device
     try:
         device = resolve_device(args.device)
         cfg = compose([f"device={args.device}", *([f"data.root={args.data_root}"] if args.data_root else [])])

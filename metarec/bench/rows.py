@@ -1,6 +1,6 @@
 """`metarec bench`'s rows: one per algorithm of the registry (metarec.algos.ALGOS) on the model and data it
 declares, each timed against the per-task reference loop where the package has one and against a plain
-supervised step, interleaved in one process (metarec/bench.py runs them and the rest of the bench)."""
+supervised step, interleaved in one process (metarec/bench/speed.py runs them and the rest of the bench)."""
 from __future__ import annotations
 
 import resource
@@ -17,7 +17,7 @@ from metarec.algos.maml import MAML
 from metarec.algos.pretrain import Pretrain
 from metarec.algos.reptile import Reptile
 from metarec.algos.tanp import TaNP
-from metarec.compose import compose
+from metarec.config.compose import compose
 from metarec.errors import UserError
 
 BOTH_ORDERS = ("maml",)  # algorithms the grid runs in second and first order (the rest: their config's order)
@@ -29,8 +29,8 @@ def peak_rss_mb() -> float:
 
 
 def build_algo(cfg, source, name: str | None = None):
-    """Model and algorithm exactly as metarec.train.build makes them, on an already loaded source."""
-    from metarec.train import build_model
+    """Model and algorithm exactly as metarec.run.train.build makes them, on an already loaded source."""
+    from metarec.run.train import build_model
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.algo, source.model_spec()).to(source.device)
     algo = ALGOS[name or cfg.algo.name](cfg.algo, model, source.kind, compile=cfg.trainer.compile,
@@ -47,7 +47,7 @@ def trains_with_steps(cls) -> bool:
 def reference_step(algo) -> tuple[Callable | None, str]:
     """One meta-update of the per-task loop that the gradient tests use (+ the algorithm's optimizer),
     or None and why the package has none for this algorithm."""
-    from metarec.reference import per_task_meta_loss, per_task_reptile_step
+    from metarec.bench.reference import per_task_meta_loss, per_task_reptile_step
     if isinstance(algo, (MAMO, TaNP)):  # the algorithm's own per-task loop (no inner-loop engine)
         def own(batch):
             algo.optimizer.zero_grad(set_to_none=True)
@@ -126,7 +126,7 @@ def grid(names: list[str]) -> list[tuple[str, bool | None]]:
 
 def fitting_overrides(name: str, source) -> list[str]:
     """The overrides that make algorithm `name` fit the bench's data, read from what it declares
-    (metarec/fit.py): a model offering what it needs, data.item_ids where its data check asks for it."""
+    (metarec/config/fit.py): a model offering what it needs, data.item_ids where its data check asks for it."""
     from metarec.models import MODELS
     base = base_overrides(source) + [f"algo={name}"]
     cfg = compose(base, check=False)

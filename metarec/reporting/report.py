@@ -4,7 +4,7 @@
     metarec report RUN_A RUN_B --out reports/a_vs_b           # several folders, one report
 
 Reads only what training and evaluation leave on disk (.hydra/, status.json, run_info.json,
-metrics.jsonl, eval.json), through metarec.runs' loader, so it needs no model code and works on runs
+metrics.jsonl, eval.json), through metarec.reporting.runs' loader, so it needs no model code and works on runs
 copied off a cluster.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from metarec import inputs
 from metarec.errors import UserError
-from metarec.runs import Run, find_runs, headline, is_run_folder, load_run, lookup, number
+from metarec.reporting.runs import Run, find_runs, headline, is_run_folder, load_run, lookup, number
 
 SWEEP_HINT = "point metarec report at a sweep folder such as outputs/multirun/DATE/TIME"
 # Table columns: the first group with a metric present wins (MovieLens, then sinusoid / omniglot).

@@ -1,0 +1,1 @@
+"""Few-shot evaluation: the metrics per state and the full-catalogue ranking."""

@@ -1,0 +1,1 @@
+"""Reading run folders back: reports over sweeps and the results pages."""
