@@ -3,7 +3,7 @@ saves last.pt and stops; during an evaluation (a validation inside the loop, or 
 takes effect at the next chunk of tasks (between_chunks), before anything of that evaluation is
 written; a second one, or one outside these, stops at once. Where no safe point comes within GRACE_S
 (one long torch or numpy call), a watchdog makes the stop. Either way the run ends with one line that
-says what was saved and how to resume, and exits 128 + the signal."""
+says what was saved and how to resume (metarec/run/resume.py, stopped), and exits 128 + the signal."""
 from __future__ import annotations
 
 import logging
@@ -12,13 +12,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from metarec.errors import UserError
-
-if TYPE_CHECKING:  # imported when a stop is recorded: the console script imports this module for every command
-    from metarec.run.run_folder import RunFolder
 
 
 class Interrupted(BaseException):
@@ -157,40 +150,6 @@ def check_stop() -> None:
 
 
 _LAST_BEAT = 0.0
-
-
-def stopped(e: Interrupted, run: RunFolder | None, run_dir: Path, step: int) -> int:
-    """The one line an interrupted run prints, its status.json, and its exit code (128 + signal)."""
-    from metarec.run import checkpoint
-    from metarec.run.resume import resume_command
-    claim_stop()
-    name = signal.Signals(e.signum).name
-    last = run.saved.get("last.pt") if run is not None else None
-    path = (run.path if run is not None else run_dir) / "checkpoints" / "last.pt"
-    if last is None and path.exists():
-        last = "?"  # resumed from it, then stopped before writing a new one
-        try:
-            last = checkpoint.load(path)["step"]
-        except UserError:
-            pass
-    what = {"start": "stopped before training started",
-            "train": f"stopped after step {step}",
-            "second": f"stopped at once during step {step + 1}",
-            "validation": f"stopped during the validation after step {step}",
-            "eval": "stopped during the evaluation, before writing it",
-            "final": "stopped during the final evaluation (training is complete)"}[e.phase]
-    if path.exists():
-        line = f"{what}; {path} holds step {last}; resume with: {resume_command(run_dir)}"
-    else:
-        line = f"{what}; nothing was saved: run the same command again to start over"
-    if run is not None:
-        try:
-            run.status("interrupted", step, f"{name}: {what}" + ("; resume with trainer.resume=auto" if path.exists() else ""))
-        except Exception:  # noqa: BLE001 - a full disk: the console line is what matters
-            pass
-    print(f"metarec: {name}: {line}", file=sys.stderr, flush=True)
-    exit_now(128 + e.signum)
-    return 128 + e.signum
 
 
 EXIT_AT_ONCE = False  # the console script sets it: a recorded stop ends the process (in-process callers keep theirs)

@@ -17,7 +17,7 @@ from conftest import METAREC
 from omegaconf import OmegaConf
 
 from metarec.algos import ALGOS
-from metarec.config.checks import parse, problems
+from metarec.checks import parse, problems
 from metarec.config.compose import compose
 from metarec.config.schema import DATA_SCHEMAS, Config
 from metarec.errors import UserError
@@ -177,7 +177,7 @@ def test_every_numeric_key_declares_its_range_and_its_default_is_in_it(schema):
     numeric = [f for f in dataclasses.fields(schema) if _numeric(hints[f.name]) and not dataclasses.is_dataclass(hints[f.name])]
     assert numeric or schema is Config
     undeclared = [f.name for f in numeric if "check" not in f.metadata]
-    assert not undeclared, f"{schema.__name__}: declare a range with metarec.config.checks.rule for {undeclared}"
+    assert not undeclared, f"{schema.__name__}: declare a range with metarec.checks.rule for {undeclared}"
     for f in dataclasses.fields(schema):
         if "check" in f.metadata:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -199,7 +199,7 @@ def test_rules_accept_their_range_only(rule, good, bad):
 
 
 def test_a_field_without_a_rule_is_not_checked_and_a_malformed_rule_fails_at_import():
-    from metarec.config.checks import rule
+    from metarec.checks import rule
 
     @dataclasses.dataclass
     class Free:

@@ -14,6 +14,7 @@ import yaml
 from conftest import run_cli
 from omegaconf import OmegaConf
 
+from metarec.config.extras import check_loggers
 from metarec.run import loggers
 from metarec.errors import UserError
 
@@ -71,10 +72,10 @@ def test_a_jobs_name_holds_the_overrides_its_sweep_varies(tmp_path):
 
 def test_an_unknown_or_missing_logger_is_one_clear_line():
     with pytest.raises(UserError, match=r"^trainer.loggers: 'neptune' is not one of tensorboard, mlflow, wandb$"):
-        loggers.check(cfg(loggers=["neptune"]), lambda m: False)
+        check_loggers(cfg(loggers=["neptune"]), lambda m: False)
     with pytest.raises(UserError, match=r"^trainer.loggers=\[wandb\] needs the wandb extra \(wandb is not installed\): "
                                         r"pip install 'metarec\[wandb\]', or drop wandb from trainer.loggers$"):
-        loggers.check(cfg(loggers=["wandb"]), lambda m: m == "wandb")
+        check_loggers(cfg(loggers=["wandb"]), lambda m: m == "wandb")
 
 
 def mlflow_client(store: Path):

@@ -13,6 +13,7 @@ import yaml
 from conftest import read_until
 
 from metarec.reporting import results
+from metarec.reporting import runs as run_folders
 from metarec.config.compose import compose_plain
 from metarec.errors import UserError
 from metarec.reporting.results_page import SeedRun, combine, mean_ci, summarize, targets
@@ -181,13 +182,13 @@ def test_a_finished_run_is_reused_only_with_the_same_resolved_config(tmp_path):
 def test_a_key_added_to_the_schema_after_a_run_keeps_it_only_at_the_old_behaviour():
     composed = compose_plain(results.run_overrides("maml", 0, "/data/ml-100k", 1))
     recorded = {**composed, "data": {k: v for k, v in composed["data"].items() if k != "trans_shares"}}
-    assert composed["data"]["trans_shares"] == [1.0] and results.same_config(recorded, composed)
+    assert composed["data"]["trans_shares"] == [1.0] and run_folders.same_config(recorded, composed)
     thinner = {**composed, "data": {**composed["data"], "trans_shares": [0.2, 1.0]}}  # a preset that now thins
-    assert not results.same_config(recorded, thinner)
-    assert not results.same_config({**recorded, "data": {**recorded["data"], "trans_reg": 3.0}}, composed)
+    assert not run_folders.same_config(recorded, thinner)
+    assert not run_folders.same_config({**recorded, "data": {**recorded["data"], "trans_reg": 3.0}}, composed)
     # the trackers' keys (metarec/run/loggers.py) came later too: a run without them is reused
     before = {**composed, "trainer": {k: v for k, v in composed["trainer"].items() if k not in ("loggers", "tracking_experiment", "tracking_uri")}}
-    assert composed["trainer"]["loggers"] == [] and results.same_config(before, composed)
+    assert composed["trainer"]["loggers"] == [] and run_folders.same_config(before, composed)
 
 
 def test_the_page_names_the_protocol_and_refuses_methods_on_other_tasks(tmp_path, monkeypatch, capsys):

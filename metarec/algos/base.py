@@ -10,7 +10,7 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.tasks import TaskBatch
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from metarec.algos.item_tasks import ItemTasks, visible_item_tasks
 from metarec.algos.pretrain import Pretrain, PretrainConfig
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from metarec.algos.cold_items import ColdItemConfig, ColdItemLearner, user_features
 from metarec.algos.item_tasks import visible_item_tasks
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.tasks import TaskBatch
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
 from metarec.algos.cold_items import USER_FIELDS
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.tasks import TaskBatch
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner, adapted_names
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import Engine, InnerLoop, Params, masked_task_loss
 from metarec.tasks import TaskBatch
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metarec.algos.base import AlgoConfig, MetaLearner
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import Params, masked_task_loss
 from metarec.errors import UserError
 from metarec.models.mamo import MAMONet

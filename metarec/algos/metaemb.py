@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.cold_items import ITEM, ColdItemConfig, ColdItemLearner, item_features
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.tasks import TaskBatch
 
 __all__ = ["ITEM", "EmbeddingGenerator", "MetaEmb", "MetaEmbConfig"]

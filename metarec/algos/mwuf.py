@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.cold_items import ColdItemConfig, ColdItemLearner, item_features, user_features
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.tasks import TaskBatch
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from metarec.algos.base import AlgoConfig
 from metarec.algos.maml import MAML
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.tasks import TaskBatch
 

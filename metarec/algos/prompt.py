@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from metarec.algos.maml import MAML, MAMLConfig
-from metarec.config.checks import rule
+from metarec.checks import rule
 
 
 @dataclass

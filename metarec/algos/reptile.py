@@ -15,7 +15,7 @@ from torch import nn
 
 from metarec.algos.base import AlgoConfig
 from metarec.algos.maml import MAML
-from metarec.config.checks import parse, rule
+from metarec.checks import parse, rule
 from metarec.engine import InnerLoop, masked_task_loss
 from metarec.tasks import TaskBatch
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
 from metarec.tasks import TaskBatch

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.models.melu import FieldEncoder
 from metarec.models.tanp import TaNPNet

@@ -54,8 +54,20 @@ def check_packages(cfg) -> None:
     if cfg.trainer.get("tensorboard") and missing("tensorboard"):
         raise UserError("trainer.tensorboard=true needs the tensorboard extra (tensorboard is not installed): "
                         "pip install 'metarec[tensorboard]', or leave trainer.tensorboard=false")
-    from metarec.run import loggers  # trainer.loggers: each tracker's extra
-    loggers.check(cfg, missing)
+    check_loggers(cfg, missing)
+
+
+LOGGERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it imports
+
+
+def check_loggers(cfg, missing) -> None:
+    """One UserError line for an unknown logger or one whose package is not installed (`missing(module)`)."""
+    for name in cfg.trainer.get("loggers") or []:
+        if name not in LOGGERS:
+            raise UserError(f"trainer.loggers: {name!r} is not one of {', '.join(LOGGERS)}")
+        if missing(LOGGERS[name]):
+            raise UserError(f"trainer.loggers=[{name}] needs the {name} extra ({name} is not installed): "
+                            f"pip install 'metarec[{name}]', or drop {name} from trainer.loggers")
 
 
 def check_extras(argv: list[str]) -> None:

@@ -1,5 +1,5 @@
 """Whether a config can run, said before any data is read: every key in its declared range
-(metarec/config/checks.py), and a model, data set and algorithm that fit together.
+(metarec/checks.py), and a model, data set and algorithm that fit together.
 
 Each model class declares the data kinds it reads (`data_kinds`: rating | regression |
 classification, what a data set's TaskSource.kind says) and what it offers an algorithm (`offers`:
@@ -9,7 +9,7 @@ algorithm declares the data kinds it fits (`data_kinds`) and what it needs of th
 """
 from __future__ import annotations
 
-from metarec.config.checks import check
+from metarec.checks import check
 from metarec.errors import UserError
 
 KINDS = ("rating", "regression", "classification")

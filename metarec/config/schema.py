@@ -12,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from metarec.algos import ALGOS
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.data.atomic_config import AtomicConfig
 from metarec.data.omniglot import OmniglotConfig
 from metarec.data.protocol_config import ProtocolConfig

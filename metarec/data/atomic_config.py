@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from metarec.config.checks import rule
+from metarec.checks import rule
 from metarec.data.protocol_config import ProtocolConfig
 
 

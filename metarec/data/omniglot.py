@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from metarec import inputs, progress
-from metarec.config.checks import ordered, rule
+from metarec.checks import ordered, rule
 from metarec.data import cache_check
 from metarec.data.download import atomic_write, checked_cache, default_cache_dir, fetch_file, one_line, verify
 from metarec.errors import UserError

@@ -1,12 +1,12 @@
 """The cold-start protocol's config keys (metarec/data/movielens.py runs it), shared by data=movielens
 (metarec/config/schema.py's MovieLensConfig) and data=atomic (atomic_config.AtomicConfig): each key's valid
-range is declared here once (metarec/config/checks.py). Plain dataclasses: composing imports no data code."""
+range is declared here once (metarec/checks.py). Plain dataclasses: composing imports no data code."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from metarec.config.checks import ordered, rule, shares
+from metarec.checks import ordered, rule, shares
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from metarec.config.checks import ordered, rule
+from metarec.checks import ordered, rule
 from metarec.tasks import TaskBatch, TaskSource
 
 _SPLIT_OFFSET = {"val": 1, "test": 2}  # val and test draw from different seeded streams

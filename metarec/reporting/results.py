@@ -14,7 +14,6 @@ the best floor by paired per-task differences.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import os
@@ -29,6 +28,7 @@ import yaml
 
 from metarec.reporting import catalog_page, results_figures, results_seeds, results_sets
 from metarec.reporting import runs as run_folders
+from metarec.reporting.runs import same_config
 from metarec.config.compose import compose_plain
 from metarec.errors import UserError
 from metarec.reporting.results_page import SeedRun, render, shown_command, summarize
@@ -126,22 +126,6 @@ def finished(folder: Path, overrides: list[str]) -> bool:
 
 # Keys added to a schema after runs were trained, each with the value that behaves as those runs did:
 # a recorded config without the key equals a composed one that holds this value.
-LATER_KEYS = {("data", "transductive"): False, ("data", "trans_rank"): 10, ("data", "trans_reg"): 10.0,
-              ("data", "trans_folds"): 5, ("data", "trans_shares"): [1.0], ("eval", "ranking"): "query",
-              ("eval", "allow_protocol_change"): False, ("trainer", "loggers"): [], ("trainer", "tracking_experiment"): None,
-              ("trainer", "tracking_uri"): None, ("data", "val_items"): 0.0, ("trainer", "select_state"): None}
-# data.item_stats_transductive is not among them: a run from before it records no input class, so it is trained again
-
-
-def same_config(recorded: dict, composed: dict) -> bool:
-    """The recorded run's config is the composed one, up to LATER_KEYS at their old behaviour."""
-    composed = copy.deepcopy(composed)
-    for (group, key), value in LATER_KEYS.items():
-        if key not in recorded.get(group, {}) and composed.get(group, {}).get(key, value) == value:
-            composed.get(group, {}).pop(key, None)
-    return recorded == composed
-
-
 def train_one(folder: Path, overrides: list[str]) -> tuple[Path, int, float]:
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished or outdated run of this results folder

@@ -14,7 +14,7 @@ from pathlib import Path
 from metarec.reporting import runs as run_folders
 from metarec.errors import UserError
 from metarec.evaluation.evaluate import paired_difference
-from metarec.reporting.runs import headline, lookup
+from metarec.reporting.runs import headline, lookup, same_config
 from metarec.data.states import STATES
 
 # The same run on two machines differs by float summation order (the CPUs' vector widths, the thread
@@ -118,7 +118,6 @@ def which(run: run_folders.Run, doc: dict) -> tuple[str, str]:
     """(method, seed) of the page that the run's config is, or a UserError saying what differs."""
     if run.seed is None:
         raise UserError(f"{run.path} has no seed in .hydra/config.yaml: is it a run folder of `metarec train`?")
-    from metarec.reporting.results import same_config  # keys added since the page's runs, at their old behaviour, are the same
     mine = _without(run.config, FREE_KEYS)
     for method, config in doc["configs"].items():
         if same_config(config, mine):

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from metarec.errors import UserError, first_line
+from metarec.errors import first_line
 from metarec.run.run_lock import read_record
 
 log = logging.getLogger("metarec")
-LOGGERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it imports
 MLFLOW_STATUS = {"finished": "FINISHED", "interrupted": "KILLED"}  # anything else: FAILED
 _MLFLOW_UNSAFE = re.compile(r"[^\w.\- /:]")  # what MLflow refuses in a metric or param name
 
@@ -29,16 +28,6 @@ def requested(cfg: DictConfig) -> list[str]:
     if cfg.trainer.get("tensorboard") and "tensorboard" not in names:
         names.append("tensorboard")
     return names
-
-
-def check(cfg: DictConfig, missing) -> None:
-    """One UserError line for an unknown logger or one whose package is not installed (`missing(module)`)."""
-    for name in cfg.trainer.get("loggers") or []:
-        if name not in LOGGERS:
-            raise UserError(f"trainer.loggers: {name!r} is not one of {', '.join(LOGGERS)}")
-        if missing(LOGGERS[name]):
-            raise UserError(f"trainer.loggers=[{name}] needs the {name} extra ({name} is not installed): "
-                            f"pip install 'metarec[{name}]', or drop {name} from trainer.loggers")
 
 
 def publish(cfg: DictConfig, run_dir: Path) -> None:

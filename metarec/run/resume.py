@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metarec.run import checkpoint
 from metarec.errors import UserError, first_line
+from metarec.run import checkpoint
 from metarec.run.run_folder import RunFolder
 from metarec.run.run_lock import occupied
+from metarec.signals import Interrupted, claim_stop, exit_now
 
 log = logging.getLogger("metarec")
 
@@ -194,3 +197,35 @@ def overrides() -> list[str]:
     except Exception:  # noqa: BLE001 - called outside Hydra (tests, a library user)
         pass
     return []
+
+
+def stopped(e: Interrupted, run: RunFolder | None, run_dir: Path, step: int) -> int:
+    """The one line an interrupted run prints, its status.json, and its exit code (128 + signal)."""
+    claim_stop()
+    name = signal.Signals(e.signum).name
+    last = run.saved.get("last.pt") if run is not None else None
+    path = (run.path if run is not None else run_dir) / "checkpoints" / "last.pt"
+    if last is None and path.exists():
+        last = "?"  # resumed from it, then stopped before writing a new one
+        try:
+            last = checkpoint.load(path)["step"]
+        except UserError:
+            pass
+    what = {"start": "stopped before training started",
+            "train": f"stopped after step {step}",
+            "second": f"stopped at once during step {step + 1}",
+            "validation": f"stopped during the validation after step {step}",
+            "eval": "stopped during the evaluation, before writing it",
+            "final": "stopped during the final evaluation (training is complete)"}[e.phase]
+    if path.exists():
+        line = f"{what}; {path} holds step {last}; resume with: {resume_command(run_dir)}"
+    else:
+        line = f"{what}; nothing was saved: run the same command again to start over"
+    if run is not None:
+        try:
+            run.status("interrupted", step, f"{name}: {what}" + ("; resume with trainer.resume=auto" if path.exists() else ""))
+        except Exception:  # noqa: BLE001 - a full disk: the console line is what matters
+            pass
+    print(f"metarec: {name}: {line}", file=sys.stderr, flush=True)
+    exit_now(128 + e.signum)
+    return 128 + e.signum

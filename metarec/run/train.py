@@ -31,9 +31,9 @@ from metarec.errors import UserError, first_line
 from metarec.evaluation.evaluate import evaluate_all, format_table
 from metarec.config.fit import check_config
 from metarec.models import MODELS
-from metarec.run.resume import Progress, overrides, resume, take_over
+from metarec.run.resume import Progress, overrides, resume, stopped, take_over
 from metarec.run.run_folder import BareFolder, RunFolder, run_info
-from metarec.signals import Interrupted, SignalCatcher, stopped
+from metarec.signals import Interrupted, SignalCatcher
 from metarec.tasks import TaskSource
 
 log = logging.getLogger("metarec")
