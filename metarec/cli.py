@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -197,26 +198,41 @@ def _completion(argv: list[str]) -> int:
     return 0
 
 
+PLAIN = ("report", "bench", "results", "recommend", "data")  # commands without a run's own stop handling
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         return _main(argv)
     from metarec import signals
     signals.EXIT_AT_ONCE = True  # the console script: a recorded stop ends the process at once
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    catcher = None
     try:
+        catcher = signals.SignalCatcher() if command in PLAIN else None  # train and eval install their own
         code = _main(sys.argv[1:])
     except SystemExit as e:
         if e.code not in (130, 143):
             raise
         code = e.code
-    except KeyboardInterrupt:  # Ctrl-C in a command that does not take signals over (recommend, report, bench)
-        print(f"metarec: SIGINT: {' '.join(sys.argv[1:2])} stopped before it finished", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt:
+        code = _stopped_before_the_end(command, signal.SIGINT)
+    except signals.Interrupted as e:
+        code = _stopped_before_the_end(command, e.signum)
+    finally:
+        if catcher is not None:
+            catcher.restore()
     if code in (130, 143):  # stopped by SIGINT / SIGTERM, its line printed: exit now, without the
         logging.shutdown()  # interpreter's teardown (freeing a data set's millions of objects took 5 s)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _stopped_before_the_end(command: str, signum: int) -> int:
+    print(f"metarec: {signal.Signals(signum).name}: {command} stopped before it finished", file=sys.stderr)
+    return 128 + signum
 
 
 def _main(argv: list[str]) -> int:

@@ -66,9 +66,10 @@ def assert_same_loss_and_gradients(ours, ref, params, atol=1e-10):
 
 
 # A child that stops itself (SIGSTOP) right after it first puts a file of this name in place with
-# os.replace (checkpoints are written so): the test then holds it alive for as long as it needs, sends
-# what it wants and lets it go on with SIGCONT, whatever the machine's speed. Loaded by Python's site
-# machinery from PYTHONPATH into the real console script; it does nothing without the variable.
+# os.replace (checkpoints are written so), or, with the value "SIGTERM", right after it first takes
+# SIGTERM over: the test then holds it alive for as long as it needs, sends what it wants and lets it
+# go on with SIGCONT, whatever the machine's speed. Loaded by Python's site machinery from PYTHONPATH
+# into the real console script; it does nothing without the variable.
 PAUSE_HOOK = '''
 import os, signal
 _replace, _done = os.replace, []
@@ -78,6 +79,15 @@ def replace(src, dst, *args, **kwargs):
         _done.append(dst)
         os.kill(os.getpid(), signal.SIGSTOP)
 os.replace = replace
+_signal = signal.signal
+def take_over(signum, handler):
+    old = _signal(signum, handler)
+    if (not _done and signum == signal.SIGTERM and callable(handler)
+            and os.environ.get("METAREC_TEST_PAUSE_AFTER") == "SIGTERM"):
+        _done.append(signum)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return old
+signal.signal = take_over
 '''
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import METAREC, ML100K, SHARED, needs_ml100k, run_cli
+from conftest import METAREC, ML100K, SHARED, needs_ml100k, pause_env, run_cli, wait_paused
 
 from metarec.signals import Interrupted, SignalCatcher, check_stop
 
@@ -281,3 +281,22 @@ def test_report_names_what_it_could_not_read_and_how_it_counted_each_run(tmp_pat
     assert lines[1].startswith("metarec report: 1: no eval.json (status.json says finished)")
     assert lines[1].endswith("counted as unfinished")
     assert "3 runs: 2 finished, 1 unfinished" in r.stdout
+
+
+@pytest.mark.parametrize("command", [["recommend", "checkpoint=x.pt", "ratings=r.csv"], ["report", "."],
+                                     ["data", "info", "data=sinusoid"]])
+def test_sigterm_stops_a_plain_command_with_one_line(tmp_path, command):
+    """recommend, report, results, bench and data info have no run to save: a stop ends them with one line
+    and 143, not silently. The child pauses itself once it has taken SIGTERM over, so the signal lands in
+    the command whatever the machine's speed."""
+    proc = subprocess.Popen([str(METAREC), *command], cwd=tmp_path, env={**os.environ, **pause_env(tmp_path, "SIGTERM")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_paused(proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines() == [f"metarec: SIGTERM: {command[0]} stopped before it finished"]
