@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metarec.evaluation.evaluate import paired_difference
+from metarec.reporting.published import published_lines
 from metarec.reporting.results_classes import UNRECORDED, class_lines, class_summary, phases, run_class
 from metarec.reporting.runs import headline
 from metarec.errors import UserError
@@ -289,6 +290,7 @@ def render(summary: dict, wall: tuple[float, int] | None, hparams: dict[str, str
             lines.append(f"| {name}{mark(name, summary)}{best} | {_pm(row.get('mae'))} | {_pm(row.get('ndcg@3'))} | {_pm(row.get('ndcg_lin@3'))} |")
         lines.append("")
     lines += class_lines(summary, _pm) + new_user_lines(summary) + new_item_lines(summary)
+    lines += published_lines(summary, variant, _pm)
     best = summary["best"]
     if best is not None:
         lines += ["## Paired differences of the best meta-learner", "",
