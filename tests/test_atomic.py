@@ -91,6 +91,7 @@ def ml100k_atomic(tmp_path_factory):
     return write_ml100k_atomic(ML100K, tmp_path_factory.mktemp("atomic") / "ml")
 
 
+@pytest.mark.slow  # ml-100k as atomic files, built with every floor
 @needs_ml100k()
 @pytest.mark.parametrize("preset", [[], pytest.param(["data.split=[0.6,0.2,0.2]", "data.heavy_users=true", "data.item_ids=true"],
                                                     marks=pytest.mark.slow)], ids=["default", "preset"])

@@ -41,6 +41,7 @@ def one_error(r) -> str:
                                            ("data.min_ratings=20", "data.min_ratings=13"),
                                            ("data.query_size=5", "data.query_size=10"),
                                            ("data.heavy_users=true", "data.heavy_users=False")])
+@pytest.mark.slow  # trains ml-100k through the console script
 def test_a_key_that_redraws_the_split_is_refused_naming_both_values(ml_run, tmp_path, override, old):
     key, new = override.split("=", 1)
     line = one_error(run_cli("eval", f"checkpoint={ml_run}/checkpoints/best.pt", override, *FAST,
@@ -50,6 +51,7 @@ def test_a_key_that_redraws_the_split_is_refused_naming_both_values(ml_run, tmp_
     assert not (tmp_path / "e" / "eval.json").exists()
 
 
+@pytest.mark.slow  # trains ml-100k through the console script
 @needs_ml100k()
 def test_an_allowed_protocol_change_is_marked_at_the_top_of_eval_md_and_json(ml_run, tmp_path):
     out = tmp_path / "e"
@@ -61,6 +63,7 @@ def test_an_allowed_protocol_change_is_marked_at_the_top_of_eval_md_and_json(ml_
     assert read_json(out / "status.json")["status"] == "finished"
 
 
+@pytest.mark.slow  # trains ml-100k through the console script
 @needs_ml100k()
 def test_evaluation_keys_stay_free(ml_run, tmp_path):
     r = run_cli("eval", f"checkpoint={ml_run}/checkpoints/best.pt", "data.shots=5", "algo.inner_steps=2", *FAST,
@@ -79,6 +82,7 @@ def test_which_keys_decide_the_split():
     assert not protocol_key(sinusoid, "seed") and not protocol_key(sinusoid, "data.n_test_tasks")
 
 
+@pytest.mark.slow  # trains ml-100k through the console script
 @needs_ml100k()
 def test_eval_into_a_runs_folder_is_refused_and_the_run_is_untouched(ml_run, tmp_path):
     before = {name: (ml_run / name).read_bytes() for name in ("eval.json", "eval.md", ".hydra/overrides.yaml",
@@ -94,6 +98,7 @@ def test_eval_into_a_runs_folder_is_refused_and_the_run_is_untouched(ml_run, tmp
     assert f"{out} already holds a run (eval.json, eval.md, status.json)" in line
 
 
+@pytest.mark.slow  # trains ml-100k through the console script
 @needs_ml100k()
 def test_a_checkpoint_of_another_shape_names_the_parameter_the_shapes_and_the_key(ml_run, tmp_path):
     line = one_error(run_cli("eval", f"checkpoint={ml_run}/checkpoints/best.pt", "model.embedding_dim=16", *FAST,
@@ -104,6 +109,7 @@ def test_a_checkpoint_of_another_shape_names_the_parameter_the_shapes_and_the_ke
     assert f"is a folder, not a checkpoint file: pass {ml_run}/checkpoints/best.pt" in line
 
 
+@pytest.mark.slow  # trains ml-100k through the console script
 def test_sigterm_during_a_long_evaluation_stops_between_chunks_and_writes_nothing(tmp_path):
     run = tmp_path / "run"
     r = run_cli("train", "data=sinusoid", *FAST, "trainer.max_steps=2", "trainer.val_every=2", "trainer.meta_batch_size=2",
@@ -129,6 +135,7 @@ def test_sigterm_during_a_long_evaluation_stops_between_chunks_and_writes_nothin
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow  # trains ml-100k through the console script
 def test_sigterm_during_a_validation_in_training_stops_there_and_resume_continues(tmp_path):
     """A validation is an evaluation too: the stop takes effect at its next chunk, last.pt keeps the
     previous validation's step (nothing half-written), and trainer.resume=auto continues from it."""

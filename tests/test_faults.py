@@ -180,6 +180,7 @@ def outcomes(tmp_path_factory):
     return p, results
 
 
+@pytest.mark.slow  # every fault case through the console script (the module fixture)
 @pytest.mark.parametrize("name", [n for n, c in cases(Paths(Path("/x"))).items() if n != "ok"])
 def test_one_clear_line(outcomes, name):
     p, results = outcomes
@@ -230,6 +231,7 @@ CHECKS = {
 }
 
 
+@pytest.mark.slow  # every fault case through the console script (the module fixture)
 def test_the_crafted_checkpoint_is_a_real_exploit(outcomes, tmp_path):
     """Unrestricted loading runs the same file's code: the refusal above is what stopped it."""
     p, results = outcomes
@@ -240,6 +242,7 @@ def test_the_crafted_checkpoint_is_a_real_exploit(outcomes, tmp_path):
     assert p.marker.exists()
 
 
+@pytest.mark.slow  # every fault case through the console script (the module fixture)
 def test_status_json_records_each_outcome_for_report(outcomes):
     p, results = outcomes
     assert read_json(p.run("ok") / "status.json") == {"status": "finished", "reason": None, "step": 20}

@@ -72,6 +72,7 @@ def wait_for(path, proc, timeout=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # full ml-100k runs through the console script
 @pytest.mark.parametrize("sig, code, resume", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)],
                          ids=["SIGTERM", "SIGINT"])
 def test_a_signal_saves_last_pt_and_resume_equals_the_straight_run(tmp_path, straight, sig, code, resume):
@@ -99,6 +100,7 @@ def test_a_signal_saves_last_pt_and_resume_equals_the_straight_run(tmp_path, str
     assert_same_run(straight, run)
 
 
+@pytest.mark.slow  # full ml-100k runs through the console script
 def test_a_finished_run_extended_by_raising_max_steps_equals_the_straight_run(tmp_path, straight):
     run = tmp_path / "run"
     train(run, steps=STEPS // 2)
@@ -108,6 +110,7 @@ def test_a_finished_run_extended_by_raising_max_steps_equals_the_straight_run(tm
     assert_same_run(straight, run)
 
 
+@pytest.mark.slow  # full ml-100k runs through the console script
 def test_resuming_with_other_device_settings_warns_that_it_is_not_bit_exact(tmp_path):
     run = tmp_path / "run"
     train(run, steps=20)
@@ -115,6 +118,7 @@ def test_resuming_with_other_device_settings_warns_that_it_is_not_bit_exact(tmp_
     assert "resuming on another device, thread count or device.deterministic than" in r.stdout + r.stderr
 
 
+@pytest.mark.slow  # full ml-100k runs through the console script
 def test_resume_refuses_other_settings_and_a_fresh_start_never_overwrites_a_run(straight):
     # One after the other: two at once race for the folder's lock, and the loser's message is the lock's.
     # Continuing a run with other settings would mix two experiments: one line, and the record is kept.

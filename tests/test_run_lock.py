@@ -18,6 +18,7 @@ from metarec.run.run_lock import RunLock, held
 from metarec.reporting.runs import load_run
 
 
+@pytest.mark.slow  # ml-100k runs through the console script
 def test_a_second_run_into_a_live_runs_folder_is_refused_and_the_first_is_untouched(tmp_path):
     run = tmp_path / "run"
     first = start(run, env=pause_env(tmp_path))
@@ -39,6 +40,7 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_and_the_first_is_untouc
     assert "trainer.resume=auto" not in (run / ".hydra" / "overrides.yaml").read_text()  # the first run's record
 
 
+@pytest.mark.slow  # ml-100k runs through the console script
 def test_kill_9_leaves_a_run_that_report_calls_died_and_resume_takes_its_lock_over(tmp_path, straight):  # noqa: F811
     run = tmp_path / "run"
     proc = start(run, env=pause_env(tmp_path))
@@ -58,6 +60,7 @@ def test_kill_9_leaves_a_run_that_report_calls_died_and_resume_takes_its_lock_ov
     assert_same_run(straight, run)  # resume after kill -9 is exact
 
 
+@pytest.mark.slow  # ml-100k runs through the console script
 def test_the_heartbeat_and_step_move_while_a_run_trains(tmp_path):
     run = tmp_path / "run"
     proc = start(run, steps=10 ** 9)  # ends by the test's SIGTERM, never by its step count

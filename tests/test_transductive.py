@@ -69,6 +69,7 @@ def test_a_users_factors_never_read_his_own_ratings():
     assert not torch.allclose(before[:, 1:], other[:, 1:])  # another fold's view does move (the test can fail)
 
 
+@pytest.mark.slow  # builds ml-100k with every floor
 @needs_ml100k()
 def test_movielens_states_show_their_support_ratings_and_batches_read_their_rows():
     from metarec.data.movielens import MovieLensTasks
