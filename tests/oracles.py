@@ -43,10 +43,7 @@ def melu(p: Weights, x: Tensor) -> Tensor:
     h = fields(p, x)
     if "head.prompt" in p:
         h = torch.cat([h, torch.cat(list(p["head.prompt"])).expand(len(h), -1)], 1)
-    ks = sorted({int(n.split(".")[2]) for n in p if n.startswith("head.net.")})
-    for k in ks[:-1]:
-        h = torch.relu(linear(h, p[f"head.net.{k}.weight"], p[f"head.net.{k}.bias"]))
-    return OFFSET + linear(h, p[f"head.net.{ks[-1]}.weight"], p[f"head.net.{ks[-1]}.bias"])[:, 0]
+    return OFFSET + relu_mlp(p, "head.net.", h, last_relu=False)[:, 0]
 
 
 def real_rows(batch, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
