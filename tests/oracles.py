@@ -60,13 +60,18 @@ def sgd_meta_loss(batch, forward, start, lr, steps: int, first_order: bool) -> T
     losses = []
     for i in range(batch.n_tasks):
         xs, ys, xq, yq = real_rows(batch, i)
-        fast = start(xs)
-        for _ in range(steps):
-            support_loss = ((forward(fast, xs) - ys) ** 2).mean()
-            grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=not first_order)
-            fast = {n: w - (lr[n] if isinstance(lr, dict) else lr) * g for (n, w), g in zip(fast.items(), grads)}
+        fast = sgd(forward, start(xs), xs, ys, lr, steps, first_order)
         losses.append(((forward(fast, xq) - yq) ** 2).mean())
     return torch.stack(losses).mean()
+
+
+def sgd(forward, fast: Weights, x: Tensor, y: Tensor, lr, steps: int, first_order: bool) -> Weights:
+    """fast after `steps` SGD steps on one task's mean squared error over (x, y) (see sgd_meta_loss)."""
+    for _ in range(steps):
+        loss = ((forward(fast, x) - y) ** 2).mean()
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+        fast = {n: w - (lr[n] if isinstance(lr, dict) else lr) * g for (n, w), g in zip(fast.items(), grads)}
+    return fast
 
 
 def assert_same_loss_and_gradient(got: Tensor, want: Tensor, params: Weights) -> Weights:
