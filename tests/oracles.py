@@ -1,10 +1,11 @@
 """The pieces of the written-out oracles (tests/test_oracles_*.py): MeLU's field embeddings, its MLP
-head and the per-task SGD inner loop, from a model's parameters alone. Nothing here calls a module's
-forward, functional_call or the package's loss, so a bug in those cannot appear on both sides."""
+head and the per-task SGD inner loop, from a model's parameters alone, and the comparison with the
+package. The oracles call no module's forward, no functional_call and no loss of the package, so a bug
+in those cannot appear on both sides."""
 from __future__ import annotations
 
 import torch
-from fixtures import SPEC
+from fixtures import SPEC, rating_batch
 from torch import Tensor
 
 FIELDS = [name for name, _ in SPEC["fields"]]  # one table each, then the genre flags
@@ -87,3 +88,15 @@ def assert_same_loss_and_gradient(got: Tensor, want: Tensor, params: Weights) ->
         assert torch.allclose(x, oracle[n], atol=1e-10, rtol=0), (n, (x - oracle[n]).abs().max().item())
     assert sum(float(g.abs().sum()) for g in oracle.values()) > 0
     return oracle
+
+
+def assert_maml_on_melu_is_the_oracle(model, algo, adapted: list[str], first_order: bool, lr: float = 0.3,
+                                      steps: int = 2) -> Weights:
+    """algo (MAML's inner loop, `steps` steps of rate lr) on MeLU `model` against the oracle that adapts the
+    weights `adapted`, on five tasks with padding in their support and query sets; returns the gradient."""
+    batch = rating_batch(n_tasks=5, support=(1, 7))
+    assert batch.support_mask.min() == 0 and batch.query_mask.min() == 0
+    params = dict(model.named_parameters())
+    want = sgd_meta_loss(batch, lambda fast, x: melu({**params, **fast}, x),
+                         lambda xs: {n: params[n] for n in adapted}, lr, steps, first_order)
+    return assert_same_loss_and_gradient(algo.meta_loss(batch), want, params)
