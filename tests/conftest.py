@@ -57,6 +57,17 @@ def cache_env(tmp_path, monkeypatch):
     return {"METAREC_CACHE": str(cache)}
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread during the test, then as before: the oracle tests' graphs of tiny ops ran
+    about 30x slower on two threads of the loaded 2-core machine (1.8 s against 0.05 s a case)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def assert_same_loss_and_gradients(ours, ref, params, atol=1e-10):
     """A vectorised loss equals its per-task reference loop, and so do their gradients on `params`."""
     import torch

@@ -75,7 +75,7 @@ def sgd(forward, fast: Weights, x: Tensor, y: Tensor, lr, steps: int, first_orde
     return fast
 
 
-def assert_same_loss_and_gradient(got: Tensor, want: Tensor, params: Weights) -> Weights:
+def assert_equals_oracle(got: Tensor, want: Tensor, params: Weights) -> Weights:
     """got (the package's meta-loss) equals want (the oracle's) in value and in its gradient with respect
     to every one of params, float64 1e-10; the oracle's gradient is not zero everywhere. Returns it."""
     assert torch.allclose(got, want, atol=1e-12, rtol=0), (got.item(), want.item())
@@ -99,4 +99,4 @@ def assert_maml_on_melu_is_the_oracle(model, algo, adapted: list[str], first_ord
     params = dict(model.named_parameters())
     want = sgd_meta_loss(batch, lambda fast, x: melu({**params, **fast}, x),
                          lambda xs: {n: params[n] for n in adapted}, lr, steps, first_order)
-    return assert_same_loss_and_gradient(algo.meta_loss(batch), want, params)
+    return assert_equals_oracle(algo.meta_loss(batch), want, params)

@@ -10,6 +10,8 @@ from oracles import assert_maml_on_melu_is_the_oracle
 from metarec.algos.prompt import Prompt, PromptConfig
 from metarec.models.melu import MeLU
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny graphs, one thread
+
 ADAPTED = {  # algo.adapt -> what the inner loop adapts (algo.inner_params=mlp)
     "theta": [f"head.net.{k}.{w}" for k in (0, 2, 4) for w in ("weight", "bias")],
     "prompt": ["head.prompt"],
