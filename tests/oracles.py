@@ -27,13 +27,12 @@ def fields(p: Weights, x: Tensor, prefix: str = "encoder.") -> Tensor:
     return torch.cat(looked_up + [torch.stack(pooled)], 1)
 
 
-def relu_mlp(p: Weights, prefix: str, h: Tensor, last_relu: bool) -> Tensor:
-    """The linear layers prefix.K.weight / .bias in the order of K, a ReLU after each (after the last
-    one too when last_relu)."""
+def relu_mlp(p: Weights, prefix: str, h: Tensor) -> Tensor:
+    """The linear layers prefix.K.weight / .bias in the order of K, a ReLU after each but the last."""
     ks = sorted(int(n[len(prefix):].split(".")[0]) for n in p if n.startswith(prefix) and n.endswith(".weight"))
     for j, k in enumerate(ks):
         h = linear(h, p[f"{prefix}{k}.weight"], p[f"{prefix}{k}.bias"])
-        if last_relu or j < len(ks) - 1:
+        if j < len(ks) - 1:
             h = torch.relu(h)
     return h
 
@@ -44,7 +43,7 @@ def melu(p: Weights, x: Tensor) -> Tensor:
     h = fields(p, x)
     if "head.prompt" in p:
         h = torch.cat([h, torch.cat(list(p["head.prompt"])).expand(len(h), -1)], 1)
-    return OFFSET + relu_mlp(p, "head.net.", h, last_relu=False)[:, 0]
+    return OFFSET + relu_mlp(p, "head.net.", h)[:, 0]
 
 
 def real_rows(batch, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

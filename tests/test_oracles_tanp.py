@@ -26,7 +26,7 @@ def make(modulation):
 
 def gaussian(p, h, y):
     """(mu, log variance) of z from a set of (x, centred y) pairs: their codes' mean, a ReLU layer, two heads."""
-    r = relu_mlp(p, "net.latent_encoder.", torch.cat([h, y[:, None]], 1), last_relu=False).mean(0)
+    r = relu_mlp(p, "net.latent_encoder.", torch.cat([h, y[:, None]], 1)).mean(0)
     hidden = torch.relu(linear(r, p["net.latent_hidden.weight"], p["net.latent_hidden.bias"]))
     return (linear(hidden, p["net.to_mu.weight"], p["net.to_mu.bias"]),
             linear(hidden, p["net.to_logvar.weight"], p["net.to_logvar.bias"]))
@@ -35,7 +35,7 @@ def gaussian(p, h, y):
 def task_memory(p, h, y):
     """(the soft assignment c [clusters] of the support set's task embedding to the centres by a Student-t
     kernel on the distance, the embedding plus sum_k c_k centre_k)."""
-    task = relu_mlp(p, "net.task_encoder.", torch.cat([h, y[:, None]], 1), last_relu=False).mean(0)
+    task = relu_mlp(p, "net.task_encoder.", torch.cat([h, y[:, None]], 1)).mean(0)
     t = SIZES["temperature"]
     dist = torch.stack([((task - centre) ** 2).sum().sqrt() for centre in p["net.centres"]])
     kernel = (1 + dist / t) ** (-(t + 1) / 2)
