@@ -190,7 +190,8 @@ def _pm(pair: tuple[float, float] | None) -> str:
 
 
 def summary_tables(summary: dict) -> list[str]:
-    """Two compact tables (MAE; nDCG@3 with gain 2^r-1 / linear), one column per state: README shows them."""
+    """Two compact tables (MAE; nDCG@3 with gain 2^r-1 / linear), one column per state, each row marked with
+    its input class where it read other test users' support sets: README shows them."""
     states = summary["states"]
     rows = list(summary["table"][states[0]])
     out = ["## Summary", "", "MAE (mean over 3 seeds; lower is better):", "",
@@ -198,12 +199,12 @@ def summary_tables(summary: dict) -> list[str]:
     for name in rows:
         cells = [summary["table"][s].get(name, {}).get("mae") for s in states]
         if any(c is not None for c in cells):
-            out.append(f"| {name} | " + " | ".join("" if c is None else f"{c[0]:.4f}" for c in cells) + " |")
+            out.append(f"| {name}{mark(name, summary)} | " + " | ".join("" if c is None else f"{c[0]:.4f}" for c in cells) + " |")
     out += ["", "nDCG@3, gain 2^r-1 / gain linear (mean over seeds; higher is better):", "",
             "| method | " + " | ".join(states) + " |", "|---" * (len(states) + 1) + "|"]
     for name in rows:
         cells = [summary["table"][s].get(name, {}) for s in states]
-        out.append(f"| {name} | " + " | ".join(f"{c['ndcg@3'][0]:.3f} / {c['ndcg_lin@3'][0]:.3f}" if "ndcg@3" in c else ""
+        out.append(f"| {name}{mark(name, summary)} | " + " | ".join(f"{c['ndcg@3'][0]:.3f} / {c['ndcg_lin@3'][0]:.3f}" if "ndcg@3" in c else ""
                                                for c in cells) + " |")
     return out + [""]
 
