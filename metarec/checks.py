@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from metarec.errors import UserError
@@ -66,7 +67,7 @@ def _number(v: Any) -> bool:
 
 
 def _items(v: Any) -> list:
-    return list(v) if not isinstance(v, (str, bytes)) and hasattr(v, "__iter__") else [v]
+    return list(v) if isinstance(v, Iterable) and not isinstance(v, (str, bytes)) else [v]
 
 
 def shares(n: int) -> Callable[[Any], str | None]:

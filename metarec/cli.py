@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+from enum import Enum
 from pathlib import Path
 
 import hydra
@@ -83,7 +84,8 @@ def _failed_value() -> float:
     that the trial is recorded and the sampler steers away from it (hydra-optuna-sweeper 1.3 on
     optuna 2 ends the whole study on a nan: it fails the trial, then fails telling it so)."""
     direction = HydraConfig.get().sweeper.get("direction")
-    direction = getattr(direction, "name", direction)  # the sweeper's schema may give its Direction enum
+    if isinstance(direction, Enum):  # the sweeper's schema may give its Direction enum
+        direction = direction.name
     if direction == "minimize":
         return math.inf
     if direction == "maximize":

@@ -253,6 +253,16 @@ def test_the_fit_check_refuses_exactly_what_would_not_build(kind, model, algo):
         assert f"algo={algo}" in str(e.value) or f"model={model}" in str(e.value), repr(e.value)
 
 
+def test_every_model_declares_on_the_base_class_what_the_fit_check_reads():
+    """Each model of the registry is a metarec.models.base.Model (data_kinds, offers, fast_form have their
+    defaults there); what models offer and algorithms need are OFFERS' words."""
+    from metarec.models.base import OFFERS, Model
+    for name, model in MODELS.items():
+        assert issubclass(model, Model) and set(model.offers) <= set(OFFERS), name
+    for name, algo in ALGOS.items():
+        assert set(algo.model_needs(compose([f"algo={name}"], check=False).algo)) <= set(OFFERS), name
+
+
 MODEL_KIND = {"melu": "rating", "mamo": "rating", "mlp": "regression", "conv4": "classification"}
 SPEC_KEY = {"melu": "fields", "mamo": "fields", "mlp": "in_dim", "conv4": "ways"}
 # algorithm constructors refuse with a ValueError (they know no CLI); build_model turns a model's into a UserError

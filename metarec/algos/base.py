@@ -8,9 +8,10 @@ from typing import Optional
 
 import torch
 from omegaconf import MISSING
-from torch import Tensor, nn
+from torch import Tensor
 
 from metarec.checks import rule
+from metarec.models.base import Model
 from metarec.tasks import TaskBatch
 
 
@@ -25,7 +26,7 @@ class AlgoConfig:
     weight_decay: float = rule(0.0, ">= 0")  # the outer optimizer's
 
 
-def adapted_names(model: nn.Module, group: str) -> list[str]:
+def adapted_names(model: Model, group: str) -> list[str]:
     """The parameters of the model's group `group` (algo.inner_params), or one line naming the groups it has."""
     groups = model.param_groups()
     if group in groups:
@@ -56,7 +57,7 @@ class MetaLearner:
         """What it needs of the data's config beyond its kind (e.g. item ids), in words; None: nothing."""
         return None
 
-    def __init__(self, cfg, model: nn.Module, kind: str):
+    def __init__(self, cfg, model: Model, kind: str):
         self.cfg, self.model, self.kind = cfg, model, kind
         self._optimizer: torch.optim.Optimizer | None = None  # made when first used (see `optimizer`)
         self._optimizer_state: dict | None = None  # a checkpoint's, loaded into it then

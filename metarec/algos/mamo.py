@@ -78,7 +78,7 @@ class Memory(nn.Module):
         self.register_buffer("pref", w.detach().clone().unsqueeze(0).repeat(slots, 1, 1))
 
     def bias(self) -> Params:
-        return {n: getattr(self, n.replace(".", "__")) for n in self.user_names}
+        return {n: self.get_buffer(n.replace(".", "__")) for n in self.user_names}
 
     def attention(self, p_u: Tensor) -> Tensor:
         """a [tasks, K] from profiles p_u [tasks, user_dim]."""

@@ -34,6 +34,7 @@ from metarec.algos.base import AlgoConfig, MetaLearner
 from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
+from metarec.models import MODELS
 from metarec.tasks import TaskBatch
 
 
@@ -60,10 +61,10 @@ class Ridge(MetaLearner):
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):  # no inner steps
         if kind == "classification":
             raise ValueError("algo=ridge solves a squared error: it fits ratings or regression, not classification")
-        last = model.last_layer() if hasattr(model, "last_layer") else None
-        if last is None or last.out_features != 1 or "prompt" in model.param_groups():
-            raise ValueError("algo=ridge needs a head MLP with one output and no prompt vectors "
-                             "(model=melu or model=mlp)")
+        if "last_layer" not in model.offers or model.last_layer().out_features != 1 or "prompt" in model.param_groups():
+            fits = " or ".join(f"model={name}" for name, m in MODELS.items() if "last_layer" in m.offers)
+            raise ValueError(f"algo=ridge needs a head MLP with one output and no prompt vectors ({fits})")
+        last = model.last_layer()
         if min(cfg.prior_precision, cfg.prior_precision_bias) <= 0:
             raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
                              f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")

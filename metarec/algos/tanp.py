@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from metarec.algos.base import AlgoConfig, MetaLearner
 from metarec.checks import rule
 from metarec.engine import masked_task_loss
-from metarec.models.melu import FieldEncoder
 from metarec.models.tanp import TaNPNet
 from metarec.tasks import TaskBatch
 
@@ -87,7 +86,7 @@ class TaNP(MetaLearner):
     one_pass = True  # evaluation: adaptation is a forward pass, not steps (metarec/evaluation/evaluate.py)
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
-        if kind != "rating" or "fields" not in getattr(model, "offers", ()) or not isinstance(model.encoder, FieldEncoder):
+        if kind != "rating" or "fields" not in model.offers:
             raise ValueError("algo=tanp reads MeLU's field embeddings: it needs model=melu on MovieLens ratings")
         if cfg.modulation not in ("film", "gating"):
             raise ValueError(f"algo.modulation={cfg.modulation!r}: use film or gating")

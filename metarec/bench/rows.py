@@ -132,8 +132,8 @@ def fitting_overrides(name: str, source) -> list[str]:
     cfg = compose(base, check=False)
     extra = []
     needs = set(ALGOS[name].model_needs(cfg.algo))
-    if not needs <= set(getattr(MODELS[cfg.model.name], "offers", ())):
-        extra += [f"model={m}" for m, cls in MODELS.items() if needs <= set(getattr(cls, "offers", ()))][:1]
+    if not needs <= set(MODELS[cfg.model.name].offers):
+        extra += [f"model={m}" for m, cls in MODELS.items() if needs <= set(cls.offers)][:1]
     if ALGOS[name].data_needs(cfg.data) is not None:  # (an algorithm's own config may already set it)
         extra.append("data.item_ids=true")  # the one data switch an algorithm asks for today
     compose(base + extra)  # checked: one UserError line if that was not enough

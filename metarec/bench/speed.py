@@ -29,6 +29,7 @@ from metarec.bench.rows import (HEADER, base_overrides, bench_grid, build_algo, 
                                 synchronizer, time_interleaved)
 from metarec.config.compose import compose
 from metarec.errors import UserError
+from metarec.run.device import cpu_count
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
@@ -173,7 +174,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-ml1m", action="store_true", help="skip the ml-1m-sized peak RSS run")
     args = parser.parse_args(argv)
 
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or cpu_count()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace, threads: int) -> int:
                "metarec": metarec.__version__, "data": str(source.folder), "load_before": os.getloadavg()[0]}
     log(f"metarec bench: torch {machine['torch']}, {machine['gpu'] or 'CPU'}, {threads} threads, data {machine['data']}, "
         f"load average {machine['load_before']:.1f} (other work on the machine slows every row)")
-    if machine["load_before"] > 0.5 * len(os.sched_getaffinity(0)) and threads > 1:
+    if machine["load_before"] > 0.5 * cpu_count() and threads > 1:
         log(f"warning: the machine is busy (load {machine['load_before']:.1f}): {threads} threads wait on each other "
             f"behind other processes and every row slows unevenly; --threads 1 measures more fairly")
     log("tasks/s (median of rounds after warm-up); eng step/sup step = engine step time / supervised step time")

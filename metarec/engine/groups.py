@@ -86,10 +86,10 @@ class HandPath:
     @classmethod
     def of(cls, model: nn.Module, inner_names: list[str], kind: str, features: Callable,
            compile: bool = False) -> "HandPath | None":
-        """The fast path where the model declares a form for what adapts and the loss is a squared error."""
-        declare = getattr(model, "fast_form", None)  # a model without the declaration runs the core path
+        """The fast path where the model declares a form for what adapts (Model.fast_form, metarec/models/base.py;
+        None: the core path) and the loss is a squared error."""
         whole = not all(n.startswith("head.") for n in inner_names)
-        if kind == "classification" or declare is None or declare(whole=whole) is None:
+        if kind == "classification" or model.fast_form(whole=whole) is None:
             return None
         return cls(model, inner_names, kind, features, compile)
 

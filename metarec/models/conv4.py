@@ -4,6 +4,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from metarec.models.base import Model
+
 
 class ConvNet(nn.Module):
     """conv-BN-ReLU x4 (strides 1, 2, 2, 2), global mean pool, linear classifier."""
@@ -30,8 +32,9 @@ class ConvNet(nn.Module):
         return self.fc(x.mean(dim=(-2, -1)))
 
 
-class Conv4(nn.Module):
-    """encoder (identity) -> head (the whole ConvNet); all of it is adapted in the inner loop."""
+class Conv4(Model):
+    """encoder (identity) -> head (the whole ConvNet); all of it is adapted in the inner loop, on the
+    engine's core path (no fast form: convolutions, cross-entropy)."""
 
     data_kinds = ("classification",)  # what metarec/config/fit.py checks a config against: images -> classes
     offers = ()
@@ -54,7 +57,3 @@ class Conv4(nn.Module):
         """No separate decision layers: every group adapts everything."""
         names = [name for name, _ in self.named_parameters()]
         return {"all": names, "mlp": names}
-
-    def fast_form(self, whole: bool) -> None:
-        """No written-out form (convolutions, cross-entropy): the engine's core path."""
-        return None

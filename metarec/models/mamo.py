@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metarec.models.base import Model
 from metarec.models.melu import FieldEncoder
 
 USER_FIELDS = ("gender", "age", "occupation", "zip")
@@ -24,7 +25,7 @@ def batched_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
-class MAMONet(nn.Module):
+class MAMONet(Model):
     data_kinds = ("rating",)  # what metarec/config/fit.py checks a config against: MovieLens' user and item fields
     offers = ("mamo",)
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64)):

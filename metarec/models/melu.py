@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.engine.forms import FieldsForm, MLPForm
+from metarec.models.base import Model
 from metarec.models.prompt_mlp import PromptMLP
 
 
@@ -51,7 +52,7 @@ def multi_blocks(multi_hot: list) -> list[tuple[str, int]]:
     return [(str(name), int(width)) for name, width in multi_hot]
 
 
-class MeLU(nn.Module):
+class MeLU(Model):
     """Rating predictor; spec comes from the rating task source (field sizes, multi-hot blocks, rating mean)."""
 
     data_kinds = ("rating",)  # what metarec/config/fit.py checks a config against: MovieLens-style fields

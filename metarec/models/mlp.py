@@ -4,10 +4,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from metarec.engine.forms import MLPForm
+from metarec.models.base import Model
 from metarec.models.prompt_mlp import PromptMLP
 
 
-class MLP(nn.Module):
+class MLP(Model):
     """encoder (identity) -> head (the MLP); the engine adapts parameters named by inner_names."""
 
     data_kinds = ("regression",)  # what metarec/config/fit.py checks a config against: vectors x -> a number

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from metarec import inputs
 from metarec.errors import UserError, first_line
@@ -109,7 +110,7 @@ def config(ck: dict, path: str | Path) -> DictConfig:
     try:
         return checked(dict(ck["config"]))
     except Exception as e:  # noqa: BLE001 - any mismatch is the same user-facing problem
-        key = getattr(e, "full_key", None)
+        key = e.full_key if isinstance(e, OmegaConfBaseException) else None
         detail = f"{key}: {first_line(e)}" if key else first_line(e)
         raise UserError(f"checkpoint {path} has a config that does not fit this metarec's schema ({detail}): "
                         f"use it with the metarec version that wrote it ({ck.get('metarec', '?')})") from None
@@ -128,7 +129,7 @@ def mismatch(state: dict, module: torch.nn.Module) -> str:
     """Why `state` does not load into `module`, in full (torch's message puts it after a line break):
     the first parameter whose shape differs with both shapes, else the names one side lacks."""
     own = module.state_dict()
-    differ = [k for k, v in state.items() if k in own and getattr(v, "shape", None) is not None
+    differ = [k for k, v in state.items() if k in own and isinstance(v, torch.Tensor)
               and tuple(v.shape) != tuple(own[k].shape)]
     more = lambda names: f" (and {len(names) - 1} more)" if len(names) > 1 else ""  # noqa: E731
     if differ:

@@ -18,6 +18,7 @@ loading does not fit them again.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +134,8 @@ class Recommender:
 
 def as_ratings(ratings) -> list[Rating]:
     """(item_id, rating) pairs, a {item_id: rating} dict or a DataFrame (item_id / rating columns) -> Ratings."""
-    if hasattr(ratings, "columns"):  # a pandas DataFrame, without importing pandas
+    pandas = sys.modules.get("pandas")  # a DataFrame's caller has imported pandas; metarec does not need it
+    if pandas is not None and isinstance(ratings, pandas.DataFrame):
         cols = {str(c).lower(): c for c in ratings.columns}
         if "item_id" not in cols or "rating" not in cols:
             raise UserError(f"the ratings table needs item_id and rating columns (it has {', '.join(map(str, ratings.columns))})")
