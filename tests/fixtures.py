@@ -1,7 +1,8 @@
-"""Small generated task batches and a MeLU spec for unit tests."""
+"""Small generated task batches and a MeLU spec for unit tests, and the schema check of config nodes."""
 from __future__ import annotations
 
 import torch
+from omegaconf import OmegaConf
 
 from metarec.tasks import TaskBatch
 
@@ -48,3 +49,11 @@ def image_batch(n_tasks=2, ways=3, shots=1, query=2, seed=0) -> TaskBatch:
         return x, torch.arange(ways).repeat_interleave(k).repeat(n_tasks, 1), torch.ones(n_tasks, ways * k).double()
 
     return TaskBatch(*part(shots), *part(query))
+
+
+def check_nodes(**nodes) -> None:
+    """metarec.checks.check on the base schema holding these nodes (group -> a typed config node), as the
+    CLI checks a composed config: a value outside its declared range raises the one UserError line."""
+    from metarec.checks import check
+    from metarec.config.schema import Config
+    check(OmegaConf.merge(OmegaConf.structured(Config), nodes))

@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
-from fixtures import SPEC, rating_batch
+from fixtures import SPEC, check_nodes, rating_batch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from metarec.algos import ALGOS
 from metarec.engine import InnerLoop, masked_task_loss
+from metarec.errors import UserError
 from metarec.models.melu import MeLU
 from metarec.bench.reference import per_task_meta_loss
 
@@ -221,10 +222,11 @@ def test_inner_adam_is_reptiles_only(name):
         with pytest.raises(ConfigCompositionException, match=f"Could not override '{setting.split('=')[0]}'") as e:
             compose([f"algo={name}", setting])
         assert f"not in '{ALGOS[name].Config.__name__}'" in str(e.value.__cause__)
-    with pytest.raises(ValueError, match="algo.inner_optimizer='adamw' is not one of sgd, adam for algo=reptile$"):
-        make("reptile", inner_optimizer="adamw")
-    with pytest.raises(ValueError, match=r"algo.inner_betas=\[0.9\] is not two numbers in \[0, 1\)"):
-        make("reptile", inner_optimizer="adam", inner_betas=[0.9])
+    # their values: the rules beside reptile's schema fields
+    with pytest.raises(UserError, match="algo.inner_optimizer='adamw' is not one of sgd, adam$"):
+        check_nodes(algo=algo_cfg("reptile", inner_optimizer="adamw"))
+    with pytest.raises(UserError, match=r"algo.inner_betas=\[0.9\]: must be two numbers in \[0, 1\)"):
+        check_nodes(algo=algo_cfg("reptile", inner_optimizer="adam", inner_betas=[0.9]))
 
 
 def test_reptile_outer_step_anneals_linearly_to_zero():

@@ -5,12 +5,14 @@ import types
 import pytest
 import torch
 from conftest import assert_same_loss_and_gradients
+from fixtures import check_nodes
 from omegaconf import OmegaConf
 from test_metaemb import GENRES, N_ITEMS, SPEC, YEAR, all_items_batch, show_visible, task_batch
 from torch.func import functional_call
 
 from metarec.algos.cold_items import ITEM
 from metarec.algos.mwuf import MWUF, MWUFConfig
+from metarec.errors import UserError
 from metarec.models.melu import MeLU
 
 
@@ -92,6 +94,5 @@ def test_phase_two_trains_the_meta_networks_alone():
 
 
 def test_bad_settings_are_refused():
-    model = MeLU(SPEC, embedding_dim=5, hidden=[8]).double()
-    with pytest.raises(ValueError, match="algo.hidden=0"):
-        MWUF(OmegaConf.merge(OmegaConf.structured(MWUFConfig), {"hidden": 0}), model, "rating")
+    with pytest.raises(UserError, match="algo.hidden=0"):  # its rule, beside the field
+        check_nodes(algo=OmegaConf.merge(OmegaConf.structured(MWUFConfig), {"hidden": 0}))

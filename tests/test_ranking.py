@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from conftest import ML100K, needs_ml100k
+from fixtures import check_nodes
 
 from metarec.evaluation import ranking
 from metarec.errors import UserError
@@ -154,8 +155,9 @@ def test_catalog_and_buckets_land_in_eval_json_and_eval_md(ml100k):
 def test_bad_ranking_choice_is_one_line():
     from omegaconf import OmegaConf
 
-    with pytest.raises(UserError, match="eval.ranking='all' is not one of query, catalog"):
-        ranking.catalog_wanted(OmegaConf.create({"eval": {"ranking": "all"}, "data": {"name": "movielens"}}), object())
+    from metarec.config.schema import EvalConfig
+    with pytest.raises(UserError, match="eval.ranking='all' is not one of query, catalog"):  # its rule, beside the field
+        check_nodes(eval=OmegaConf.structured(EvalConfig(ranking="all")))
     with pytest.raises(UserError, match="data=sinusoid has none"):
         ranking.catalog_wanted(OmegaConf.create({"eval": {"ranking": "catalog"}, "data": {"name": "sinusoid"}}), object())
 

@@ -3,7 +3,7 @@ meta-gradient against a plain per-task loop, evaluation, refusals, and a run thr
 import pytest
 import torch
 from conftest import read_json, run_cli
-from fixtures import SPEC, rating_batch, sinusoid_batch
+from fixtures import SPEC, check_nodes, rating_batch, sinusoid_batch
 from omegaconf import OmegaConf
 
 from metarec.algos import ALGOS
@@ -131,8 +131,8 @@ def test_regression_models_work_and_classification_and_prompts_are_refused():
     prompted = MeLU(SPEC, embedding_dim=6, hidden=[8], prompt_len=2, prompt_dim=3)
     with pytest.raises(ValueError, match="algo=ridge needs a head MLP with one output and no prompt vectors"):
         ALGOS["ridge"](ridge_cfg(), prompted, "rating")
-    with pytest.raises(ValueError, match=r"algo.prior_precision=0.0 .* must be > 0"):
-        make(prior_precision=0.0)
+    with pytest.raises(UserError, match=r"algo.prior_precision=0.0: must be > 0"):  # its rule, beside the field
+        check_nodes(algo=ridge_cfg(prior_precision=0.0))
     from hydra.errors import ConfigCompositionException
 
     from metarec.config.compose import compose

@@ -3,11 +3,12 @@ evaluation shows one forward pass; it trains through the console script."""
 import pytest
 import torch
 from conftest import needs_ml100k, read_json, run_cli, train_ml100k
-from fixtures import SPEC, rating_batch
+from fixtures import SPEC, check_nodes, rating_batch
 from omegaconf import OmegaConf
 
 from metarec.algos import ALGOS
 from metarec.algos.tanp import TaNP, TaNPConfig
+from metarec.errors import UserError
 from metarec.evaluation.evaluate import format_table
 from metarec.models.melu import MeLU
 from metarec.models.mlp import MLP
@@ -108,8 +109,8 @@ def test_bad_settings_and_models_are_refused():
     cfg = OmegaConf.structured(TaNPConfig)
     with pytest.raises(ValueError, match="algo=tanp reads MeLU's field embeddings: it needs model=melu"):
         TaNP(cfg, MLP({"in_dim": 1}, [8]), "regression")
-    with pytest.raises(ValueError, match="algo.modulation='films': use film or gating"):
-        TaNP(OmegaConf.merge(cfg, {"modulation": "films"}), MeLU(SPEC, 6, [8]), "rating")
+    with pytest.raises(UserError, match="algo.modulation='films' is not one of film, gating"):  # its rule, beside the field
+        check_nodes(algo=OmegaConf.merge(cfg, {"modulation": "films"}))
     assert ALGOS["tanp"] is TaNP
 
 

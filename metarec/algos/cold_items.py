@@ -67,9 +67,6 @@ class ColdItemLearner(Pretrain):
         if kind != "rating" or "fields" not in model.offers or "item" not in model.encoder.field_names:
             raise ValueError(f"algo={cfg.name} learns new items' ID embeddings: it needs model=melu on MovieLens "
                              "with data.item_ids=true")
-        if cfg.pretrain_steps < 0 or cfg.items_per_step < 1:
-            raise ValueError(f"algo.pretrain_steps={cfg.pretrain_steps} must be >= 0 and algo.items_per_step="
-                             f"{cfg.items_per_step} >= 1")
         weight = model.get_parameter(ITEM)
         self.dim, self.item_col = weight.shape[1], model.encoder.field_names.index("item")
         self.nets = self.build_nets(cfg, self.dim).to(weight)

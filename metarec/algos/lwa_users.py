@@ -39,11 +39,17 @@ from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
 from metarec.algos.cold_items import USER_FIELDS
-from metarec.checks import rule
+from metarec.checks import parse, rule
 from metarec.engine import masked_task_loss
 from metarec.tasks import TaskBatch
 
 NOT_CONTENT = ("item_bias", "item_count", "item")  # item context and item ids: not an item's content
+
+
+def widths(v) -> str | None:
+    """The rule of algo.hidden: one or more layer widths."""
+    v = list(v)
+    return None if v and parse("each >= 1")(v) is None else "must be one or more widths >= 1"
 
 
 @dataclass
@@ -63,7 +69,7 @@ class NLBAConfig(LWAConfig):
     """algo=nlba (conf/algo/nlba.yaml): as algo=lwa, and the widths of the network whose biases adapt."""
 
     name: str = "nlba"
-    hidden: list[int] = rule([64], "each >= 1")  # the widths of the layers whose biases adapt
+    hidden: list[int] = rule([64], widths)  # the widths of the layers whose biases adapt
 
 
 def class_means(f: Tensor, y: Tensor, mask: Tensor, threshold: float, pooling: str = "mean") -> tuple[Tensor, Tensor]:
@@ -158,8 +164,6 @@ class NLBA(LWA):
 
     def build_scorer(self, cfg) -> nn.Module:
         d, widths = cfg.content_dim, [cfg.content_dim, *cfg.hidden]
-        if not cfg.hidden or min(cfg.hidden) < 1:
-            raise ValueError(f"algo.hidden={list(cfg.hidden)} must be one or more widths >= 1")
         layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))  # W_l and c_l
         v1 = nn.ModuleList(nn.Linear(d, b, bias=False) for b in widths[1:])  # V1_l
         v0 = nn.ModuleList(nn.Linear(d, b, bias=False) for b in widths[1:])  # V0_l

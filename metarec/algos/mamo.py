@@ -121,12 +121,6 @@ class MAMO(MetaLearner):
                             f"not model={type(model).__name__.lower()}")
         if kind != "rating":
             raise UserError("algo=mamo predicts ratings: use it with data=movielens")
-        for key in ("profile_rate", "bias_rate", "pref_rate"):
-            if not 0 <= cfg[key] <= 1:
-                raise UserError(f"algo.{key}={cfg[key]} must be in [0, 1] (a memory's write rate)")
-        if cfg.memory_slots < 1 or cfg.inner_steps < 0:
-            raise UserError(f"algo.memory_slots={cfg.memory_slots} must be >= 1 and "
-                            f"algo.inner_steps={cfg.inner_steps} >= 0")
         self.local = model.param_groups()["local"]
         self.memory = Memory(model, cfg.memory_slots)
         super().__init__(cfg, model, kind)

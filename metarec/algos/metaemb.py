@@ -81,8 +81,6 @@ class MetaEmb(ColdItemLearner):
     Config = MetaEmbConfig
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
-        if not 0.0 <= cfg.alpha <= 1.0 or cfg.gen_hidden < 0:
-            raise ValueError(f"algo.alpha={cfg.alpha} must be in [0, 1] and algo.gen_hidden={cfg.gen_hidden} >= 0")
         self.warm_up = bool(cfg.warm_up)
         super().__init__(cfg, model, kind, compile=compile, fast_paths=fast_paths)
 

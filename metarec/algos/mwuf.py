@@ -71,8 +71,6 @@ class MWUF(ColdItemLearner):
     warm_up = True  # the cold step and the shift read the ratings a state shows of its new items
 
     def build_nets(self, cfg, dim: int) -> nn.Module:
-        if cfg.hidden < 1:
-            raise ValueError(f"algo.hidden={cfg.hidden} must be at least 1")
         return MetaNets(dim, cfg.hidden)
 
     def nets_lr(self) -> float:

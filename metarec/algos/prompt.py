@@ -39,8 +39,4 @@ class Prompt(MAML):
         return {"prompt_len": cfg.prompt_len, "prompt_dim": cfg.prompt_dim}
 
     def inner_params(self) -> str:
-        if self.cfg.adapt == "prompt":
-            return "prompt"
-        if self.cfg.adapt != "theta":
-            raise ValueError(f"algo.adapt={self.cfg.adapt!r} is not one of theta, prompt")
-        return self.cfg.inner_params
+        return "prompt" if self.cfg.adapt == "prompt" else self.cfg.inner_params

@@ -51,8 +51,6 @@ class Reptile(MAML):
         super().__init__(cfg, model, kind, compile, fast_paths)
         if cfg.outer == "interpolate":
             self.optimizer = torch.optim.SGD(self.meta_parameters(), lr=cfg.meta_lr)
-        elif cfg.outer != "adam":
-            raise ValueError(f"algo.outer={cfg.outer!r} is not one of interpolate, adam")
         self.meta_steps = 0  # meta-updates so far (the annealing's clock; saved with the checkpoint)
 
     def learns_inner_lr(self) -> bool:
@@ -60,15 +58,10 @@ class Reptile(MAML):
 
     def inner_adam(self) -> tuple[float, float] | None:
         """Adam's (beta1, beta2) with algo.inner_optimizer=adam; None for SGD."""
-        optimizer = self.cfg.inner_optimizer
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"algo.inner_optimizer={optimizer!r} is not one of sgd, adam for algo=reptile")
-        if optimizer != "adam":
+        if self.cfg.inner_optimizer != "adam":
             return None
-        betas = [float(b) for b in self.cfg.inner_betas]
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"algo.inner_betas={betas} is not two numbers in [0, 1): use e.g. [0.0, 0.999]")
-        return betas[0], betas[1]
+        beta1, beta2 = (float(b) for b in self.cfg.inner_betas)
+        return beta1, beta2
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)

@@ -65,14 +65,9 @@ class Ridge(MetaLearner):
             fits = " or ".join(f"model={name}" for name, m in MODELS.items() if "last_layer" in m.offers)
             raise ValueError(f"algo=ridge needs a head MLP with one output and no prompt vectors ({fits})")
         last = model.last_layer()
-        if min(cfg.prior_precision, cfg.prior_precision_bias) <= 0:
-            raise ValueError(f"algo.prior_precision={cfg.prior_precision} and algo.prior_precision_bias="
-                             f"{cfg.prior_precision_bias} must be > 0 (the pull of each user's weights towards w0)")
         self.last = last
         self.n_factors = model.factor_dim
         factor_precision = cfg.prior_precision if cfg.prior_precision_factors is None else cfg.prior_precision_factors
-        if factor_precision <= 0:
-            raise ValueError(f"algo.prior_precision_factors={factor_precision} must be > 0")
         start = torch.cat([torch.full((last.in_features,), float(cfg.prior_precision)),
                            torch.full((self.n_factors,), float(factor_precision)),
                            torch.tensor([float(cfg.prior_precision_bias)])])

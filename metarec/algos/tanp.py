@@ -88,10 +88,6 @@ class TaNP(MetaLearner):
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         if kind != "rating" or "fields" not in model.offers:
             raise ValueError("algo=tanp reads MeLU's field embeddings: it needs model=melu on MovieLens ratings")
-        if cfg.modulation not in ("film", "gating"):
-            raise ValueError(f"algo.modulation={cfg.modulation!r}: use film or gating")
-        if cfg.temperature <= 0 or cfg.clusters < 1 or cfg.latent_dim < 1 or cfg.task_dim < 1:
-            raise ValueError("algo=tanp: temperature must be > 0 and clusters, latent_dim, task_dim >= 1")
         self.encoder = model.encoder
         self.net = TaNPNet(self.encoder.out_dim, list(cfg.encoder_hidden), cfg.latent_dim, list(cfg.task_hidden),
                            cfg.task_dim, cfg.clusters, cfg.temperature, list(cfg.decoder_hidden), cfg.modulation)

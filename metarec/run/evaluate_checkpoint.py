@@ -151,8 +151,6 @@ def _evaluate(cfg: DictConfig, ck: dict, path, changed: dict[str, tuple], protoc
         algo.load_state_dict(ck["algo"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise UserError(f"checkpoint {path} does not fit the algorithm its config describes ({first_line(e)})") from None
-    if cfg.eval.split not in ("test", "val"):
-        raise UserError(f"eval.split={cfg.eval.split!r} is not one of test, val (val: validation users only)")
     signals.phase = "eval"  # from here a first signal takes effect at the next chunk of tasks
     result = evaluate_all(cfg, source, algo, cfg.eval.split)
     result["checkpoint"] = str(path)
