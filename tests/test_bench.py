@@ -62,6 +62,9 @@ def test_grid_has_a_row_for_every_registered_algorithm():
     rows = grid(list(ALGOS))
     assert {name for name, _ in rows} == set(ALGOS)
     assert ("maml", False) in rows and ("maml", True) in rows  # maml in both orders, the rest in their config's
+    from metarec.bench.rows import BOTH_ORDERS
+    from metarec.bench.speed import QUICK
+    assert set(BOTH_ORDERS) | set(QUICK) <= set(ALGOS)  # the bench's choices are names of the registry
 
 
 def test_table_row_without_a_reference_says_so():

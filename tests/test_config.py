@@ -30,3 +30,10 @@ def test_each_schema_has_the_keys_the_trainer_reads_and_its_conf_file_names_it(n
     assert {"name", "inner_steps", "eval_steps", "meta_lr", "weight_decay"} <= keys
     assert f"/schema/algo/{name}@_here_" in (CONF / "algo" / f"{name}.yaml").read_text()
     assert ALGOS[name].Config().name == name
+
+
+def test_every_data_set_of_the_registry_has_its_schema():
+    from metarec.config.schema import DATA_SCHEMAS
+    from metarec.data import DATASETS
+    assert list(DATA_SCHEMAS) == list(DATASETS)
+    assert all(DATA_SCHEMAS[name]().name == name for name in DATASETS)

@@ -191,6 +191,52 @@ def test_a_key_added_to_the_schema_after_a_run_keeps_it_only_at_the_old_behaviou
     assert composed["trainer"]["loggers"] == [] and run_folders.same_config(before, composed)
 
 
+# ---- the page's lists against the registries and the schemas ----------------------------------------------
+
+def algorithm_of(method: str, data: str = "ml-100k") -> str:
+    return results.preset(tuple(results.presets_of(data)[method])).algo.name
+
+
+def test_every_algorithm_has_a_row_under_its_registry_name_and_every_row_runs_one():
+    """METHODS chooses the page's presets; its names follow metarec.algos.ALGOS: each algorithm has a row
+    named NAME (or NAME (variant)) that runs it, and every row runs an algorithm of the registry."""
+    from metarec.algos import ALGOS
+    runs = {m: algorithm_of(m) for m in results.METHODS}
+    assert set(runs.values()) <= set(ALGOS)
+    for method, algo in runs.items():
+        named = method.split(" (")[0]
+        assert named not in ALGOS or named == algo, (method, algo)
+    missing = [a for a in ALGOS if not any(m.split(" (")[0] == a for m in runs)]
+    assert not missing, f"no row of the results page runs {missing} under its registry name: add it to METHODS"
+
+
+def test_every_preset_of_a_page_is_on_it_and_ml1m_follows_the_naming_rule():
+    from importlib import resources
+    folder = resources.files("metarec.conf") / "experiment"
+    for data, prefix in (("ml-100k", "melu_ml100k"), ("ml-1m", "melu_ml1m")):
+        files = {f"experiment={p.name.removesuffix('.yaml')}" for p in folder.iterdir() if p.name.startswith(prefix)}
+        assert files == {o[0] for o in results.presets_of(data).values()}, data
+    assert list(results.ML1M_METHODS) == [m for m in results.METHODS if m in results.ML1M_METHODS]
+    assert all(algorithm_of(m, "ml-1m") == algorithm_of(m) for m in results.ML1M_METHODS)
+
+
+def test_the_pages_choices_name_its_methods_and_the_schemas_keys():
+    import dataclasses
+
+    from metarec.config.schema import EvalConfig, MovieLensConfig, TrainerConfig
+    from metarec.reporting.catalog_page import CATALOG_METHODS
+    from metarec.reporting.results_page import BASELINE, NEW_USER_BARS
+    bars = [b for b in NEW_USER_BARS if not b.startswith("floor: ")]
+    assert set(bars) | {BASELINE} | set(CATALOG_METHODS) <= set(results.METHODS)
+    schemas = {"data": MovieLensConfig, "eval": EvalConfig, "trainer": TrainerConfig}
+    fields = {g: {f.name: f for f in dataclasses.fields(s)} for g, s in schemas.items()}
+    for group, keys in results.SHOWN_KEYS.items():
+        assert set(keys) <= set(fields[group]), group
+    for (group, key), value in run_folders.LATER_KEYS.items():  # a later key counts at its schema default
+        f = fields[group][key]
+        assert value == (f.default if f.default is not dataclasses.MISSING else f.default_factory()), (group, key)
+
+
 def test_the_page_names_the_protocol_and_refuses_methods_on_other_tasks(tmp_path, monkeypatch, capsys):
     line = results.protocol(list(results.METHODS))  # the real presets share one protocol
     assert line.startswith("Protocol: users 60/20/20 meta-train / validation / test") and "data.heavy_users=true" in line

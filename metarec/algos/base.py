@@ -19,7 +19,7 @@ from metarec.tasks import TaskBatch
 class AlgoConfig:
     """The keys of every algorithm's schema (the trainer and evaluation read them whatever the algo)."""
 
-    name: str = MISSING  # maml | reptile | prompt | ridge | pretrain | tanp | mamo | metaemb | mwuf
+    name: str = MISSING  # a key of metarec.algos.ALGOS (metarec/config/fit.py refuses any other)
     inner_steps: int = rule(1, ">= 0")  # adaptation steps in meta-training
     eval_steps: Optional[int] = rule(None, ">= 0")  # adaptation steps for the headline metric; null = inner_steps
     meta_lr: float = rule(1e-3, "> 0")  # beta: the outer optimizer's learning rate

@@ -33,6 +33,7 @@ from metarec.run.device import cpu_count
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
+QUICK = ["maml"]  # --quick's algorithms
 ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
 
 
@@ -165,7 +166,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores this process may use)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the models and episodes live (the ml-1m-sized RSS run stays on the CPU)")
-    parser.add_argument("--quick", action="store_true", help="a small grid (maml, meta-batch 32, 5 steps), no ml-1m run")
+    parser.add_argument("--quick", action="store_true", help=f"a small grid ({', '.join(QUICK)}, meta-batch 32, 5 steps), no ml-1m run")
     parser.add_argument("--algos", nargs="+", metavar="NAME", help="only these algorithms (default: all; e.g. --algos tanp)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="B", help="meta-batch sizes (default: 32 256)")
     parser.add_argument("--inner-steps", nargs="+", type=int, metavar="K",
@@ -186,7 +187,7 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace, threads: int) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.quick:
-        names, batch_sizes, inner_steps = ["maml"], [32], [5]
+        names, batch_sizes, inner_steps = QUICK, [32], [5]
         repeats, min_time = min(args.repeats, 3), min(args.min_time, 0.1)
     else:
         names, batch_sizes, inner_steps, repeats, min_time = list(ALGOS), [32, 256], [1, 5], args.repeats, args.min_time

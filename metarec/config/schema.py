@@ -32,7 +32,7 @@ class MovieLensConfig(ProtocolConfig):
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # melu | mlp | conv4
+    name: str = MISSING  # a key of metarec.models.MODELS (metarec/config/fit.py refuses any other)
     embedding_dim: int = rule(32, ">= 1")  # melu: one embedding per field
     hidden: list[int] = rule([64, 64], "each >= 1")  # MLP widths
     channels: int = rule(64, ">= 1")  # conv4

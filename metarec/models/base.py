@@ -28,6 +28,15 @@ class Model(nn.Module):
         """The model for the data's spec (TaskSource.model_spec) and its config node (model=NAME)."""
         raise NotImplementedError
 
+    @classmethod
+    def refuse_prompt(cls, prompt_len: int, prompt_dim: int) -> None:
+        """from_config of a model without "prompt" in its offers: prompt vectors asked of it are refused."""
+        if prompt_len or prompt_dim:
+            from metarec.models import MODELS
+            name = next(n for n, m in MODELS.items() if m is cls)
+            fits = " or ".join(f"model={n}" for n, m in MODELS.items() if "prompt" in m.offers)
+            raise ValueError(f"model={name} has no prompt vectors: use {fits} with algo=prompt")
+
     def param_groups(self) -> dict[str, list[str]]:
         """Named sets of parameters an algorithm may adapt per task (algo.inner_params)."""
         raise NotImplementedError

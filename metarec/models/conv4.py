@@ -49,8 +49,7 @@ class Conv4(Model):
 
     @classmethod
     def from_config(cls, spec: dict, cfg, prompt_len: int = 0, prompt_dim: int = 0) -> "Conv4":
-        if prompt_len or prompt_dim:
-            raise ValueError("model=conv4 has no prompt vectors: use model=melu or model=mlp with algo=prompt")
+        cls.refuse_prompt(prompt_len, prompt_dim)
         return cls(spec, channels=cfg.channels)
 
     def param_groups(self) -> dict[str, list[str]]:

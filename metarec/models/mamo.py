@@ -55,8 +55,7 @@ class MAMONet(Model):
 
     @classmethod
     def from_config(cls, spec: dict, cfg, prompt_len: int = 0, prompt_dim: int = 0) -> "MAMONet":
-        if prompt_len or prompt_dim:
-            raise ValueError("model=mamo has no prompt vectors: use model=melu or model=mlp with algo=prompt")
+        cls.refuse_prompt(prompt_len, prompt_dim)
         return cls(spec, cfg.embedding_dim, list(cfg.hidden))
 
     def param_groups(self) -> dict[str, list[str]]:

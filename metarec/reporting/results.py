@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -35,9 +36,10 @@ from metarec.reporting.results_page import SeedRun, render, shown_command, summa
 from metarec.run.run_lock import RunLock
 from metarec.data.states import CUT_YEAR
 
-# method -> the overrides after `metarec train`; the tuned values live in the presets. No row's input class is
-# written here: each run's eval.json records it (TaskSource.input_class)
-# (conf/experiment/melu_ml100k*.yaml), how they were found in docs/tuning.md.
+# method -> the overrides after `metarec train`: which presets the page shows, under which names (each
+# algorithm of metarec.algos.ALGOS has a row under its own name; tests/test_results.py holds them to it).
+# The tuned values live in the presets (conf/experiment/melu_ml100k*.yaml), how they were found in
+# docs/tuning.md. No row's input class is written here: each run's eval.json records it (TaskSource.input_class).
 METHODS: dict[str, list[str]] = {
     "maml": ["experiment=melu_ml100k"],
     "fomaml": ["experiment=melu_ml100k_fomaml"],
@@ -58,23 +60,22 @@ METHODS: dict[str, list[str]] = {
     "lwa_items": ["experiment=melu_ml100k_lwa_items"],  # the item-task transpose: a new item's scorer from its raters
     "nlba_items": ["experiment=melu_ml100k_nlba_items"],
 }
-# ml-1m: each method's ml-1m preset (conf/experiment/melu_ml1m*.yaml: the ml-100k settings, re-chosen where docs/tuning.md says)
-ML1M_METHODS: dict[str, list[str]] = {
-    "maml": ["experiment=melu_ml1m"],
-    "ridge": ["experiment=melu_ml1m_ridge"],
-    "pretrain": ["experiment=melu_ml1m_pretrain"],
-    "ridge_trans": ["experiment=melu_ml1m_trans"],
-    "tanp": ["experiment=melu_ml1m_tanp"],
-    "metaemb": ["experiment=melu_ml1m_metaemb"],
-    "metaemb_warmup": ["experiment=melu_ml1m_metaemb_warmup"],
-    "mwuf": ["experiment=melu_ml1m_mwuf"],
-    "melu_paper": ["experiment=melu_ml1m_paper"],
-    "mamo": ["experiment=melu_ml1m_mamo"],
-    "lwa": ["experiment=melu_ml1m_lwa"],  # ml-100k's settings, untuned on ml-1m
-    "nlba": ["experiment=melu_ml1m_nlba"],
-    "lwa_items": ["experiment=melu_ml1m_lwa_items"],  # ml-100k's settings, checked on ml-1m's val_new
-    "nlba_items": ["experiment=melu_ml1m_nlba_items"],
-}
+
+
+def on_ml1m(methods: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The methods that have an ml-1m preset, in the same order: experiment=melu_ml100k_X runs on ml-1m as
+    experiment=melu_ml1m_X where conf/experiment/melu_ml1m_X.yaml exists (the ml-100k settings, re-chosen
+    where docs/tuning.md says)."""
+    folder = resources.files("metarec.conf") / "experiment"
+    out = {}
+    for method, (preset, *rest) in methods.items():
+        name = preset.removeprefix("experiment=").replace("melu_ml100k", "melu_ml1m", 1)
+        if (folder / f"{name}.yaml").is_file():
+            out[method] = [f"experiment={name}", *rest]
+    return out
+
+
+ML1M_METHODS = on_ml1m(METHODS)
 SEEDS = (0, 1, 2)
 DEFAULTS = {  # --data -> (the environment variable of its folder, --out, --doc)
     "ml-100k": ("METAREC_ML100K", Path("outputs/results"), Path("docs/results.md")),
@@ -124,8 +125,6 @@ def finished(folder: Path, overrides: list[str]) -> bool:
     return status == "finished" and (folder / "eval.json").is_file() and same_config(recorded, compose_plain(overrides))
 
 
-# Keys added to a schema after runs were trained, each with the value that behaves as those runs did:
-# a recorded config without the key equals a composed one that holds this value.
 def train_one(folder: Path, overrides: list[str]) -> tuple[Path, int, float]:
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished or outdated run of this results folder
@@ -156,28 +155,20 @@ def folder_of(out: Path, method: str, seed: int) -> Path:
     return out / slug / f"seed{seed}"
 
 
+# the trainer and data keys each preset line shows beside the algorithm's: those the presets set apart
+SHOWN_KEYS = {"trainer": ("max_steps", "meta_batch_size", "val_every"),
+              "data": ("item_stats", "item_stats_transductive", "heavy_users", "item_ids", "item_factors")}
+
+
 def preset_hparams(method: str, data: str = "ml-100k") -> str:
-    """The algorithm block a method's preset resolves to, read through Hydra's compose."""
+    """The algorithm block a method's preset resolves to, read through Hydra's compose: every key of the
+    algorithm's schema but its name (null ones left out), then SHOWN_KEYS."""
     cfg = preset(tuple(presets_of(data)[method]))
     a = cfg.algo
-    keys = (["inner_steps", "eval_steps", "meta_lr"] if a.name in ("ridge", "tanp", "lwa", "nlba")  # no gradient steps in its inner loop
-            else ["inner_lr", "inner_steps", "eval_steps", "first_order", "inner_params", "meta_lr", "learn_inner_lr"])
-    keys += {"reptile": ["outer"], "prompt": ["adapt", "prompt_len", "prompt_dim"],
-             "ridge": ["prior_precision", "prior_precision_factors", "prior_precision_bias", "learn_prior"],
-             "tanp": ["weight_decay", "modulation", "encoder_hidden", "latent_dim", "task_hidden", "task_dim", "clusters",
-                      "decoder_hidden", "kl_weight", "cluster_weight"],
-             "metaemb": ["pretrain_steps", "gen_lr", "alpha", "warm_lr", "warm_up"],
-             "mwuf": ["pretrain_steps", "nets_lr", "cold_lr"],
-             "lwa": ["weight_decay", "like_threshold", "content_hidden", "content_dim"],
-             "nlba": ["weight_decay", "like_threshold", "content_hidden", "content_dim", "hidden"],
-             "lwa_items": ["pretrain_steps", "nets_lr", "like_threshold"],
-             "nlba_items": ["pretrain_steps", "nets_lr", "like_threshold"],
-             "mamo": ["memory_slots", "profile_rate", "bias_rate", "pref_rate", "bias_scale", "convex_write"]}.get(a.name, [])
-    algo = ", ".join(f"{k}={a[k]}" for k in keys if a.get(k) is not None)
-    return (f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: max_steps={cfg.trainer.max_steps}, "
-            f"meta_batch_size={cfg.trainer.meta_batch_size}, val_every={cfg.trainer.val_every}; "
-            f"data.item_stats={cfg.data.item_stats}, data.item_stats_transductive={cfg.data.item_stats_transductive}, "
-            f"data.heavy_users={cfg.data.heavy_users}, data.item_ids={cfg.data.item_ids}, data.item_factors={cfg.data.item_factors})")
+    algo = ", ".join(f"{k}={v}" for k, v in a.items() if k != "name" and v is not None)
+    trainer = ", ".join(f"{k}={cfg.trainer[k]}" for k in SHOWN_KEYS["trainer"])
+    data_keys = ", ".join(f"data.{k}={cfg.data[k]}" for k in SHOWN_KEYS["data"])
+    return f"`{' '.join(presets_of(data)[method])}` (algo={a.name}: {algo}; trainer: {trainer}; {data_keys})"
 
 
 def protocol(methods: list[str], variant: str = "ml-100k") -> str:

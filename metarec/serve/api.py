@@ -157,15 +157,16 @@ def as_ratings(ratings) -> list[Rating]:
 def load(path: str | Path, data_root: str | None = None, device: str = "cpu") -> Recommender:
     """A checkpoint of `metarec train` as a Recommender (data_root: where its data is now, if moved)."""
     from metarec.algos import ALGOS
-    from metarec.data import build_source
+    from metarec.data import DATASETS, build_source, source_class
     from metarec.run.train import build_model
 
     path = Path(path)
     ck = checkpoint.load(path)
     cfg = checkpoint.config(ck, path)
-    if cfg.data.name not in ("movielens", "atomic"):
+    if source_class(cfg.data.name).kind != "rating":
+        rated = " or ".join(f"data={name}" for name in DATASETS if source_class(name).kind == "rating")
         raise UserError(f"checkpoint {path} was trained on data={cfg.data.name}: recommendations need a rating "
-                        f"data set with items (data=movielens or data=atomic)")
+                        f"data set with items ({rated})")
     if data_root is not None:
         cfg.data.root = str(data_root)
     data_cfg = OmegaConf.merge(cfg.data, {"item_factors": 0})  # the factor table comes with the model
