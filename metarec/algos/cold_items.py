@@ -145,7 +145,7 @@ class ColdItemLearner(Pretrain):
 
     def selectable(self) -> bool:
         """Only once the networks have trained: a checkpoint of the base phase is algo=pretrain's model
-        with untrained networks, which would pass for this method (issue #29)."""
+        with untrained networks, which would pass for this method."""
         return self.steps_done > self.cfg.pretrain_steps
 
     def phase(self) -> str:

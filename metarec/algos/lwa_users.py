@@ -27,8 +27,8 @@ Where ours departs from the paper and RecBole-MetaRec (nuster1128/RecBole-MetaRe
   liked items, a user's leniency, reaches the scorer) and algo.pooling=sum is RecBole's sum;
 - NLBA adapts the biases of every hidden layer (algo.hidden); RecBole's has one hidden layer;
 - model selection on val_new (validation users on new items: the paper's target), never a test state.
-The item-task transpose that metarec shipped as lwa / nlba before is algo=lwa_items / nlba_items
-(metarec/algos/lwa.py): a different, transductive method.
+Their item-task transpose is algo=lwa_items / nlba_items (metarec/algos/lwa.py): a different,
+transductive method.
 """
 from __future__ import annotations
 

@@ -135,7 +135,7 @@ def fitting_overrides(name: str, source) -> list[str]:
     if not needs <= set(MODELS[cfg.model.name].offers):
         extra += [f"model={m}" for m, cls in MODELS.items() if needs <= set(cls.offers)][:1]
     if ALGOS[name].data_needs(cfg.data) is not None:  # (an algorithm's own config may already set it)
-        extra.append("data.item_ids=true")  # the one data switch an algorithm asks for today
+        extra.append("data.item_ids=true")  # what data_needs asks for (ColdItemLearner's item ids); compose below checks
     compose(base + extra)  # checked: one UserError line if that was not enough
     return extra
 

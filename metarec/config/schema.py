@@ -106,7 +106,7 @@ def register() -> None:
 
 
 def checked(raw: dict) -> DictConfig:
-    """A written config (a checkpoint's) against today's schemas: the data set's and the algorithm's
+    """A written config (a checkpoint's) against this metarec's schemas: the data set's and the algorithm's
     that it names; keys it predates take their defaults, a wrong type or an unknown key raises."""
     data, algo = DATA_SCHEMAS[raw["data"]["name"]], ALGOS[raw["algo"]["name"]].Config
     schema = OmegaConf.merge(OmegaConf.structured(Config),

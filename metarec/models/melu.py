@@ -45,8 +45,8 @@ class FieldEncoder(nn.Module):
 
 
 def multi_blocks(multi_hot: list) -> list[tuple[str, int]]:
-    """A spec's multi_hot: one [name, width] pair (MovieLens' genres; every checkpoint before data=atomic)
-    or a list of them, one per multi-hot field (possibly none)."""
+    """A spec's multi_hot: one [name, width] pair (how a data set with one multi-hot field writes it:
+    MovieLens' genres) or a list of them, one per multi-hot field (possibly none)."""
     if len(multi_hot) == 2 and isinstance(multi_hot[0], str):
         return [(multi_hot[0], int(multi_hot[1]))]
     return [(str(name), int(width)) for name, width in multi_hot]

@@ -276,7 +276,7 @@ def record_timing(args: argparse.Namespace, trained: list[str], wall_s: float) -
 
 
 def read_timing(timing: Path) -> list[dict]:
-    """The invocations that trained runs here (a file of the older one-invocation form names no runs)."""
+    """The invocations that trained runs here (a file that holds one invocation without "invocations" names no runs)."""
     if not timing.is_file():
         return []
     data = json.loads(timing.read_text())
@@ -285,8 +285,8 @@ def read_timing(timing: Path) -> list[dict]:
 
 def training_wall(args: argparse.Namespace) -> tuple[float, int] | None:
     """The wall time that trained the page's runs and in how many invocations: the sum over the
-    invocations whose runs are still the ones there (an invocation all of whose runs were trained again
-    later no longer counts); None when some run of the page was trained by no recorded invocation."""
+    invocations whose runs are still the ones there (an invocation all of whose runs a later one trained
+    again does not count); None when some run of the page was trained by no recorded invocation."""
     pages = {str(folder_of(args.out, m, s)) for m in args.methods for s in args.seeds}
     catalog = [folder_of(args.out, m, s) / "catalog" for m in args.methods for s in args.seeds]
     pages |= {str(c) for c in catalog if c.is_dir()}  # the catalogue evaluations are part of the page's time

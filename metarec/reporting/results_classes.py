@@ -7,7 +7,7 @@ import statistics
 
 CLASSES = ("inductive", "transductive")
 FLOORS = {"inductive": ("bias", "mf_foldin"), "transductive": ("bias_transductive", "mf_transductive")}
-UNRECORDED = "unrecorded"  # a run from before eval.json recorded classes: it belongs to neither table
+UNRECORDED = "unrecorded"  # a run whose eval.json records no class: it belongs to neither table
 
 
 def run_class(states_by_seed: dict[int, dict], state: str) -> str:

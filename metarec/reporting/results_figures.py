@@ -38,7 +38,7 @@ def _save(fig, path: Path) -> Path:
 # ---- input classes --------------------------------------------------------------------------------------
 def method_class(runs: dict[int, dict], state: str, transductive: set[str], method: str) -> str:
     """The class a method's eval.json gives the state's row ("input_class": "inductive" | "transductive", the
-    same in every seed), else the page's list of transductive methods (what the pages read before eval.json had it)."""
+    same in every seed), else whether the page's summary counts the method as transductive (`transductive`)."""
     found = {runs[s][state].get("input_class") for s in runs} - {None}
     if len(found) > 1:
         raise UserError(f"{method} {state}: the seeds' eval.json disagree on its input class ({sorted(found)}): "

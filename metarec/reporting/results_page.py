@@ -22,7 +22,8 @@ from metarec.data.states import STATES
 
 FLOORS = ("global_mean", "user_mean", "bias", "bias_transductive", "mf_foldin", "mf_transductive")
 NEW_ITEM_STATES = ("item_cold", "user_item_cold")
-NEW_USER_BARS = ("floor: mf_foldin", "ridge", "maml", "melu_paper")  # issue #22's bars on user_cold
+# what every method is held against on user_cold: the MF fold-in floor, ridge, plain MAML, MeLU as published
+NEW_USER_BARS = ("floor: mf_foldin", "ridge", "maml", "melu_paper")
 BASELINE = "pretrain"  # not a meta-learner: never "the best meta-learner"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -125,8 +126,8 @@ def summarize(runs: list[SeedRun]) -> dict:
 
 
 def new_users(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Every method against issue #22's bars on user_cold (the MF fold-in floor, ridge, plain MAML and
-    MeLU as published, those present): method -> bar -> paired MAE (difference, SE) over identical tasks."""
+    """Every method against NEW_USER_BARS on user_cold (those present): method -> bar -> paired MAE
+    (difference, SE) over identical tasks."""
     if "user_cold" not in states:
         return {}
     first = next(iter(by_method.values()))
@@ -139,7 +140,7 @@ def new_users(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[
 
 
 def new_items(by_method: dict[str, dict[int, dict]], states: list[str]) -> dict[str, dict[str, dict]]:
-    """Every method against the bias_transductive floor on the new-item states (issue #18's targets):
+    """Every method against the bias_transductive floor on the new-item states:
     state -> method -> metric -> paired (difference, SE) over identical tasks."""
     out: dict[str, dict[str, dict]] = {}
     for state in (s for s in NEW_ITEM_STATES if s in states):
@@ -245,7 +246,7 @@ def new_item_lines(summary: dict) -> list[str]:
 
 
 def new_user_lines(summary: dict) -> list[str]:
-    """The table of every method minus each of issue #22's bars on user_cold (MAE)."""
+    """The table of every method minus each of NEW_USER_BARS on user_cold (MAE)."""
     rows = summary.get("new_users")
     if not rows:
         return []

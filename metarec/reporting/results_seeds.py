@@ -18,7 +18,7 @@ from metarec.reporting.runs import headline, lookup, same_config
 from metarec.data.states import STATES
 
 # The same run on two machines differs by float summation order (the CPUs' vector widths, the thread
-# count): the default MovieLens run gave MAE 0.7419 on one machine and 0.7440 on another (issue #36).
+# count): the default MovieLens run gives MAE 0.7419 on one machine and 0.7440 on another.
 SPREAD_MAE = 0.0025
 FLOOR_TOLERANCE = 1e-4  # floors are not trained: on the same tasks and data they agree to float precision
 METRICS = ("mae", "ndcg@3")

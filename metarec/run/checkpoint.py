@@ -104,7 +104,7 @@ def load(path: str | Path) -> dict:
 
 
 def config(ck: dict, path: str | Path) -> DictConfig:
-    """The checkpoint's config, checked against today's schemas (a wrong type or unknown key is refused)."""
+    """The checkpoint's config, checked against this metarec's schemas (a wrong type or unknown key is refused)."""
     from metarec.config.schema import checked  # the schemas import the algorithms and data sets: only when needed
 
     try:

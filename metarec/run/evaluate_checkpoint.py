@@ -56,7 +56,7 @@ def evaluate_checkpoint(cli_cfg: DictConfig, overrides: list[str], run_dir: Path
     if records(run_dir):  # Hydra's own .hydra/ is already there; another run's records are not ours to overwrite
         raise refuse_occupied(run_dir, records(run_dir), EVAL_ADVICE)
     ck = checkpoint.load(path)
-    cfg = checkpoint.config(ck, Path(path))  # checked against today's schemas
+    cfg = checkpoint.config(ck, Path(path))  # checked against this metarec's schemas
     changed = apply_overrides(cfg, cli_cfg, overrides)
     protocol = [f"{k} {old} -> {new}" for k, (old, new) in changed.items() if protocol_key(cfg, k)]
     if protocol and not cfg.eval.allow_protocol_change:

@@ -23,7 +23,7 @@ _MLFLOW_UNSAFE = re.compile(r"[^\w.\- /:]")  # what MLflow refuses in a metric o
 
 
 def requested(cfg: DictConfig) -> list[str]:
-    """trainer.loggers, with trainer.tensorboard=true (the older switch, kept as an alias) as tensorboard."""
+    """trainer.loggers, with trainer.tensorboard=true (an alias of "tensorboard" in it) as tensorboard."""
     names = list(dict.fromkeys(cfg.trainer.get("loggers") or []))
     if cfg.trainer.get("tensorboard") and "tensorboard" not in names:
         names.append("tensorboard")

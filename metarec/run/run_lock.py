@@ -52,7 +52,7 @@ class RunLock:
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                     os.close(fd)
-                    return cls(folder, -1, None)  # a filesystem without flock: run unlocked, as before
+                    return cls(folder, -1, None)  # a filesystem without flock: the run goes on unlocked
                 if attempt == 19:
                     holder = read_record(path)
                     os.close(fd)
