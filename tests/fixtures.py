@@ -1,5 +1,8 @@
-"""Small generated task batches and a MeLU spec for unit tests, and the schema check of config nodes."""
+"""Small generated task batches and a MeLU spec for unit tests, the schema check of config nodes, and
+the engine's fast-path variants the tests hold to the same oracle."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from omegaconf import OmegaConf
@@ -57,3 +60,16 @@ def check_nodes(**nodes) -> None:
     from metarec.checks import check
     from metarec.config.schema import Config
     check(OmegaConf.merge(OmegaConf.structured(Config), nodes))
+
+
+def fast_options(fast, gram: bool = True, written_backward: bool = True, **settings) -> None:
+    """Set a HandPath (metarec/engine/groups.py) to one of its variants: gram=False keeps the first layer
+    explicit in every group (no Gram form), written_backward=False takes second order through autograd
+    over the inner steps instead of SecondOrderMAML's written pass back; settings (group_cost) are set."""
+    if not gram:
+        run = fast._run
+        fast._run = lambda params, loop: dataclasses.replace(run(params, loop), gram=False)
+    if not written_backward:
+        fast._written_applies = lambda *args: False
+    for key, value in settings.items():
+        setattr(fast, key, value)

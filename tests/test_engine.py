@@ -1,7 +1,7 @@
 """The vectorized meta-gradient equals the plain per-task loop (the gradient oracle)."""
 import pytest
 import torch
-from fixtures import SPEC, image_batch, rating_batch, sinusoid_batch
+from fixtures import SPEC, fast_options, image_batch, rating_batch, sinusoid_batch
 from metarec.bench.reference import per_task_meta_loss
 from omegaconf import OmegaConf
 
@@ -98,8 +98,7 @@ def with_option(algo, option):
         assert algo.engine.fast is None
     else:
         assert algo.engine.fast is not None
-        for k, v in option.items():
-            setattr(algo.engine.fast, k, v)
+        fast_options(algo.engine.fast, **option)
     return algo
 
 
@@ -220,8 +219,7 @@ def test_written_second_order_equals_the_oracle(case, monkeypatch):
     written pass ran, for every length group."""
     steps, build, options = WRITTEN_CASES[case]
     model, algo = build(steps)
-    for k, v in options.items():
-        setattr(algo.engine.fast, k, v)
+    fast_options(algo.engine.fast, **options)
     calls = count_written(monkeypatch)
     batch = rating_batch(n_tasks=7, support=(1, 9))
     params = list(model.parameters())
@@ -229,7 +227,7 @@ def test_written_second_order_equals_the_oracle(case, monkeypatch):
     n_groups = len(length_groups(batch.support_mask, algo.engine.fast.group_cost))
     assert len(calls) == n_groups and (n_groups > 1) == bool(options)
     want = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, steps, False), params)
-    algo.engine.fast.written_backward = False
+    fast_options(algo.engine.fast, written_backward=False)
     autograd = grads_of(algo.meta_loss(batch), params)
     assert len(calls) == n_groups
     for (name, _), a, b, c in zip(model.named_parameters(), got, want, autograd):
@@ -251,8 +249,7 @@ FALLBACK_CASES = {  # name -> make() arguments and engine options: the engine's 
 def test_written_second_order_is_not_used_where_it_does_not_apply(case, monkeypatch):
     kw, options = FALLBACK_CASES[case]
     model, algo = make(**{"steps": 2, **kw})
-    for k, v in options.items():
-        setattr(algo.engine.fast, k, v)
+    fast_options(algo.engine.fast, **options)
     calls = count_written(monkeypatch)
     batch = rating_batch(n_tasks=6, support=(1, 9))
     params = list(model.parameters()) + (list(algo.inner_lrs.parameters()) if algo.inner_lrs is not None else [])
@@ -296,7 +293,7 @@ def test_compiled_engine_equals_the_oracle():
     cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=False, inner_params="mlp", meta_lr=1e-3,
                                 learn_inner_lr=False, weight_decay=0.0))
     algo = MAML(cfg, model, "rating", compile=True)
-    algo.engine.fast.written_backward = False  # second order through the compiled inner loop, not SecondOrderMAML
+    fast_options(algo.engine.fast, written_backward=False)  # second order through the compiled inner loop, not SecondOrderMAML
     batch = rating_batch(n_tasks=6, support=(1, 9))
     a = grads_of(algo.meta_loss(batch), list(model.parameters()))
     b = grads_of(per_task_meta_loss(model, algo.engine.inner_names, batch, "rating", 0.3, 3, False), list(model.parameters()))
@@ -318,7 +315,8 @@ def test_conv4_task_loop_and_vmap_equal_the_oracle(task_loop, first_order):
     algo = MAML(cfg, model, "classification")
     assert algo.engine.task_loop  # the default for a conv net on a CPU
     want_trace = algo.adapt_trace(image_batch(n_tasks=3), 2)
-    algo.engine = Engine(model, algo.engine.inner_names, "classification", task_loop=task_loop)
+    algo.engine = Engine(model, algo.engine.inner_names, "classification")
+    algo.engine.use_task_loop(task_loop)
     batch = image_batch(n_tasks=3)
     params = list(model.parameters())
     a = grads_of(algo.meta_loss(batch), params)

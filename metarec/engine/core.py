@@ -37,15 +37,12 @@ def masked_task_loss(pred: Tensor, y: Tensor, mask: Tensor, kind: str) -> Tensor
 class Engine:
     """Adapts a model's `inner_names` parameters per task; `kind` picks the loss.
 
-    fast_paths=False runs the core path alone (trainer.fast_paths). task_loop=None: a convolutional
-    model on a CPU runs one task at a time (vmap makes the per-task convolutions one grouped
-    convolution, which the CPU kernels run about 2x slower: Conv4 on Omniglot, 3.8 against 6.2
-    tasks/s); True / False force the loop / vmap. compile=True (trainer.compile) compiles the forward
-    that autograd runs through (on the fast path, the inner steps; second order there runs
-    SecondOrderMAML eagerly instead, which is faster)."""
+    fast_paths=False runs the core path alone (trainer.fast_paths). compile=True (trainer.compile)
+    compiles the forward that autograd runs through (on the fast path, the inner steps; second order
+    there runs SecondOrderMAML eagerly instead, which is faster)."""
 
     def __init__(self, model: nn.Module, inner_names: list[str], kind: str, compile: bool = False,
-                 fast_paths: bool = True, task_loop: bool | None = None):
+                 fast_paths: bool = True):
         self.model, self.kind = model, kind
         self.inner_names = list(inner_names)
         # Only the head adapts: run the encoder once per batch and vmap the head alone.
@@ -53,11 +50,15 @@ class Engine:
         self.module = model.head if self.head_only else model
         self.prefix = "head." if self.head_only else ""
         self.fast = HandPath.of(model, self.inner_names, kind, self.features, compile) if fast_paths else None
-        if task_loop is None:
-            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-            task_loop = on_cpu and any(isinstance(m, nn.modules.conv._ConvNd) for m in self.module.modules())
-        self.task_loop = task_loop
-        self._forward = self._looped if task_loop else vmap(self._forward_one, in_dims=(0, None, 0))
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        self.use_task_loop(on_cpu and any(isinstance(m, nn.modules.conv._ConvNd) for m in self.module.modules()), compile)
+
+    def use_task_loop(self, loop: bool, compile: bool = False) -> None:
+        """The core path's forward one task at a time (loop) or vmapped over the tasks. A convolutional
+        model on a CPU loops: vmap makes the per-task convolutions one grouped convolution, which the CPU
+        kernels run about 2x slower (Conv4 on Omniglot, 3.8 against 6.2 tasks/s)."""
+        self.task_loop = loop
+        self._forward = self._looped if loop else vmap(self._forward_one, in_dims=(0, None, 0))
         if compile:
             self._forward = torch.compile(self._forward, dynamic=True)
 

@@ -78,9 +78,6 @@ class HandPath:
         self.w1, self.b1 = (self.prefix + n for n in self.hand.layers[0])
         self.layer_names = [self.prefix + n for layer in self.hand.layers for n in layer]
         self.group_cost = 200  # what one more length group costs, in padded rows (measured: ~3 ms / ~15 us)
-        self.gram = True  # first layer in Gram form where it is cheaper; False keeps W1 explicit (tests)
-        # second order in Gram form: the pass back through the inner steps written out, not autograd's (tests: False)
-        self.written_backward = True
         self._group_steps = torch.compile(self._steps, dynamic=True) if compile else self._steps
 
     @classmethod
@@ -137,7 +134,7 @@ class HandPath:
         theta = {n: params[n] if loop.track else params[n].detach() for n in self.inner_names}
         lrs = {n: loop.lr_of(n) for n in self.inner_names}
         fixed_input = self.hand.input_fixed({n[len(self.prefix):] for n in theta})
-        gram = (self.gram and self.w1 in theta and fixed_input and scalar(lrs[self.w1])
+        gram = (self.w1 in theta and fixed_input and scalar(lrs[self.w1])
                 and scalar(lrs.get(self.b1, 0.0)))
         return Run(theta, self._shared(params, theta), lrs, loop.create_graph, loop.track, gram, fixed_input)
 
@@ -186,7 +183,7 @@ class HandPath:
 
     def _written_applies(self, run: Run, query: Tensor | None, steps: int, widths: list[int]) -> bool:
         """Second order, every MLP layer adapted at a plain rate, the first in Gram form in every group."""
-        return (self.written_backward and query is not None and run.create_graph and run.gram and steps > 0
+        return (query is not None and run.create_graph and run.gram and steps > 0
                 and isinstance(self.hand, HandMLP) and set(self.layer_names) == set(run.theta)
                 and all(scalar(run.lrs[n]) for n in self.layer_names)
                 and all(width < run.theta[self.w1].shape[-1] for width in widths))
