@@ -225,9 +225,11 @@ def test_the_pages_choices_name_its_methods_and_the_schemas_keys():
 
     from metarec.config.schema import EvalConfig, MovieLensConfig, TrainerConfig
     from metarec.reporting.catalog_page import CATALOG_METHODS
+    from metarec.reporting.published import PUBLISHED
     from metarec.reporting.results_page import BASELINE, NEW_USER_BARS
     bars = [b for b in NEW_USER_BARS if not b.startswith("floor: ")]
     assert set(bars) | {BASELINE} | set(CATALOG_METHODS) <= set(results.METHODS)
+    assert all(set(methods) <= set(results.presets_of(variant)) for variant, methods in PUBLISHED.items())
     schemas = {"data": MovieLensConfig, "eval": EvalConfig, "trainer": TrainerConfig}
     fields = {g: {f.name: f for f in dataclasses.fields(s)} for g, s in schemas.items()}
     for group, keys in results.SHOWN_KEYS.items():
