@@ -29,6 +29,11 @@ def test_quick_bench_writes_rows_for_every_impl(tmp_path, capsys):
     assert HEADER in printed and "eng/ref" in printed
 
 
+def test_the_default_data_root_is_the_shared_ml100k_beside_the_checkout():
+    from metarec.bench.speed import SHARED_ML100K
+    assert SHARED_ML100K == ML100K
+
+
 def test_table_row_shows_the_ratios():
     rows = [{"algo": "maml", "meta_batch": 32, "inner_steps": 5, "first_order": False, "impl": impl, "tasks_per_s": v,
              "peak_rss_mb": 1.0} for impl, v in (("reference", 100.0), ("engine", 1000.0), ("supervised", 4000.0))]

@@ -31,7 +31,7 @@ from metarec.config.compose import compose
 from metarec.errors import UserError
 from metarec.run.device import cpu_count
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout: metarec/bench/speed.py is two folders down
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 QUICK = ["maml"]  # --quick's algorithms
 ML1M_SHAPE = dict(users=6040, items=3706, ratings=1_000_209)
