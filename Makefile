@@ -23,7 +23,7 @@ train: setup  ## the main job: metarec train algo=maml data=movielens (ARGS="...
 	$(BIN)/metarec train algo=maml data=movielens $(ARGS)
 
 test: setup  ## the default test suite (every test not marked slow)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 test-slow: setup  ## the slow end-to-end tests (CI runs them after make test)
 	$(BIN)/python -m pytest -q -m slow
