@@ -153,13 +153,16 @@ def test_catalog_and_buckets_land_in_eval_json_and_eval_md(ml100k):
 
 
 def test_bad_ranking_choice_is_one_line():
+    from types import SimpleNamespace
+
     from omegaconf import OmegaConf
 
     from metarec.config.schema import EvalConfig
     with pytest.raises(UserError, match="eval.ranking='all' is not one of query, catalog"):  # its rule, beside the field
         check_nodes(eval=OmegaConf.structured(EvalConfig(ranking="all")))
     with pytest.raises(UserError, match="data=sinusoid has none"):
-        ranking.catalog_wanted(OmegaConf.create({"eval": {"ranking": "catalog"}, "data": {"name": "sinusoid"}}), object())
+        ranking.catalog_wanted(OmegaConf.create({"eval": {"ranking": "catalog"}, "data": {"name": "sinusoid"}}),
+                               SimpleNamespace(kind="regression"))
 
 
 def test_catalog_section_of_the_results_page_by_hand(tmp_path):

@@ -18,7 +18,7 @@ from metarec.algos.pretrain import Pretrain, PretrainConfig
 from metarec.checks import rule
 from metarec.engine import masked_task_loss
 from metarec.errors import UserError
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 ITEM = "encoder.embeddings.item.weight"
 USER_FIELDS = ("gender", "age", "occupation", "zip")
@@ -95,11 +95,11 @@ class ColdItemLearner(Pretrain):
         """The ID rows [items, dim] of new items from the ratings a state shows (item tasks: support)."""
         raise NotImplementedError
 
-    def attach(self, source) -> None:
+    def attach(self, source: TaskSource) -> None:
         """The task source's training ratings: the item tasks of phase 2, and which ID rows were
         trained (an item with no training rating is new: it reads the learner's row)."""
-        if not hasattr(source, "train_ratings"):
-            raise UserError(f"algo={self.cfg.name} needs item-centric tasks from a MovieLens source (data=movielens)")
+        if source.kind != "rating":
+            raise UserError(f"algo={self.cfg.name} needs item-centric tasks from a rating data set (data=movielens, atomic)")
         self.items, self.source = ItemTasks(source, self.cfg.item_shots), source
         trained = source.rating_item[torch.as_tensor(source.train_ratings, device=source.y.device)] + 1
         self.known = torch.zeros_like(self.known)

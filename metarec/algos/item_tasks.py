@@ -1,20 +1,22 @@
 """Item-centric episodes for the item-cold-start learners (MetaEmb, MWUF): a task is one existing item,
 its two mini-batches (a, b) drawn at random from the ratings that meta-train users gave it in the
 training pool (never a query, never a validation or test user). Padded [items, K] like the user tasks,
-so a meta-batch of items is one gather; built once from the task source's training ratings."""
+so a meta-batch of items is one gather; built once from the task source's training ratings. What they
+read of the source is declared on metarec.tasks.TaskSource: y, rating_item, train_ratings, rows_batch
+and visible."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 from metarec.errors import UserError
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, TaskSource
 
 
 class ItemTasks:
     """Episodes over the items that have at least two training ratings (one per mini-batch)."""
 
-    def __init__(self, source, shots: int):
+    def __init__(self, source: TaskSource, shots: int):
         if shots < 1:
             raise UserError(f"algo.item_shots={shots} must be at least 1 (ratings per mini-batch of an item task)")
         self.source, self.shots = source, shots
@@ -62,7 +64,7 @@ def by_item(rows: Tensor, items: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor
     return ids, counts, torch.where(mask, rows[index], torch.zeros_like(index)), mask
 
 
-def visible_item_tasks(source, state: str, cold: Tensor) -> tuple[Tensor, TaskBatch] | None:
+def visible_item_tasks(source: TaskSource, state: str, cold: Tensor) -> tuple[Tensor, TaskBatch] | None:
     """The ratings `state` shows of each new item (source.visible: other users' support ratings in the
     same state, never a query) as one item task per item: (item rows [items], a TaskBatch whose support
     holds the item's visible ratings, padded; its query is a copy). cold: [table rows] bool, the ID rows

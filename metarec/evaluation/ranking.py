@@ -197,7 +197,7 @@ def format_by_support(result: dict, metrics: tuple[str, ...] = ("mae", "ndcg@3",
 def catalog_wanted(cfg, source) -> bool:
     """eval.ranking: query (the query items alone) or catalog (also the whole catalogue, where the data has one)."""
     choice = cfg.eval.get("ranking", "query")
-    if choice == "catalog" and not hasattr(source, "catalog"):
+    if choice == "catalog" and source.kind != "rating":
         raise UserError(f"eval.ranking=catalog ranks a catalogue of items: data={cfg.data.name} has none "
                         f"(use it with data=movielens)")
     return choice == "catalog"
