@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from metarec.data.download import DEFAULT_SOURCES, Source, atomic_write, fetch_file, fingerprint, locate_movielens, verify
+from metarec.data.cache_check import fingerprint
+from metarec.data.download import DEFAULT_SOURCES, Source, atomic_write, fetch_file, locate_movielens, verify
 from metarec.data.movielens_io import read_movielens
 from metarec.errors import UserError
 

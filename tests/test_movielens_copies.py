@@ -14,12 +14,13 @@ import pytest
 import torch
 from conftest import ML100K, needs_ml100k
 
-from metarec.data.download import DEFAULT_SOURCES, default_cache_dir, fingerprint
+from metarec.data.cache_check import fingerprint
+from metarec.data.download import DEFAULT_SOURCES, default_cache_dir
 from metarec.data.movielens_io import ML100K_GENRES
 
 RECBOLE_ENV = "METAREC_RECBOLE_ML100K"  # a folder holding RecBole's ml-100k.inter, .user and .item
 RECBOLE_DIGESTS = {Path(m).name: d for s in DEFAULT_SOURCES["ml-100k"] if s.kind == "wheel" for m, d in s.files.items()}
-# The source files' own fingerprints (download.fingerprint), recorded: they differ, the tasks do not.
+# The source files' own fingerprints (cache_check.fingerprint), recorded: they differ, the tasks do not.
 GROUPLENS_FINGERPRINT = "6903058713d1360837384deefaa95ef46402b7f53a6172a82bfde26196f26827"
 RECBOLE_FINGERPRINT = "b6d0141955336ebacaaffde1d7e0ecfbe8ceff048944b04cc5da72bc07d37639"
 # Tasks per state at split seed 0 (`metarec data info data=movielens`), the same from both copies.

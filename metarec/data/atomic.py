@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from metarec.data.atomic_files import AtomicFile, find_inter, read_atomic_file, rows_of, side_file
-from metarec.data.features import CATEGORICAL, Column, RatingTable, bucket_edges, bucketize, encode
+from metarec.data.features import CATEGORICAL, Column, bucket_edges, bucketize, encode
 from metarec.data.movielens import MovieLensTasks
 from metarec.data.cold_cut import latest_ratings, random_items, share_threshold
 from metarec.data.movielens_raw import existing_folder
+from metarec.data.ratings import RatingTable
 from metarec.errors import UserError
 
 MISSING = {"token": "", "float": float("nan"), "token_seq": [], "float_seq": np.zeros(0)}

@@ -1,6 +1,7 @@
-"""Cached files are checked when used, not trusted: a download's files against the digests its source
+"""Data files are checked when used, not trusted: a download's files against the digests its source
 promises (metarec/data/download.py's DEFAULT_SOURCES), a derived cache (Omniglot's decoded images)
-against a stamp (size + SHA-256) written atomically next to it. What fails is named in one warning
+against a stamp (size + SHA-256) written atomically next to it; the files a data set was read from are
+named by their bytes (fingerprint), which a checkpoint records. What fails is named in one warning
 line and fetched or built again by the caller; a file the user keeps in data.root is only compared
 with the release, and used as it is (a user may edit a copy on purpose: the warning says it differs).
 """
@@ -16,6 +17,17 @@ def sha256(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(files: list[Path]) -> str:
+    """SHA-256 (hex) over the files' names and bytes, in name order: where they live does not count."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(f) for f in files), key=lambda p: (p.name, str(p))):
+        digest.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -192,17 +192,6 @@ def _fetch_variant(variant: str, cache: Path, target: Path, sources, timeout: fl
     )
 
 
-def fingerprint(files: list[Path]) -> str:
-    """SHA-256 (hex) over the files' names and bytes, in name order: where they live does not count."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(f) for f in files), key=lambda p: (p.name, str(p))):
-        digest.update(path.name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------- fetching
 
 def one_line(e: BaseException) -> str:

@@ -1,8 +1,7 @@
-"""The generic rating data every cold-start task source is built from: a rating table, and user and
-item feature columns encoded into the model's input (categorical codes + multi-hot blocks).
+"""User and item feature columns encoded into the model's input (categorical codes + multi-hot blocks).
 
-A reader (MovieLens' GroupLens/RecBole files, any RecBole atomic data set) fills `RatingTable` and
-names its feature columns with their kinds; `encode` turns them into `Features`, whose `rows(u, i)`
+A reader (MovieLens' GroupLens/RecBole files, any RecBole atomic data set) fills a rating table
+(ratings.py) and names its feature columns with their kinds; `encode` turns them into `Features`, whose `rows(u, i)`
 is the input row x of user u and item i. Kinds are RecBole's field types:
   token      one categorical field: codes 1..V in sorted order (or a given vocabulary), 0 = missing/unknown
   float      one categorical field: the bucket of the value (given edges, else quantile edges), 0 = missing
@@ -13,24 +12,11 @@ is the input row x of user u and item i. Kinds are RecBole's field types:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 KINDS = ("token", "float", "token_seq", "float_seq")
 CATEGORICAL, MULTI_HOT = ("token", "float"), ("token_seq", "float_seq")
-
-
-@dataclass
-class RatingTable:
-    """Ratings as rows into a user and an item table (MovieLensRaw has the same fields)."""
-    rating_user: np.ndarray  # [R] int64
-    rating_item: np.ndarray  # [R] int64
-    rating: np.ndarray  # [R] float32
-    timestamp: np.ndarray  # [R] int64 (0 when the data has none)
-    num_users: int
-    num_items: int
-    source_files: list[Path]
 
 
 @dataclass

@@ -28,10 +28,12 @@ from torch import Tensor
 
 from metarec.data import cold_cut, floor_cache, mf_floors, split, transductive
 from metarec.data.split import EvalTasks, pad as _pad
-from metarec.data.download import fingerprint, locate_movielens
+from metarec.data.cache_check import fingerprint
+from metarec.data.download import locate_movielens
 from metarec.data.movielens_catalog import CatalogRows
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, cross_fitted
-from metarec.data.features import Features, RatingTable
+from metarec.data.features import Features
+from metarec.data.ratings import RatingTable
 from metarec.data.item_context import BIAS_EDGES, COUNT_EDGES, ItemContext
 from metarec.data.movielens_features import rating_features
 from metarec.data.movielens_io import RATING_MAX, RATING_MIN, read_movielens

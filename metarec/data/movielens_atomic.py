@@ -56,8 +56,8 @@ def read_atomic(folder: str | Path) -> MovieLensRaw:
     keep = keep_last(user, item, len(item_tokens))
     return MovieLensRaw(
         rating_user=user[keep], rating_item=item[keep], rating=rating[keep].astype(np.float32),
-        timestamp=np.round(timestamp[keep]).astype(np.int64), source_files=source_files,
-        item_id=np.array(item_tokens), **tables,
+        timestamp=np.round(timestamp[keep]).astype(np.int64), num_users=len(user_tokens),
+        num_items=len(item_tokens), source_files=source_files, item_id=np.array(item_tokens), **tables,
     )
 
 

@@ -1,5 +1,6 @@
-"""The plain tables every MovieLens reader returns, the definition of an item's year, and the
-parsing the readers share (ratings fast path, checks, small '|' or '::' tables)."""
+"""The rating table every MovieLens reader returns (MovieLensRaw: a RatingTable with MovieLens' user and
+item columns), the definition of an item's year, and the parsing the readers share (ratings fast path,
+checks, small '|' or '::' tables)."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from metarec import inputs
+from metarec.data.ratings import RatingTable
 from metarec.errors import UserError
 
 RATING_MIN, RATING_MAX = 1.0, 5.0
@@ -17,11 +19,8 @@ REREAD = "re-download it (or the data set), or point data.root at a complete cop
 
 
 @dataclass
-class MovieLensRaw:
-    rating_user: np.ndarray    # [R] int64, row into the user table
-    rating_item: np.ndarray    # [R] int64, row into the item table
-    rating: np.ndarray         # [R] float32
-    timestamp: np.ndarray      # [R] int64
+class MovieLensRaw(RatingTable):
+    """The rating table (rows into the user and item tables below) with MovieLens' own columns."""
     user_gender: list[str]     # [U] "M"/"F"
     user_age: np.ndarray       # [U] int64 (ml-100k: years; ml-1m: GroupLens age code 1/18/25/...)
     user_occupation: list[str] # [U] (ml-1m: the numeric code as a string)
@@ -29,16 +28,7 @@ class MovieLensRaw:
     item_year: np.ndarray      # [I] int64 the title's year (title_year), -1 when unknown
     item_genres: list[list[str]]  # [I] genre names (e.g. "Comedy", "Children's")
     item_title: list[str]      # [I]
-    source_files: list[Path]   # the files read, for the data fingerprint
-    item_id: np.ndarray | None = None  # [I] int64 the data set's own item ids (recommend shows them)
-
-    @property
-    def num_users(self) -> int:
-        return len(self.user_gender)
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_title)
+    item_id: np.ndarray | None = None  # [I] the data set's own item ids (recommend shows them)
 
 
 # ----------------------------------------------------------------------------- an item's year
@@ -188,7 +178,7 @@ def assemble(ratings_path: Path, values: np.ndarray, lines: np.ndarray, user_ids
     return MovieLensRaw(
         rating_user=user[keep], rating_item=item[keep],
         rating=values[keep, 2].astype(np.float32), timestamp=ids[keep, 2],
-        source_files=source_files, item_id=item_ids, **tables,
+        num_users=len(user_ids), num_items=len(item_ids), source_files=source_files, item_id=item_ids, **tables,
     )
 
 
