@@ -118,8 +118,9 @@ def _show(v: Any) -> str:
     return f"[{', '.join(map(str, v))}]" if isinstance(v, list) else str(v)
 
 
-def check(cfg) -> None:
-    """Raise one UserError line naming every key whose value breaks its schema's rule."""
-    lines = problems(cfg)
+def check(cfg, prefix: str = "") -> None:
+    """Raise one UserError line naming every key whose value breaks its schema's rule (`prefix`: the
+    node's place in the whole config, e.g. "data." for the data node)."""
+    lines = problems(cfg, prefix)
     if lines:
         raise UserError("; ".join(lines))

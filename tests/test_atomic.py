@@ -193,7 +193,7 @@ def test_synthetic_features_and_cut(tmp_path):
     np.minimum.at(first, src.raw.rating_item, src.raw.timestamp.astype(float))
     assert np.array_equal(src.new_item, first > np.quantile(first, 0.75)) and 0.2 < src.new_item.mean() < 0.3
     # x of a rating: [region, spend, price, interests (4), tags (4), sizes (4 buckets)]; the item's row for every rating
-    x = src.input_rows(src.raw.rating_user, src.raw.rating_item)
+    x = torch.from_numpy(src.features.rows(src.raw.rating_user, src.raw.rating_item))
     assert torch.equal(x, src.x) and x.shape[1] == 3 + 4 + 4 + 4
     assert ((x[:, 3:7].sum(1) == 2) & (x[:, 7:11].sum(1) >= 1) & (x[:, 11:].sum(1) >= 1)).all()
     for state in STATES:

@@ -1,4 +1,4 @@
-"""eval.ranking=catalog and the support-size buckets (metarec/evaluation/ranking.py, metarec/data/movielens_catalog.py):
+"""eval.ranking=catalog and the support-size buckets (metarec/evaluation/ranking.py, metarec/data/catalog.py):
 metrics by hand on a tiny ranking, the vectorised metrics against a per-user loop, buckets by hand, and
 the catalogue of real ml-100k against the evaluation's own tasks."""
 import math

@@ -5,23 +5,25 @@
 NAME.inter gives the ratings (data.user_id_field, item_id_field, rating_field; time_field optional),
 NAME.user and NAME.item the features the config names (metarec/data/features.py says how each RecBole
 type is encoded), data.cut the new items; users are split, tasks drawn and floors computed exactly as
-for MovieLens (metarec/data/movielens.py, which this source reuses through MovieLensTasks._build).
+for MovieLens: the reading differs, the rest is every rating data set's (metarec/data/rating_source.py).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch
+from torch import Tensor
 
 from metarec.data.atomic_files import AtomicFile, find_inter, read_atomic_file, rows_of, side_file
-from metarec.data.features import CATEGORICAL, Column, bucket_edges, bucketize, encode
-from metarec.data.movielens import MovieLensTasks
+from metarec.data.cache_check import fingerprint
 from metarec.data.cold_cut import latest_ratings, random_items, share_threshold
+from metarec.data.features import CATEGORICAL, Column, bucket_edges, bucketize, encode
 from metarec.data.movielens_raw import existing_folder
-from metarec.data.ratings import RatingTable
+from metarec.data.rating_source import RatingSource
+from metarec.data.ratings import RatingData, RatingTable
 from metarec.errors import UserError
 
 MISSING = {"token": "", "float": float("nan"), "token_seq": [], "float_seq": np.zeros(0)}
@@ -104,8 +106,7 @@ def _ratings(inter: AtomicFile, cfg) -> np.ndarray:
 
 
 def _scale(scale) -> tuple[float, float]:
-    if len(scale) != 2 or not scale[0] < scale[1]:
-        raise UserError(f"data.rating_scale={list(scale)} must be [lowest, highest] with lowest < highest, or null")
+    """data.rating_scale as (lowest, highest) (its schema declares the form: atomic_config.py)."""
     return float(scale[0]), float(scale[1])
 
 
@@ -115,8 +116,6 @@ def item_cut(cut, data: AtomicData, seed: int, time_field: str | None = None) ->
     else on each item's first rating time, else (no time field) on a seeded random draw of items."""
     n = data.table.num_items
     if cut.share is not None:
-        if not 0 < cut.share < 1:
-            raise UserError(f"data.cut.share={cut.share} must be between 0 and 1 (the share of items that are new)")
         new = np.zeros(n, dtype=bool)
         new[np.random.default_rng([seed, 19]).permutation(n)[:int(round(cut.share * n))]] = True  # a stream of its own
         return new, {"cut": {"share": cut.share, "split_seed": seed}}
@@ -134,9 +133,9 @@ def item_cut(cut, data: AtomicData, seed: int, time_field: str | None = None) ->
     if cut.value is not None:
         threshold, why = float(cut.value), "data.cut.value"
     elif cut.quantile is not None:
-        if not 0 < cut.quantile < 1 or not np.isfinite(values).any():
-            raise UserError(f"data.cut.quantile={cut.quantile} must be between 0 and 1, over a field with numbers "
-                            f"({field} has {int(np.isfinite(values).sum())})")
+        if not np.isfinite(values).any():
+            raise UserError(f"data.cut.quantile={cut.quantile} needs a field with numbers ({field} has none): "
+                            f"name one with data.cut.field, or cut a random share (data.cut.share=0.2)")
         threshold, why = float(np.quantile(values[np.isfinite(values)], cut.quantile)), f"quantile {cut.quantile}"
     else:
         threshold, _ = share_threshold(values, data.table.rating_item, cut.new_ratings)
@@ -226,67 +225,57 @@ def item_titles(cfg, data: AtomicData) -> list[str]:
     return known + [""] * (data.table.num_items - len(known))
 
 
-class AtomicTasks(MovieLensTasks):
-    """MovieLens' cold-start tasks over a RecBole atomic data set (only the reading differs)."""
+def user_encoder(users: list[Column], float_buckets: int, folder: Path) -> Callable[[dict, Tensor], Tensor]:
+    """encode(given, codes): a new user's NAME.user fields by name (`--user location=314`) written into
+    `codes`, a feature row: a token as written in the file, a float bucketed as training bucketed it."""
+    columns = {c.name: c for c in users if c.kind in CATEGORICAL}  # a feature row's user codes, in order
+    names = list(columns)
 
-    def __init__(self, cfg, device: torch.device | str = "cpu", seed: int = 0, progress: bool = True):
-        if cfg.float_buckets < 1:
-            raise UserError(f"data.float_buckets={cfg.float_buckets} must be at least 1")
-        data = read_dataset(cfg)
-        self.folder = Path(data.inter.path).parent
-        split_seed = seed if cfg.split_seed is None else cfg.split_seed
-        new_item, self.cut_info = item_cut(cfg.cut, data, split_seed, cfg.time_field)
-        self.cut_info.update(data.duplicates)
-        self.test_users = test_users(cfg, data)
-        users, items = feature_columns(cfg, data, new_item)
-        self.user_columns = {c.name: c for c in users if c.kind in CATEGORICAL}  # a new user's features, by name
-        self.item_ids, self.item_titles = data.tokens["item"], item_titles(cfg, data)
-        features = encode(users, items, data.table.num_users, data.table.num_items, cfg.float_buckets, cfg.item_ids)
-        low, high = data.table.rating.min(initial=np.inf), data.table.rating.max(initial=-np.inf)
-        self.rating_scale = _scale(cfg.rating_scale) if cfg.rating_scale is not None else (float(low), float(high))
-        self.fields_available = {f"{side}_fields": dict(f.types) for side, f in
-                                 (("inter", data.inter), *data.files.items()) if f is not None}
-        self._build(cfg, device, seed, data.table, features, new_item)
-
-    def _user_roles(self, perm: np.ndarray) -> np.ndarray:
-        """data.test_user_field's users are the test users; the others are cut by data.split's first two shares."""
-        if self.test_users is None:
-            return super()._user_roles(perm)
-        rest = perm[~self.test_users[perm]]
-        n_train = int(round(self.cfg.split[0] / (self.cfg.split[0] + self.cfg.split[1]) * len(rest)))
-        role = np.full(len(perm), 2, dtype=np.int64)
-        role[rest[:n_train]], role[rest[n_train:]] = 0, 1
-        return role
-
-    def item_labels(self) -> tuple[list, list[str]]:
-        return list(self.item_ids), list(self.item_titles)
-
-    def _feature_codes(self, features: dict, codes: torch.Tensor) -> torch.Tensor:
-        """A new user's codes from their NAME.user fields by name (`--user location=314`): a token as written
-        in the file, a float bucketed as training bucketed it."""
-        names = list(self.user_columns)
-        for name, value in features.items():
-            if name not in self.user_columns:
+    def encode_user(given: dict, codes: Tensor) -> Tensor:
+        for name, value in given.items():
+            if name not in columns:
                 raise UserError(f"user feature {name!r} is not one the model reads (data.user_features: "
                                 f"{', '.join(names) or 'none'})")
-            c, value = self.user_columns[name], str(value).strip()
+            c, value = columns[name], str(value).strip()
             if c.kind == "float":
                 try:
                     number = float(value)
                 except ValueError:
                     raise UserError(f"user feature {name}={value!r} is not a number") from None
                 values = np.asarray(c.values, dtype=np.float64)
-                edges = c.edges if c.edges is not None else bucket_edges(values, self.cfg.float_buckets)  # training's
+                edges = c.edges if c.edges is not None else bucket_edges(values, float_buckets)  # training's
                 codes[names.index(name)] = int(bucketize(np.array([number]), edges)[0])
                 continue
             vocab = c.vocab if c.vocab is not None else sorted({v for v in c.values if v != ""})
             if value not in vocab:
-                raise UserError(f"user feature {name}={value!r} is not in {self.folder.name}'s user file (it has "
+                raise UserError(f"user feature {name}={value!r} is not in {folder.name}'s user file (it has "
                                 f"{', '.join(vocab[:20])}{' ...' if len(vocab) > 20 else ''})")
             codes[names.index(name)] = vocab.index(value) + 1
         return codes
 
+    return encode_user
+
+
+class AtomicTasks(RatingSource):
+    """MovieLens' cold-start tasks over a RecBole atomic data set (only the reading differs)."""
+
+    @classmethod
+    def read(cls, cfg, split_seed: int, progress: bool = True) -> RatingData:
+        data = read_dataset(cfg)
+        folder = Path(data.inter.path).parent
+        new_item, cut_info = item_cut(cfg.cut, data, split_seed, cfg.time_field)
+        test = test_users(cfg, data)
+        users, items = feature_columns(cfg, data, new_item)
+        titles = item_titles(cfg, data)
+        features = encode(users, items, data.table.num_users, data.table.num_items, cfg.float_buckets, cfg.item_ids)
+        low, high = data.table.rating.min(initial=np.inf), data.table.rating.max(initial=-np.inf)
+        scale = _scale(cfg.rating_scale) if cfg.rating_scale is not None else (float(low), float(high))
+        fields = {f"{side}_fields": dict(f.types) for side, f in (("inter", data.inter), *data.files.items()) if f is not None}
+        return RatingData(data.table, features, new_item, scale, {**cut_info, **data.duplicates}, folder,
+                          fingerprint(data.table.source_files), list(data.tokens["item"]), titles,
+                          user_encoder(users, cfg.float_buckets, folder), test, fields)
+
     def info(self) -> dict:
         out = super().info()
         out["features"] = {"fields": [list(f) for f in self.fields], "multi_hot": [list(b) for b in self.multi_hot]}
-        return {**out, **self.fields_available}
+        return {**out, **self.data.facts}

@@ -2,7 +2,7 @@
 fields are features, which items are new. Plain dataclasses, so composing a config imports no data code.
 
 The protocol keys (query_size ... trans_folds) are MovieLens' (protocol_config.ProtocolConfig, which
-both schemas extend): both data sets run the same cold-start protocol (metarec/data/movielens.py).
+both schemas extend): both data sets run the same cold-start protocol (metarec/data/protocol.py).
 """
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ from typing import Any, Optional
 
 from metarec.checks import rule
 from metarec.data.protocol_config import ProtocolConfig
+
+
+def scale_pair(value) -> str | None:
+    """The rule of data.rating_scale: [lowest, highest], two numbers with lowest < highest."""
+    pair = list(value) if isinstance(value, (list, tuple)) else []
+    numbers = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    return None if numbers and pair[0] < pair[1] else "must be [lowest, highest] with lowest < highest, or null"
 
 
 @dataclass
@@ -45,4 +52,4 @@ class AtomicConfig(ProtocolConfig):
     test_user_field: Optional[str] = None  # a NAME.user float field: users above 0.5 are the test users (a published split,
     # e.g. MetaHIN's metahin_new_user); the others split into meta-train / validation by data.split's first two shares
     title_field: Optional[str] = None  # a NAME.item field that `metarec recommend` shows as the title; null: none
-    rating_scale: Optional[list[float]] = rule(None, "any")  # [lowest, highest]: other ratings are refused; null = any number
+    rating_scale: Optional[list[float]] = rule(None, scale_pair)  # [lowest, highest]: other ratings are refused; null = any number

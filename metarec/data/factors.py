@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from metarec import progress
 from metarec.signals import check_stop
 
-USER_BIAS_PRECISION = 3.0  # the bias floor's shrinkage of a user's mean residual (movielens.py reads it too)
+USER_BIAS_PRECISION = 3.0  # the bias floor's shrinkage of a user's mean residual (floors.py, item_context.py)
 ITEM_BIAS_PRECISION = 5.0  # ... and of an item's
 
 
@@ -144,3 +145,20 @@ def cross_fitted(users: Tensor, items: Tensor, ratings: Tensor, n_users: int, n_
         q, _ = als(r.keep(keep), ratings[keep], mu, rank, reg, iters, start)  # the same start: nothing of fold f
         tables.append(rotate_onto(q, full))
     return torch.stack(tables + [full])
+
+
+def factor_rows(rating_user: np.ndarray, rating_item: np.ndarray, rating: np.ndarray, n_users: int, n_items: int,
+                pool_users: np.ndarray, train_ratings: np.ndarray, mu: float, rank: int, reg: float, folds: int,
+                seed: int) -> tuple[Tensor, np.ndarray]:
+    """data.item_factors over a rating table ([ratings] each): the factor table [1 + (folds + 1) * n_items,
+    rank] (row 0: no factors; then one row per (fold, item)) and each rating's row in it, 1 + fold * n_items
+    + item: the meta-train users `pool_users` are dealt into folds, everyone else reads fold `folds`."""
+    fold = np.full(n_users, folds, dtype=np.int64)  # everyone outside the pool reads the full fit
+    deal = np.random.default_rng([seed, 7])  # a stream of its own: the split's draws stay as they are
+    fold[pool_users] = deal.permutation(len(pool_users)) % folds
+    tr = train_ratings
+    tables = cross_fitted(torch.from_numpy(rating_user[tr]), torch.from_numpy(rating_item[tr]),
+                          torch.from_numpy(rating[tr].astype(np.float64)), n_users, n_items, mu,
+                          torch.from_numpy(fold), folds, rank, reg, seed=seed)
+    flat = tables.flatten(0, 1).float()
+    return torch.cat([flat.new_zeros(1, flat.shape[1]), flat]), 1 + fold[rating_user] * n_items + rating_item

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from metarec.data.factors import USER_BIAS_PRECISION, Ratings, _ridge_rows, als, seeded_start
-from metarec.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -36,12 +35,10 @@ class MFSettings:
     iters: int = 15  # ALS sweeps
 
     @classmethod
-    def of(cls, cfg) -> "MFSettings":
-        """The settings data.mf_* give (MovieLensConfig), checked."""
-        if cfg.mf_rank < 1 or min(cfg.mf_reg, cfg.mf_foldin_reg, cfg.mf_transductive_reg) <= 0:
-            raise UserError(f"data.mf_rank={cfg.mf_rank} must be >= 1 and data.mf_reg={cfg.mf_reg}, data.mf_foldin_reg="
-                            f"{cfg.mf_foldin_reg}, data.mf_transductive_reg={cfg.mf_transductive_reg} > 0")
-        return cls(cfg.mf_rank, cfg.mf_reg, cfg.mf_foldin_reg, cfg.mf_transductive_reg)
+    def of(cls, cfg, unit: float = 1.0) -> "MFSettings":
+        """The settings data.mf_* give (ProtocolConfig, which declares their ranges); the ridge penalties in
+        squared rating units, stretched by `unit` (the scale's span over 1-5's: MovieLens' are unchanged)."""
+        return cls(cfg.mf_rank, cfg.mf_reg * unit, cfg.mf_foldin_reg * unit, cfg.mf_transductive_reg * unit)
 
 
 @dataclass
@@ -107,7 +104,7 @@ def transductive_floor(train: tuple[Tensor, Tensor, Tensor], n_users: int, n_ite
 
 
 class MFFloors:
-    """Both floors over one MovieLens copy (a MovieLensRaw and its training ratings' indices): the
+    """Both floors over one rating table (ratings.RatingTable) and its training ratings' indices: the
     training factorisation once, then each state's floors from its tasks' rating indices."""
 
     def __init__(self, settings: MFSettings, raw, train_ratings: np.ndarray, mu: float):

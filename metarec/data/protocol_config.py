@@ -1,4 +1,4 @@
-"""The cold-start protocol's config keys (metarec/data/movielens.py runs it), shared by data=movielens
+"""The cold-start protocol's config keys (metarec/data/protocol.py runs it), shared by data=movielens
 (metarec/config/schema.py's MovieLensConfig) and data=atomic (atomic_config.AtomicConfig): each key's valid
 range is declared here once (metarec/checks.py). Plain dataclasses: composing imports no data code."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ class ProtocolConfig:
     shots: Optional[int] = rule(None, ">= 1")  # support ratings per evaluation task; null = all the rest
     min_ratings: int = rule(13, ">= 2")  # users keep a partition when they have min..max ratings in it (MeLU: 13-100)
     max_ratings: int = rule(100, ">= 2")
-    heavy_users: bool = False  # meta-train users above max_ratings train too (MeLU drops them): see movielens.py
+    heavy_users: bool = False  # meta-train users above max_ratings train too (MeLU drops them): see protocol.py
     split: list[float] = rule([0.7, 0.1, 0.2], shares(3))  # meta-train / validation / test users
     split_seed: Optional[int] = rule(None, ">= 0")  # null = the run's seed
     item_ids: bool = False  # item id embeddings (a cold item has no trained id: UNK)

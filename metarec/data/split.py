@@ -9,10 +9,17 @@ import torch
 from torch import Tensor
 
 
-def user_roles(perm: np.ndarray, split: Sequence[float]) -> np.ndarray:
+def user_roles(perm: np.ndarray, split: Sequence[float], test_users: np.ndarray | None = None) -> np.ndarray:
     """[users] 0 meta-train, 1 validation, 2 test: the seeded permutation `perm` cut at the rounded
     cumulative shares of `split` (splits with the same test share, 0.7/0.1/0.2 and 0.6/0.2/0.2, hold out
-    the same test users)."""
+    the same test users). With `test_users` [users] (bool: data=atomic's data.test_user_field) those are
+    the test users, and the others are cut by the first two shares."""
+    if test_users is not None:
+        rest = perm[~test_users[perm]]
+        n_train = int(round(split[0] / (split[0] + split[1]) * len(rest)))
+        role = np.full(len(perm), 2, dtype=np.int64)
+        role[rest[:n_train]], role[rest[n_train:]] = 0, 1
+        return role
     n_users = len(perm)
     n_train = int(round(split[0] * n_users))
     n_val = int(round((split[0] + split[1]) * n_users)) - n_train

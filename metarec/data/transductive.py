@@ -38,23 +38,11 @@ import torch
 from torch import Tensor
 
 from metarec.data.factors import ITEM_BIAS_PRECISION, USER_BIAS_PRECISION, Ratings, als, rotate_onto, seeded_start
-from metarec.errors import UserError
+from metarec.data.protocol import Protocol
+from metarec.data.ratings import RatingTable
+from metarec.tasks import Visible
 
 FEATURES = ("item_bias",)  # then q_1..q_rank
-
-
-@dataclass
-class Visible:
-    """The ratings a state shows: one entry per rating, all [n]."""
-
-    users: Tensor  # the rater's user row
-    items: Tensor  # the item's row
-    ratings: Tensor  # float
-    rows: Tensor  # the rating's input row (its index into the task source's x and y)
-
-    def select(self, keep: Tensor) -> "Visible":
-        """The entries `keep` (a mask or indices) picks."""
-        return Visible(self.users[keep], self.items[keep], self.ratings[keep], self.rows[keep])
 
 
 @dataclass(frozen=True)
@@ -66,12 +54,10 @@ class TransSettings:
     shares: tuple[float, ...] = (1.0,)  # training's blocks: each from this share of the meta-train users
 
     @classmethod
-    def of(cls, cfg) -> "TransSettings":
-        """The settings data.trans_* give (MovieLensConfig), checked."""
-        if cfg.trans_rank < 0 or cfg.trans_reg <= 0 or cfg.trans_folds < 2:
-            raise UserError(f"data.trans_rank={cfg.trans_rank}, data.trans_reg={cfg.trans_reg} and data.trans_folds="
-                            f"{cfg.trans_folds} must be >= 0, > 0 and >= 2")
-        return cls(cfg.trans_rank, cfg.trans_reg, cfg.trans_folds, shares=tuple(cfg.get("trans_shares", (1.0,))))
+    def of(cls, cfg, unit: float = 1.0) -> "TransSettings":
+        """The settings data.trans_* give (ProtocolConfig, which declares their ranges); the penalty in
+        squared rating units, stretched by `unit` (the scale's span over 1-5's), as the floors' are."""
+        return cls(cfg.trans_rank, cfg.trans_reg * unit, cfg.trans_folds, shares=tuple(cfg.get("trans_shares", (1.0,))))
 
     @property
     def width(self) -> int:
@@ -153,33 +139,47 @@ def context(train: Visible, state: Visible | None, users: Tensor, items: Tensor,
     return torch.cat(cols, dim=1)
 
 
-def _targets(source, state: str) -> Tensor:
+@dataclass
+class Sources:
+    """What the side table is computed from: the rating table and its protocol, and the item factors'
+    table with each rating's row in it (data.item_factors; None without), carried into the side table."""
+
+    table: RatingTable
+    protocol: Protocol
+    factor_table: Tensor | None  # [rows, rank] on `device`
+    factor_rows: Tensor | None  # [ratings] long on `device`
+    device: torch.device
+
+
+def _targets(protocol: Protocol, state: str) -> Tensor:
     """The rating indices whose context `state` gives: training's the pool's, a state's its tasks' ratings."""
     if state == "train":
-        return torch.from_numpy(source.train_ratings)
-    t = source.tasks[state]
+        return torch.from_numpy(protocol.train_ratings)
+    t = protocol.tasks[state]
     return torch.cat([t.support[t.support_mask.bool()], t.query[t.query_mask.bool()]]).cpu()
 
 
-def side_table(source, settings: TransSettings, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """A MovieLens source's side table [rows, item factors + settings.width] (row 0: none) and, per
-    rating, its row in it: {"train": [ratings], "eval": [ratings]} long, 0 where none. One block for
-    training (the pool's ratings, from the training ratings), one per evaluation state (its tasks'
-    ratings, from the training ratings and the state's support ratings). A rating is in one state's
-    tasks at most, so one "eval" index serves every state; a warm support rating has a training row too.
-    With several settings.shares, training's blocks follow each other (the first one's rows are "train";
-    share k's are those plus k times the pool's size: MovieLensTasks.rows_batch draws k per task)."""
-    raw, n, device = source.raw, len(source.y), source.device
+def side_table(sources: Sources, settings: TransSettings, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """The side table [rows, item factors + settings.width] (row 0: none) and, per rating, its row in it:
+    {"train": [ratings], "eval": [ratings]} long, 0 where none. One block for training (the pool's
+    ratings, from the training ratings), one per evaluation state (its tasks' ratings, from the training
+    ratings and the state's support ratings). A rating is in one state's tasks at most, so one "eval"
+    index serves every state; a warm support rating has a training row too. With several
+    settings.shares, training's blocks follow each other (the first one's rows are "train"; share k's are
+    those plus k times the pool's size: a training episode draws k per task, rows.py)."""
+    raw, p, device = sources.table, sources.protocol, sources.device
+    n = len(raw.rating)
     rows = {"train": torch.zeros(n, dtype=torch.long), "eval": torch.zeros(n, dtype=torch.long)}
-    blocks, next_row, train = [], 1, source.visible("train")
+    blocks, next_row, train = [], 1, p.visible(raw, "train")
     jobs = [("train", thinned(train, s, raw.num_users, seed, k), None, k == 0) for k, s in enumerate(settings.shares)]
-    for state, seen, shown, indexed in jobs + [(s, train, source.visible(s), True) for s in source.tasks]:
-        targets = _targets(source, state)
+    for state, seen, shown, indexed in jobs + [(s, train, p.visible(raw, s), True) for s in p.tasks]:
+        targets = _targets(p, state)
         if not len(targets):
             continue
         users, items = torch.from_numpy(raw.rating_user)[targets], torch.from_numpy(raw.rating_item)[targets]
-        ctx = context(seen, shown, users, items, source.mu, raw.num_users, raw.num_items, settings, seed)
-        old = [] if source.factor_table is None else [source.factor_table[source.x[targets.to(device), -1]].cpu().double()]
+        ctx = context(seen, shown, users, items, p.mu, raw.num_users, raw.num_items, settings, seed)
+        old = ([] if sources.factor_table is None
+               else [sources.factor_table[sources.factor_rows[targets.to(device)]].cpu().double()])
         blocks.append(torch.cat(old + [ctx], 1))
         if indexed:  # training's later blocks are reached by a shift of the first one's rows
             rows["train" if state == "train" else "eval"][targets] = next_row + torch.arange(len(targets))
