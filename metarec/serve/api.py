@@ -74,10 +74,9 @@ class Recommender:
 
     def __init__(self, cfg, source, algo, factor_fold: int | None, path: Path):
         self.cfg, self.source, self.algo, self.factor_fold, self.path = cfg, source, algo, factor_fold, path
-        raw = source.raw
         self.item_ids, self.titles = source.item_labels()  # the data set's own ids: MovieLens' numbers, atomic tokens
         self._row = {str(i): r for r, i in enumerate(self.item_ids)}
-        self.catalogue = torch.from_numpy(np.bincount(raw.rating_item, minlength=raw.num_items) > 0)
+        self.catalogue = torch.bincount(source.rating_item.cpu(), minlength=source.num_items) > 0  # [items] rated ones
         self.scale = tuple(source.rating_scale)  # ratings given are checked on it; predictions shown are clipped to it
         self.steps = cfg.algo.eval_steps if cfg.algo.eval_steps is not None else cfg.algo.inner_steps
         self.user: AdaptedUser | None = None
@@ -110,7 +109,7 @@ class Recommender:
             seen[row] = r.where
             rows.append(row)
         src, device = self.source, self.source.device
-        items = torch.arange(src.raw.num_items, device=device)
+        items = torch.arange(src.num_items, device=device)
         x = src.item_rows(items, user, self.factor_fold)  # [items, F]: every item of the data set
         support = torch.as_tensor(rows, device=device)
         y = torch.tensor([r.rating for r in given], dtype=torch.float32, device=device)
