@@ -10,7 +10,7 @@ from test_ridge import per_task_meta_gradient, ridge_cfg
 
 from metarec.algos import ALGOS
 from metarec.data import factors
-from metarec.data.factors import Ratings, _ridge_rows, als, cross_fitted, rotate_onto
+from metarec.data.factors import Ratings, als, cross_fitted, ridge_rows, rotate_onto
 from metarec.errors import UserError
 from metarec.models.melu import MeLU
 
@@ -24,7 +24,7 @@ def test_each_rows_solve_is_its_least_squares_optimum(monkeypatch):
     shuffle = torch.randperm(len(u), generator=g)  # entries in no particular order
     u, i = u[shuffle], i[shuffle]
     monkeypatch.setattr(factors, "ROWS_PER_CHUNK", 3)  # rows solved in chunks of 3 (a chunk boundary inside)
-    p, b = _ridge_rows(Ratings(u, i, 7, 9), target[u, i], other, reg=2.0, reg_bias=0.5)
+    p, b = ridge_rows(Ratings(u, i, 7, 9), target[u, i], other, reg=2.0, reg_bias=0.5)
     for row in range(7):  # the oracle: row u's own ratings, its normal equations solved alone
         seen = mask[row].bool()
         x = torch.cat([other[seen], torch.ones(int(seen.sum()), 1, dtype=torch.float64)], 1)
@@ -44,7 +44,7 @@ def test_a_planted_low_rank_matrix_is_recovered_on_entries_it_never_saw():
     u, i = seen.nonzero(as_tuple=True)
     r = Ratings(u, i, users, items)
     q, b_item = als(r, noisy[u, i], 3.5, rank, reg=0.1, iters=30, start=0.1 * torch.randn(items, rank, generator=g, dtype=torch.float64))
-    p, b_user = _ridge_rows(r, noisy[u, i] - 3.5 - b_item[i], q, 0.1, 0.1)  # each user's fold-in on what it rated
+    p, b_user = ridge_rows(r, noisy[u, i] - 3.5 - b_item[i], q, 0.1, 0.1)  # each user's fold-in on what it rated
     pred = 3.5 + b_user.unsqueeze(1) + b_item + p @ q.T
     held_out = (1 - seen).bool()
     rmse = ((pred - truth)[held_out] ** 2).mean().sqrt()

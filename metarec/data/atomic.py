@@ -183,7 +183,7 @@ def feature_columns(cfg, data: AtomicData, new_item: np.ndarray) -> tuple[list[C
 
 def per_field(cfg, key: str, features: list[str]) -> dict[str, list]:
     """data.float_edges / data.token_vocab: {feature: [values]}, each key a named feature."""
-    given = getattr(cfg, key)
+    given = cfg[key]
     if given is None:
         return {}
     if not isinstance(given, Mapping) or not all(isinstance(v, Sequence) and not isinstance(v, str) for v in given.values()):

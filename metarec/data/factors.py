@@ -77,7 +77,7 @@ class Ratings:
         return Ratings(self.rows[entries], self.cols[entries], self.n_rows, self.n_cols)
 
 
-def _ridge_rows(r: Ratings, target: Tensor, other: Tensor, reg: float, reg_bias: float) -> tuple[Tensor, Tensor]:
+def ridge_rows(r: Ratings, target: Tensor, other: Tensor, reg: float, reg_bias: float) -> tuple[Tensor, Tensor]:
     """For each row u of r: argmin_{p, b} sum_{e in row u} (target_e - other_{col e} . p - b)^2
     + reg |p|^2 + reg_bias b^2, with target [n] (float64, entry order) and other [n_cols, k].
     Returns p [n_rows, k] and b [n_rows]. Each row's Gram matrix is the sum of its own entries' outer
@@ -111,8 +111,8 @@ def als(r: Ratings, ratings: Tensor, mu: float, rank: int, reg: float, iters: in
     resid = ratings.to(torch.float64) - mu
     for _ in progress.bar(range(iters), desc=f"factorise {r.n_rows}x{r.n_cols} (ALS)", unit="sweep"):
         check_stop()  # a stop request takes effect between sweeps (and so between folds and floor fits)
-        p, b_user = _ridge_rows(r, resid - b_item[r.cols], q, reg, USER_BIAS_PRECISION)
-        q, b_item = _ridge_rows(r.T, resid - b_user[r.rows], p, reg, ITEM_BIAS_PRECISION)
+        p, b_user = ridge_rows(r, resid - b_item[r.cols], q, reg, USER_BIAS_PRECISION)
+        q, b_item = ridge_rows(r.T, resid - b_user[r.rows], p, reg, ITEM_BIAS_PRECISION)
     return q, b_item
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data.factors import USER_BIAS_PRECISION, Ratings, _ridge_rows, als, seeded_start
+from metarec.data.factors import USER_BIAS_PRECISION, Ratings, als, ridge_rows, seeded_start
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def fit(rows: Tensor, items: Tensor, ratings: Tensor, n_rows: int, n_items: int,
     fold-in onto the final items (what ALS's next row half-step would give)."""
     r, ratings = Ratings(rows, items, n_rows, n_items), ratings.to(torch.float64)
     q, b_item = als(r, ratings, mu, rank, reg, iters, seeded_start(n_items, rank, seed))
-    p, b_row = _ridge_rows(r, ratings - mu - b_item[items], q, reg, USER_BIAS_PRECISION)
+    p, b_row = ridge_rows(r, ratings - mu - b_item[items], q, reg, USER_BIAS_PRECISION)
     return MFFit(mu, q, b_item, p, b_row)
 
 

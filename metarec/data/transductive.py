@@ -71,7 +71,9 @@ def pooled(train: Visible, state: Visible | None, n_users: int) -> tuple[Visible
     if state is None:
         return train, train.users.clone()
     fresh = ~torch.isin(state.rows, train.rows)
-    both = Visible(*(torch.cat([getattr(train, k), getattr(state, k)[fresh]]) for k in ("users", "items", "ratings", "rows")))
+    more = state.select(fresh)
+    both = Visible(torch.cat([train.users, more.users]), torch.cat([train.items, more.items]),
+                   torch.cat([train.ratings, more.ratings]), torch.cat([train.rows, more.rows]))
     return both, torch.cat([train.users, n_users + state.users[fresh]])
 
 
