@@ -108,10 +108,19 @@ def problems(cfg, prefix: str = "") -> list[str]:
             message = parse(f.metadata["check"])(plain)
             if message:  # a choice reads as the constructors' messages do: key='value' is not one of a, b
                 lines.append(f"{key}={plain!r} {message}" if message.startswith("is not one of") else f"{key}={_show(plain)}: {message}")
-    relations = getattr(schema, "relations", None)
-    if relations is not None and not lines:
-        lines += relations(cfg, prefix.rstrip("."))
+    if isinstance(schema, type) and issubclass(schema, Related) and not lines:
+        lines += schema.relations(cfg, prefix.rstrip("."))
     return lines
+
+
+class Related:
+    """A schema whose keys must also hold together (data.split sums to 1, a support size below the
+    ratings a task has): `relations(node, prefix)` returns a line per broken relation, checked once every
+    key is within its own rule."""
+
+    @staticmethod
+    def relations(c, prefix: str) -> list[str]:
+        return []
 
 
 def _show(v: Any) -> str:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from metarec import inputs, progress
-from metarec.checks import ordered, rule
+from metarec.checks import Related, ordered, rule
 from metarec.data import cache_check
 from metarec.data.download import atomic_write, checked_cache, default_cache_dir, fetch_file, one_line, verify
 from metarec.errors import UserError
@@ -41,7 +41,7 @@ _SPLIT_OFFSET = {"val": 1, "test": 2}
 
 
 @dataclass
-class OmniglotConfig:
+class OmniglotConfig(Related):
     name: str = "omniglot"
     root: Optional[str] = None  # folder with images_background(.zip) and images_evaluation(.zip)
     ways: int = rule(5, ">= 2")  # N classes per task

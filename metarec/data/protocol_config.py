@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from metarec.checks import ordered, rule, shares
+from metarec.checks import Related, ordered, rule, shares
 
 
 @dataclass
-class ProtocolConfig:
+class ProtocolConfig(Related):
     query_size: int = rule(10, ">= 1")  # query ratings per task (MeLU: 10)
     shots: Optional[int] = rule(None, ">= 1")  # support ratings per evaluation task; null = all the rest
     min_ratings: int = rule(13, ">= 2")  # users keep a partition when they have min..max ratings in it (MeLU: 13-100)

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from metarec.checks import ordered, rule
+from metarec.checks import Related, ordered, rule
 from metarec.tasks import TaskBatch, TaskSource
 
 _SPLIT_OFFSET = {"val": 1, "test": 2}  # val and test draw from different seeded streams
 
 
 @dataclass
-class SinusoidConfig:
+class SinusoidConfig(Related):
     name: str = "sinusoid"
     shots: int = rule(5, ">= 1")  # K support points per task
     query_size: int = rule(10, ">= 1")  # query points per task
