@@ -17,8 +17,7 @@ class ItemTasks:
     """Episodes over the items that have at least two training ratings (one per mini-batch)."""
 
     def __init__(self, source: TaskSource, shots: int):
-        if shots < 1:
-            raise UserError(f"algo.item_shots={shots} must be at least 1 (ratings per mini-batch of an item task)")
+        """shots: algo.item_shots, within the rule its schema field declares (>= 1)."""
         self.source, self.shots = source, shots
         device = source.y.device
         ratings = torch.as_tensor(source.train_ratings, device=device)
