@@ -77,9 +77,10 @@ def assert_same_loss_and_gradients(ours, ref, params, atol=1e-10):
 
 
 # A child that stops itself (SIGSTOP) right after it first puts a file of this name in place with
-# os.replace (checkpoints are written so), or, with the value "SIGTERM", right after it first takes
-# SIGTERM over: the test then holds it alive for as long as it needs, sends what it wants and lets it
-# go on with SIGCONT, whatever the machine's speed. Loaded by Python's site machinery from PYTHONPATH
+# os.replace (checkpoints are written so), or, with the value "SIGTERM:N", right after it takes SIGTERM
+# over for the N-th time (the console script's entry is the first, the command the second): the test
+# then holds it alive for as long as it needs, sends what it wants and lets it go on with SIGCONT,
+# whatever the machine's speed. Loaded by Python's site machinery from PYTHONPATH
 # into the real console script; it does nothing without the variable.
 PAUSE_HOOK = '''
 import os, signal
@@ -90,13 +91,15 @@ def replace(src, dst, *args, **kwargs):
         _done.append(dst)
         os.kill(os.getpid(), signal.SIGSTOP)
 os.replace = replace
-_signal = signal.signal
+_signal, _taken = signal.signal, []
 def take_over(signum, handler):
     old = _signal(signum, handler)
-    if (not _done and signum == signal.SIGTERM and callable(handler)
-            and os.environ.get("METAREC_TEST_PAUSE_AFTER") == "SIGTERM"):
-        _done.append(signum)
-        os.kill(os.getpid(), signal.SIGSTOP)
+    want = os.environ.get("METAREC_TEST_PAUSE_AFTER", "")
+    if not _done and signum == signal.SIGTERM and callable(handler) and want.startswith("SIGTERM"):
+        _taken.append(signum)
+        if len(_taken) == int(want.partition(":")[2] or 1):
+            _done.append(signum)
+            os.kill(os.getpid(), signal.SIGSTOP)
     return old
 signal.signal = take_over
 '''

@@ -289,7 +289,7 @@ def test_sigterm_stops_a_plain_command_with_one_line(tmp_path, command):
     """recommend, report, results, bench and data info have no run to save: a stop ends them with one line
     and 143, not silently. The child pauses itself once it has taken SIGTERM over, so the signal lands in
     the command whatever the machine's speed."""
-    proc = subprocess.Popen([str(METAREC), *command], cwd=tmp_path, env={**os.environ, **pause_env(tmp_path, "SIGTERM")},
+    proc = subprocess.Popen([str(METAREC), *command], cwd=tmp_path, env={**os.environ, **pause_env(tmp_path, "SIGTERM:2")},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_paused(proc, timeout=120)
@@ -300,3 +300,18 @@ def test_sigterm_stops_a_plain_command_with_one_line(tmp_path, command):
         proc.kill()
     assert proc.returncode == 143, err[-2000:]
     assert err.strip().splitlines() == [f"metarec: SIGTERM: {command[0]} stopped before it finished"]
+
+
+def test_sigterm_while_the_console_script_imports_its_modules_is_one_line(tmp_path):
+    """The entry takes SIGINT / SIGTERM over before Hydra and torch are imported: a stop there is one line."""
+    proc = subprocess.Popen([str(METAREC), "report", "."], cwd=tmp_path, env={**os.environ, **pause_env(tmp_path, "SIGTERM:1")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_paused(proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines() == ["metarec: SIGTERM: stopped before it started"]
