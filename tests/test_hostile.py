@@ -283,35 +283,33 @@ def test_report_names_what_it_could_not_read_and_how_it_counted_each_run(tmp_pat
     assert "3 runs: 2 finished, 1 unfinished" in r.stdout
 
 
+def stop_paused(tmp_path, command, takeover):
+    """Run the console script until it pauses itself at its `takeover`-th SIGTERM handler, send SIGTERM,
+    let it go on: its exit code and stderr lines."""
+    proc = subprocess.Popen([str(METAREC), *command], cwd=tmp_path,
+                            env={**os.environ, **pause_env(tmp_path, f"SIGTERM:{takeover}")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_paused(proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err.strip().splitlines()
+
+
 @pytest.mark.parametrize("command", [["recommend", "checkpoint=x.pt", "ratings=r.csv"], ["report", "."],
                                      ["data", "info", "data=sinusoid"]])
 def test_sigterm_stops_a_plain_command_with_one_line(tmp_path, command):
     """recommend, report, results, bench and data info have no run to save: a stop ends them with one line
-    and 143, not silently. The child pauses itself once it has taken SIGTERM over, so the signal lands in
-    the command whatever the machine's speed."""
-    proc = subprocess.Popen([str(METAREC), *command], cwd=tmp_path, env={**os.environ, **pause_env(tmp_path, "SIGTERM:2")},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_paused(proc, timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGCONT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err[-2000:]
-    assert err.strip().splitlines() == [f"metarec: SIGTERM: {command[0]} stopped before it finished"]
+    and 143, not silently. The child pauses itself once the command has taken SIGTERM over (the entry's
+    takeover is the first), so the signal lands in the command whatever the machine's speed."""
+    code, lines = stop_paused(tmp_path, command, 2)
+    assert (code, lines) == (143, [f"metarec: SIGTERM: {command[0]} stopped before it finished"])
 
 
 def test_sigterm_while_the_console_script_imports_its_modules_is_one_line(tmp_path):
     """The entry takes SIGINT / SIGTERM over before Hydra and torch are imported: a stop there is one line."""
-    proc = subprocess.Popen([str(METAREC), "report", "."], cwd=tmp_path, env={**os.environ, **pause_env(tmp_path, "SIGTERM:1")},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_paused(proc, timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGCONT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err[-2000:]
-    assert err.strip().splitlines() == ["metarec: SIGTERM: stopped before it started"]
+    code, lines = stop_paused(tmp_path, ["report", "."], 1)
+    assert (code, lines) == (143, ["metarec: SIGTERM: stopped before it started"])
