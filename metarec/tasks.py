@@ -75,6 +75,7 @@ class Catalog:
     support_size: Tensor  # [tasks] ratings in the support set
     pool: str  # what the items are, in words ("existing items", "new items")
     n_items: int  # item rows of the data set
+    liked: float = 4.0  # the rating at or above which a query item is relevant (4 on a 1-5 scale)
 
     def masks(self, tasks: slice) -> tuple[Tensor, Tensor]:
         """candidate [t, N] (a pool item not in the task's support set) and relevant [t, N] (a liked query

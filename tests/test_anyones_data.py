@@ -110,6 +110,12 @@ def test_data_info_lists_the_warnings(tmp_path):
 
 # ----------------------------------------------------------------------------- the scale
 
+def test_the_catalogues_liked_rating_follows_the_scale():
+    """A query item is relevant at the place 4 has on 1-5: 7.5 on 0-10 (8, 9, 10 liked), 7.75 on 1-10."""
+    from metarec.data.catalog import liked_rating
+    assert [liked_rating(s) for s in ((1.0, 5.0), (0.0, 10.0), (1.0, 10.0), (0.5, 5.0))] == [4.0, 7.5, 7.75, 3.875]
+
+
 def test_the_item_context_edges_and_the_gain_follow_the_scale():
     assert np.allclose(bias_edges((1.0, 5.0)), BIAS_EDGES)
     assert np.allclose(bias_edges((0.0, 10.0)), np.arange(-3.75, 3.76, 0.375))

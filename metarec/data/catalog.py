@@ -26,7 +26,11 @@ from metarec.data.ratings import RatingData, RatingTable
 from metarec.data.rows import InputRows
 from metarec.tasks import Catalog
 
-LIKED = 4.0  # a query rating at or above it makes the item relevant in the catalogue ranking
+def liked_rating(scale: tuple[float, float]) -> float:
+    """The rating at or above which a query item is relevant in the catalogue ranking: 4 on a 1-5 scale,
+    the same place on any other (7.5 on 0-10: 8, 9 and 10 are liked)."""
+    lo, hi = scale
+    return lo + 0.75 * (hi - lo)
 NEW_ITEM_STATES = ("item_cold", "user_item_cold", "val_new", "val_item_cold")  # their catalogue: new items; the others: existing ones
 
 
@@ -109,12 +113,13 @@ class CatalogRows:
     # ---- evaluation (eval.ranking=catalog) ---------------------------------------------------------------
     def catalog(self, state: str) -> Catalog:
         """The state's catalogue: its item pool, each task's candidates (the pool less its support items:
-        the query items are among them, unmarked) and relevant items (query items it rated >= LIKED)."""
+        the query items are among them, unmarked) and relevant items (query items it rated >= liked_rating)."""
         t, rating_item, new = self.protocol.tasks[state], self.rows.rating_item, state in NEW_ITEM_STATES
         s_items = torch.where(t.support_mask.bool(), rating_item[t.support], -1)
-        liked = t.query_mask.bool() & (self.rows.y[t.query] >= LIKED)
+        threshold = liked_rating(self.data.rating_scale)
+        liked = t.query_mask.bool() & (self.rows.y[t.query] >= threshold)
         return Catalog(self.item_pool(new), s_items, torch.where(liked, rating_item[t.query], -1),
-                       t.support_mask.sum(1).long(), "new items" if new else "existing items", self.n_items)
+                       t.support_mask.sum(1).long(), "new items" if new else "existing items", self.n_items, threshold)
 
     def catalog_rows(self, state: str, tasks: slice, items: Tensor) -> Tensor:
         """x [tasks, N, F] of the state's tasks `tasks` with every item of `items`, in the state's item context."""

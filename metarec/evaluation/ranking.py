@@ -142,7 +142,7 @@ def catalog_state(source, algo, batch: TaskBatch, state: str, steps: int, seed: 
     floors_t = {f: {n: torch.cat(v) for n, v in d.items()} for f, d in floor_parts.items()}
     n_relevant = int((~method_t[f"recall@{KS[0]}"].isnan()).sum())
     return {"items": cat.pool, "n_items": n_items,
-            "n_tasks": n_relevant, "liked": ">= 4", "steps": steps,
+            "n_tasks": n_relevant, "liked": f">= {cat.liked:g}", "steps": steps,
             "method": summarize(method_t), "floors": {f: summarize(d) for f, d in floors_t.items()},
             "by_support": by_support(cat.support_size, method_t, floors_t)}
 
@@ -156,7 +156,8 @@ def format_catalog(result: dict, k: int = 10) -> str:
     names = [f"recall@{k}", f"ndcg@{k}", f"hr@{k}"]
     lines = ["## Catalogue ranking", "",
              f"Every item of the state's pool that the user did not rate in support, ranked; relevant: the query "
-             f"items rated >= 4. Users without one are left out. Mean ± 95% CI at k={k} (eval.json has k = "
+             f"items rated {next(iter(states.values()))['liked']}. Users without one are left out. Mean ± 95% CI at "
+             f"k={k} (eval.json has k = "
              f"{', '.join(map(str, KS))}).", ""]
     for state, c in states.items():
         lines += [f"### {state}: {c['n_items']} {c['items']}, {c['n_tasks']} users with a liked query item", "",

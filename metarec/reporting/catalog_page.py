@@ -40,10 +40,11 @@ def catalog_section(found: dict[str, dict[int, dict]], k: int = 10) -> str:
     seeds = sorted(first)
     states = [s for s in STATES if all(s in first[x] and "catalog" in first[x][s] for x in seeds)]
     names = (f"recall@{k}", f"ndcg@{k}")
+    liked = first[seeds[0]][states[0]]["catalog"].get("liked", ">= 4") if states else ">= 4"
     lines = ["## Catalog ranking", "",
              f"`eval.ranking=catalog` (metarec/evaluation/ranking.py): each test user ranks every item of the state's pool "
              f"(existing items for warm and user_cold, new items for item_cold and user_item_cold) except the items "
-             f"of their support set; relevant are the query items they rated 4 or 5 (users without one are left "
+             f"of their support set; relevant are the query items they rated {liked} (users without one are left "
              f"out). Recall@{k} / NDCG@{k}, mean ± 95% CI over split seeds {', '.join(map(str, seeds))}. popularity "
              "counts training ratings; popularity_transductive also counts every support rating of the state "
              "(other test users' too: the only count a new item has); bias / bias_transductive rank by the floors' "
