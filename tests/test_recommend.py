@@ -118,22 +118,19 @@ def test_load_adapt_recommend_predict(rec):
     assert user.predict([top[0].item_id, 50]) == pytest.approx([top[0].predicted_rating, float(user.scores[49])], abs=1e-4)
     as_dict = rec.adapt({50: 5, 181: 4, 1: 3, 121: 2}, user={"gender": "M", "occupation": "student"})
     assert torch.equal(as_dict.scores, user.scores)
-
-    class Frame:  # what adapt reads of a pandas DataFrame
-        columns = ["item_id", "rating"]
-
-        def __getitem__(self, col):
-            return pd_column({"item_id": [50, 181, 1, 121], "rating": [5.0, 4.0, 3.0, 2.0]}[col])
-
-    class pd_column(list):
-        def tolist(self):
-            return list(self)
-
-    assert torch.equal(rec.adapt(Frame(), user={"gender": "M", "occupation": "student"}).scores, user.scores)
-    with pytest.raises(UserError, match="occupation='astronaut' is not in the data set's user table"):
-        rec.adapt([(50, 5)], user={"occupation": "astronaut"})
     with pytest.raises(UserError, match="no ratings given"):
         rec.adapt([])
+    with pytest.raises(UserError, match="occupation='astronaut' is not in the data set's user table"):
+        rec.adapt([(50, 5)], user={"occupation": "astronaut"})
+
+
+@needs_ml100k()
+@pytest.mark.slow
+def test_adapt_reads_a_pandas_data_frame(rec):
+    pandas = pytest.importorskip("pandas")  # a caller's DataFrame (pandas is not a dependency of metarec)
+    frame = pandas.DataFrame({"item_id": [50, 181, 1, 121], "rating": [5.0, 4.0, 3.0, 2.0]})
+    user = {"gender": "M", "occupation": "student"}
+    assert torch.equal(rec.adapt(frame, user=user).scores, rec.adapt([(50, 5), (181, 4), (1, 3), (121, 2)], user=user).scores)
 
 
 @needs_ml100k()
