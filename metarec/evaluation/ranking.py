@@ -21,6 +21,7 @@ and 51+; every per-task metric is averaged per bucket, the method's and each flo
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -71,9 +72,11 @@ def _means(per_task: dict[str, Tensor], sel: Tensor) -> dict[str, float]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def tie_order(seed: int, first_task: int, n_tasks: int, n_items: int) -> Tensor:
     """[tasks, N] random keys that break ties, drawn per task from (seed, the task's index in its state): a
-    task's order is the same whichever chunk it is scored in (a new item's floors tie on every new item)."""
+    task's order is the same whichever chunk it is scored in (a new item's floors tie on every new item).
+    Kept for the chunk's other calls (each adaptation step and each floor score the same tasks); read only."""
     return torch.stack([torch.rand(n_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + first_task + i))
                         for i in range(n_tasks)])
 
