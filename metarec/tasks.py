@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 INDUCTIVE, TRANSDUCTIVE = "inductive", "transductive"  # a row's input class (DESIGN.md, "Inductive or transductive")
 
 
+def liked_rating(scale: tuple[float, float]) -> float:
+    """The rating at or above which a user liked an item: 4 on a 1-5 scale, the same place on any other
+    (7.5 on 0-10: 8, 9 and 10 are liked). The catalogue ranking's relevant items, LWA's liked class."""
+    lo, hi = scale
+    return lo + 0.75 * (hi - lo)
+
+
 @dataclass
 class TaskBatch:
     """A batch of few-shot tasks, padded to a common length; masks mark the real examples."""

@@ -112,7 +112,7 @@ def test_data_info_lists_the_warnings(tmp_path):
 
 def test_the_catalogues_liked_rating_follows_the_scale():
     """A query item is relevant at the place 4 has on 1-5: 7.5 on 0-10 (8, 9, 10 liked), 7.75 on 1-10."""
-    from metarec.data.catalog import liked_rating
+    from metarec.tasks import liked_rating
     assert [liked_rating(s) for s in ((1.0, 5.0), (0.0, 10.0), (1.0, 10.0), (0.5, 5.0))] == [4.0, 7.5, 7.75, 3.875]
 
 
@@ -219,10 +219,10 @@ def test_a_results_page_refuses_a_state_under_30_tasks():
 
 def carried_over(data: str, protocol: str, methods: list[str]) -> None:
     """Each method's run on `data` composes the protocol with its ml-100k preset's settings, key for key."""
-    from metarec.reporting import results
+    from metarec.reporting import results, results_sets
     from metarec.config.compose import compose_plain
     presets = results.presets_of(data)
-    assert list(presets) == list(results.METHODS)
+    assert list(presets) == [m for m in results.METHODS if m not in results_sets.not_applicable(data, results.METHODS)]
     for method in methods:
         overrides = presets[method]
         ours, theirs = compose_plain(overrides), compose_plain(results.METHODS[method])
@@ -241,6 +241,15 @@ def carried_over(data: str, protocol: str, methods: list[str]) -> None:
 
 def test_a_method_runs_on_a_new_data_set_with_its_ml100k_settings():
     carried_over("movietweetings", "movietweetings", ["ridge_trans", "lwa"])  # data, trainer, algo keys; lwa's item ids
+
+
+def test_a_data_set_without_user_fields_skips_the_methods_that_read_them_and_the_page_says_so():
+    from metarec.reporting import results, results_sets
+    skipped = results_sets.not_applicable("movietweetings", results.METHODS)
+    assert sorted(skipped) == ["lwa_items", "mamo", "mwuf", "nlba_items"]  # MovieTweetings has no user file
+    assert results_sets.not_applicable("dbook", results.METHODS) == {}  # DBook's users have a location
+    line = results_sets.skipped_line("movietweetings", results.METHODS)
+    assert line.startswith("Not run here: mwuf, mamo, lwa_items, nlba_items; each reads user fields")
 
 
 @pytest.mark.slow

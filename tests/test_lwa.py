@@ -24,7 +24,7 @@ def make(name, **kw):
     torch.manual_seed(0)
     model = MeLU(SPEC, embedding_dim=5, hidden=[8, 8]).double()
     cls, config = KINDS[name]
-    algo = cls(OmegaConf.merge(OmegaConf.structured(config), dict(inner_lr=0.3, **kw)), model, "rating")
+    algo = cls(OmegaConf.merge(OmegaConf.structured(config), dict(inner_lr=0.3, like_threshold=4.0, **kw)), model, "rating")
     algo.known = torch.tensor([True, True, True, True, False, False, False])  # items 4-6 are new
     with torch.no_grad():  # adaptation weights away from their zero start
         for p in algo.nets.parameters():

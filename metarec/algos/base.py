@@ -44,6 +44,7 @@ class MetaLearner:
 
     Config = AlgoConfig
     data_kinds = ("rating", "regression", "classification")  # the data it fits (metarec/config/fit.py)
+    reads: tuple[str, ...] = ()  # the feature sides it needs of a rating data set ("user", "item": its content)
     one_pass = False  # evaluation: adaptation is one forward pass, not steps (TaNP), so no step trace
     select_state = "val"  # the validation state the trainer keeps the best checkpoint on
 

@@ -21,7 +21,6 @@ from metarec.errors import UserError
 from metarec.tasks import TaskBatch, TaskSource
 
 ITEM = "encoder.embeddings.item.weight"
-USER_FIELDS = ("gender", "age", "occupation", "zip")
 
 
 @dataclass
@@ -34,18 +33,16 @@ class ColdItemConfig(PretrainConfig):
 
 
 def item_features(encoder: nn.Module, x: Tensor) -> Tensor:
-    """[..., 2 * dim]: the year bucket's embedding and the mean of the genres' embeddings of each
-    rating's item (x: the model input), detached: the base model is frozen while the networks learn."""
-    n_fields, multi = len(encoder.field_names), encoder.multi.weight
-    year = encoder.embeddings["year"](x[..., encoder.field_names.index("year")])
-    flags = x[..., n_fields:n_fields + multi.shape[0]].to(multi.dtype)
-    pooled = flags @ multi / flags.sum(-1, keepdim=True).clamp(min=1.0)
-    return torch.cat([year, pooled], -1).detach()
+    """[..., item side width]: the embeddings of each rating's item content, the data's item fields and
+    pooled multi-hot blocks (MovieLens: the year bucket and the genres; x: the model input), detached:
+    the base model is frozen while the networks learn."""
+    return encoder.side(x, "item").detach()
 
 
 def user_features(encoder: nn.Module, x: Tensor) -> Tensor:
-    """[..., 4 * dim]: the rater's embeddings (MeLU has no user ID: its user fields stand in), detached."""
-    return torch.cat([encoder.embeddings[f](x[..., encoder.field_names.index(f)]) for f in USER_FIELDS], -1).detach()
+    """[..., user side width]: the rater's embeddings (MeLU has no user ID: the data's user fields stand
+    in; MovieLens: gender, age, occupation, zip), detached."""
+    return encoder.side(x, "user").detach()
 
 
 class ColdItemLearner(Pretrain):
@@ -65,10 +62,16 @@ class ColdItemLearner(Pretrain):
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         if kind != "rating" or "fields" not in model.offers or "item" not in model.encoder.field_names:
-            raise ValueError(f"algo={cfg.name} learns new items' ID embeddings: it needs model=melu on MovieLens "
-                             "with data.item_ids=true")
-        weight = model.get_parameter(ITEM)
-        self.dim, self.item_col = weight.shape[1], model.encoder.field_names.index("item")
+            raise ValueError(f"algo={cfg.name} learns new items' ID embeddings: it needs model=melu on a rating "
+                             "data set with data.item_ids=true")
+        weight, enc = model.get_parameter(ITEM), model.encoder
+        for side in self.reads:
+            if not enc.sides[side]:
+                whose = "raters' user" if side == "user" else "item's content"
+                raise ValueError(f"algo={cfg.name} reads the {whose} fields, and this data gives the model none "
+                                 f"(no NAME.{side} file, or data.{side}_features empty): it does not apply here")
+        self.dim, self.item_col = weight.shape[1], enc.field_names.index("item")
+        self.widths = {side: enc.side_width(side) for side in ("user", "item")}  # the networks' input widths
         self.nets = self.build_nets(cfg, self.dim).to(weight)
         self.known = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)  # attach() marks new items
         self.items: ItemTasks | None = None
@@ -134,7 +137,7 @@ class ColdItemLearner(Pretrain):
         if self.steps_done <= self.cfg.pretrain_steps:
             return super().step(batch)
         if self.items is None:
-            raise UserError(f"algo={self.cfg.name} trains on item tasks from a MovieLens source (data=movielens)")
+            raise UserError(f"algo={self.cfg.name} trains on item tasks from a rating source (data=movielens, atomic)")
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.meta_loss(self.items.sample(self.cfg.items_per_step, self.sampler))
         params = list(self.nets.parameters())

@@ -29,8 +29,9 @@ Where ours departs from the paper (and RecBole-MetaRec's LWA / NLBA), and why:
 - the paper's task is a user and its support the items (tweets) they engaged with or not; the issue asks
   for item tasks, the transpose: a new item and the users who rated it, which is the signal that beats
   the floor on new items here (DESIGN.md, "New items on ml-1m");
-- explicit 1-5 ratings and a squared error (MeLU's protocol, MAE), not engagement and log-loss: the two
-  classes are the ratings at or above algo.like_threshold (liked) and below it; the paper's prediction
+- explicit ratings and a squared error (MeLU's protocol, MAE), not engagement and log-loss: the two
+  classes are the ratings at or above algo.like_threshold (liked; null: the data's liked rating, 4 on
+  1-5, metarec.tasks.liked_rating) and below it; the paper's prediction
   has a global bias: ours adds the adapted term to the pretrained base model's prediction (a residual);
 - R1, R0 are the class sums divided by the item's number of ratings (the class mean times the class's
   share) and f~ carries a constant 1: the plain class means drop how many raters liked the item, its
@@ -42,6 +43,7 @@ Where ours departs from the paper (and RecBole-MetaRec's LWA / NLBA), and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +52,8 @@ from metarec.algos.cold_items import ColdItemConfig, ColdItemLearner, user_featu
 from metarec.algos.item_tasks import visible_item_tasks
 from metarec.checks import rule
 from metarec.engine import masked_task_loss
-from metarec.tasks import TaskBatch
+from metarec.errors import UserError
+from metarec.tasks import TaskBatch, TaskSource, liked_rating
 
 
 @dataclass
@@ -59,7 +62,8 @@ class LWAConfig(ColdItemConfig):
 
     name: str = "lwa_items"
     nets_lr: float = rule(0.001, "> 0")  # Adam lr of the adaptation weights (phase 2)
-    like_threshold: float = rule(4.0, "any")  # a rating at or above it is in the liked class (R1), below it in R0
+    # a rating at or above it is in the liked class (R1), below it in R0; null: 4 on 1-5, the same place on any scale
+    like_threshold: Optional[float] = rule(None, "any")
 
 
 @dataclass
@@ -90,13 +94,15 @@ def zero_linear(n_in: int, n_out: int) -> nn.Linear:
 class LWA(ColdItemLearner):
     Config = LWAConfig
     warm_up = True  # R0, R1 of a new item come from the ratings its state shows of it
+    reads = ("user",)  # the raters' embeddings f~(u)
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         self.out_w: Tensor | None = None  # [table rows, D + 1]: each new item's adapted output weights
+        self.like = cfg.like_threshold  # null until attach() reads the data's scale
         super().__init__(cfg, model, kind, compile=compile, fast_paths=fast_paths)
 
     def build_nets(self, cfg, dim: int) -> nn.Module:
-        d = 4 * dim + 1  # f~: the four user-field embeddings and a constant
+        d = self.widths["user"] + 1  # f~: the user fields' embeddings (MovieLens: four) and a constant
         return nn.ModuleDict({"weights": zero_linear(2 * d, d)})  # w_j = G1 R1 + G0 R0
 
     def nets_lr(self) -> float:
@@ -119,8 +125,23 @@ class LWA(ColdItemLearner):
 
     def item_scorers(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Each item task's scorer (ID rows, output weights) adapted from its support ratings."""
+        if self.like is None:
+            raise UserError(f"algo={self.cfg.name} takes its liked rating from the data's scale, and no data was "
+                            "attached: set algo.like_threshold")
         f = user_features(self.model.encoder, batch.support_x)
-        return self.adapt(class_means(f, batch.support_y, batch.support_mask, self.cfg.like_threshold))
+        return self.adapt(class_means(f, batch.support_y, batch.support_mask, self.like))
+
+    def attach(self, source: TaskSource) -> None:
+        super().attach(source)
+        if self.cfg.like_threshold is None:
+            self.like = liked_rating(source.rating_scale)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "like": self.like}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.like = state.get("like", self.like)  # a checkpoint from before it was kept: the config's or the data's
 
     def meta_loss(self, batch: TaskBatch) -> Tensor:
         """The mean over item tasks of the query's squared error of the scorer adapted on the support."""
@@ -130,7 +151,7 @@ class LWA(ColdItemLearner):
 
     # ---- evaluation -----------------------------------------------------------------------------------
     def cold_rows(self, x: Tensor) -> Tensor:
-        return self.adapt(x.new_zeros(x.shape[0], 2 * (4 * self.dim + 1), dtype=self.start().dtype))[0]
+        return self.adapt(x.new_zeros(x.shape[0], 2 * (self.widths["user"] + 1), dtype=self.start().dtype))[0]
 
     def warm_rows(self, batch: TaskBatch) -> Tensor:
         return self.item_scorers(batch)[0]
@@ -164,7 +185,7 @@ class NLBA(LWA):
     Config = NLBAConfig
 
     def build_nets(self, cfg, dim: int) -> nn.Module:
-        d = 4 * dim + 1
+        d = self.widths["user"] + 1
         # hidden: the item's ID slot, V1 R1 + V0 R0 (MeLU's first layer turns it into a hidden bias);
         # output: the scalar output bias v1 . R1 + v0 . R0
         return nn.ModuleDict({"hidden": zero_linear(2 * d, dim), "output": zero_linear(2 * d, 1)})

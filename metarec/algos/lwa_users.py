@@ -17,10 +17,12 @@ features, no item ids, no item context (data.item_stats columns are ignored), no
 task. So both are inductive on every state, a new item included (recorded: TaskSource.input_class).
 
 Where ours departs from the paper and RecBole-MetaRec (nuster1128/RecBole-MetaRec, model/LWA, model/NLBA):
-- explicit 1-5 ratings and a squared error (MeLU's protocol, MAE), not engagement and a log-loss: the
-  classes are the ratings at or above algo.like_threshold (liked) and below it; the prediction adds the
+- explicit ratings and a squared error (MeLU's protocol, MAE), not engagement and a log-loss: the
+  classes are the ratings at or above algo.like_threshold (liked) and below it (null, the default: the
+  data's liked rating, 4 on 1-5 and the same place on any scale, metarec.tasks.liked_rating); the prediction adds the
   training mean mu (the offset every metarec model predicts around) and has no sigmoid;
-- F is a learned MLP over MeLU's field embeddings of the item's content (year, pooled genres), where the
+- F is a learned MLP over MeLU's field embeddings of the item's content (the data's item fields; MovieLens:
+  year, pooled genres), where the
   paper's F is a pretrained content embedding of a Tweet; RecBole's F is the same kind of MLP;
 - class means, as the paper writes them, by default (an empty class has a zero mean); algo.pooling=share
   divides each class's sum by the support size instead (the mean times the class's share, so the share of
@@ -33,17 +35,16 @@ transductive method.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from metarec.algos.base import AlgoConfig, MetaLearner
-from metarec.algos.cold_items import USER_FIELDS
 from metarec.checks import parse, rule
 from metarec.engine import masked_task_loss
-from metarec.tasks import TaskBatch
-
-NOT_CONTENT = ("item_bias", "item_count", "item")  # item context and item ids: not an item's content
+from metarec.errors import UserError
+from metarec.tasks import TaskBatch, liked_rating
 
 
 def widths(v) -> str | None:
@@ -58,7 +59,8 @@ class LWAConfig(AlgoConfig):
 
     name: str = "lwa"
     inner_steps: int = rule(0, "in [0, 0]")  # no gradient steps: adaptation is the class means' forward pass
-    like_threshold: float = rule(4.0, "any")  # a rating at or above it is in the liked class (R1), below it in R0
+    # a rating at or above it is in the liked class (R1), below it in R0; null: 4 on 1-5, the same place on any scale
+    like_threshold: Optional[float] = rule(None, "any")
     pooling: str = rule("mean", "one of mean, share, sum")  # R_c: the class mean (the paper), its sum / support size, its sum (RecBole)
     content_hidden: int = rule(64, ">= 1")  # the content network F: field embeddings -> hidden -> content_dim
     content_dim: int = rule(32, ">= 1")
@@ -93,6 +95,7 @@ class LWA(MetaLearner):
     data_kinds = ("rating",)
     one_pass = True  # evaluation: the scorer comes from one forward pass over the support set
     select_state = "val_new"
+    reads = ("item",)  # F(t): the item's content
 
     @classmethod
     def model_needs(cls, cfg) -> tuple[str, ...]:
@@ -102,8 +105,11 @@ class LWA(MetaLearner):
         if kind != "rating" or "fields" not in model.offers:
             raise ValueError(f"algo={cfg.name} scores items from their content fields: it needs model=melu on ratings")
         enc = model.encoder
-        self.content_cols = [i for i, n in enumerate(enc.field_names) if n not in USER_FIELDS + NOT_CONTENT]
-        width = (len(self.content_cols) + len(enc.blocks)) * enc.embeddings[enc.field_names[0]].embedding_dim
+        if not enc.sides["item"]:
+            raise ValueError(f"algo={cfg.name} scores items from their content fields, and this data gives the model "
+                             "none (no NAME.item file, or data.item_features empty): it does not apply here")
+        width = enc.side_width("item")
+        self.like = cfg.like_threshold  # null until attach() reads the data's scale
         self.content = nn.Sequential(nn.Linear(width, cfg.content_hidden), nn.ReLU(),
                                      nn.Linear(cfg.content_hidden, cfg.content_dim)).to(model.output_offset())
         self.scorer = self.build_scorer(cfg).to(model.output_offset())
@@ -116,28 +122,30 @@ class LWA(MetaLearner):
 
     def meta_parameters(self) -> list[Tensor]:
         enc = self.model.encoder
-        names = [enc.field_names[i] for i in self.content_cols]
-        tables = [enc.embeddings[n].weight for n in names] + ([enc.multi.weight] if enc.multi is not None else [])
+        names = [n for n in enc.sides["item"] if n in enc.embeddings]
+        blocks = len(names) < len(enc.sides["item"])  # the content has multi-hot blocks: their shared table
+        tables = [enc.embeddings[n].weight for n in names] + ([enc.multi.weight] if blocks else [])
         return tables + list(self.content.parameters()) + list(self.scorer.parameters())
 
     def embed(self, x: Tensor) -> Tensor:
         """F(t) of each rating's item [..., content_dim]: the content network over its content fields' embeddings."""
-        enc = self.model.encoder
-        n = len(enc.field_names)
-        parts = [enc.embeddings[enc.field_names[i]](x[..., i]) for i in self.content_cols]
-        for _, start, width in enc.blocks:
-            flags = x[..., n + start:n + start + width].to(enc.multi.weight.dtype)
-            rows = enc.multi.weight[start:start + width]
-            parts.append(flags @ rows / flags.sum(-1, keepdim=True).clamp(min=1.0))
-        return self.content(torch.cat(parts, -1))
+        return self.content(self.model.encoder.side(x, "item"))
 
     def score(self, fq: Tensor, r1: Tensor, r0: Tensor) -> Tensor:
         """LWA: query items' embeddings fq [tasks, Q, D] -> ratings [tasks, Q] by w = G1 R1 + G0 R0."""
         w = self.scorer["g1"](r1) + self.scorer["g0"](r0)  # [tasks, D]
         return (fq * w.unsqueeze(1)).sum(-1) + self.scorer["b"].weight[0, 0]
 
+    def attach(self, source) -> None:
+        """The liked class's threshold from the data's rating scale, unless algo.like_threshold sets it."""
+        if self.cfg.like_threshold is None:
+            self.like = liked_rating(source.rating_scale)
+
     def predict(self, batch: TaskBatch) -> Tensor:
-        r1, r0 = class_means(self.embed(batch.support_x), batch.support_y, batch.support_mask, self.cfg.like_threshold,
+        if self.like is None:
+            raise UserError(f"algo={self.cfg.name} takes its liked rating from the data's scale, and no data was "
+                            "attached: set algo.like_threshold")
+        r1, r0 = class_means(self.embed(batch.support_x), batch.support_y, batch.support_mask, self.like,
                              self.cfg.pooling)
         return self.model.output_offset() + self.score(self.embed(batch.query_x), r1, r0)
 
@@ -151,12 +159,14 @@ class LWA(MetaLearner):
         return [pred for k in range(steps + 1) if at is None or k in at]
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "content": self.content.state_dict(), "scorer": self.scorer.state_dict()}
+        return {**super().state_dict(), "content": self.content.state_dict(), "scorer": self.scorer.state_dict(),
+                "like": self.like}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.content.load_state_dict(state["content"])
         self.scorer.load_state_dict(state["scorer"])
+        self.like = state.get("like", self.like)  # a checkpoint from before it was kept: the config's or the data's
 
 
 class NLBA(LWA):

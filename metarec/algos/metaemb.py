@@ -63,12 +63,13 @@ class MetaEmbConfig(ColdItemConfig):
 
 
 class EmbeddingGenerator(nn.Module):
-    """Item features (the base model's year-bucket embedding and pooled genre embeddings, frozen) ->
-    an ID embedding [..., dim]. Starts at zero (its output layer is zero)."""
+    """Item features [..., width] (the base model's embeddings of the item's content, frozen; MovieLens:
+    the year bucket and the pooled genres) -> an ID embedding [..., dim]. Starts at zero (its output
+    layer is zero)."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, width: int, dim: int, hidden: int):
         super().__init__()
-        layers = [nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, dim)] if hidden else [nn.Linear(2 * dim, dim)]
+        layers = [nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, dim)] if hidden else [nn.Linear(width, dim)]
         self.net = nn.Sequential(*layers)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
@@ -79,13 +80,14 @@ class EmbeddingGenerator(nn.Module):
 
 class MetaEmb(ColdItemLearner):
     Config = MetaEmbConfig
+    reads = ("item",)  # the generator reads the item's content
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         self.warm_up = bool(cfg.warm_up)
         super().__init__(cfg, model, kind, compile=compile, fast_paths=fast_paths)
 
     def build_nets(self, cfg, dim: int) -> nn.Module:
-        return EmbeddingGenerator(dim, cfg.gen_hidden)
+        return EmbeddingGenerator(self.widths["item"], dim, cfg.gen_hidden)
 
     def nets_lr(self) -> float:
         return self.cfg.gen_lr

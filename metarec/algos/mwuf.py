@@ -59,19 +59,21 @@ def mlp(n_in: int, hidden: int, n_out: int, bias: float) -> nn.Sequential:
 
 
 class MetaNets(nn.Module):
-    """scale: item features [2 dim] -> [dim] (starts at 1); shift: mean rater embedding [4 dim] -> [dim] (starts at 0)."""
+    """scale: item features [item width] -> [dim] (starts at 1); shift: mean rater embedding [user width]
+    -> [dim] (starts at 0). MovieLens' widths: 2 dim (year, genres) and 4 dim (its four user fields)."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, widths: dict[str, int], dim: int, hidden: int):
         super().__init__()
-        self.scale, self.shift = mlp(2 * dim, hidden, dim, 1.0), mlp(4 * dim, hidden, dim, 0.0)
+        self.scale, self.shift = mlp(widths["item"], hidden, dim, 1.0), mlp(widths["user"], hidden, dim, 0.0)
 
 
 class MWUF(ColdItemLearner):
     Config = MWUFConfig
     warm_up = True  # the cold step and the shift read the ratings a state shows of its new items
+    reads = ("user", "item")
 
     def build_nets(self, cfg, dim: int) -> nn.Module:
-        return MetaNets(dim, cfg.hidden)
+        return MetaNets(self.widths, dim, cfg.hidden)
 
     def nets_lr(self) -> float:
         return self.cfg.nets_lr
@@ -94,7 +96,7 @@ class MWUF(ColdItemLearner):
 
     def cold_rows(self, x: Tensor) -> Tensor:
         feat = item_features(self.model.encoder, x)
-        no_raters = feat.new_zeros(feat.shape[0], 4 * self.dim)
+        no_raters = feat.new_zeros(feat.shape[0], self.widths["user"])
         return self.start() * self.nets.scale(feat) + self.nets.shift(no_raters)
 
     def warm_rows(self, batch: TaskBatch) -> Tensor:

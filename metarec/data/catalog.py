@@ -24,13 +24,8 @@ from metarec.data.floors import Floors
 from metarec.data.protocol import Protocol
 from metarec.data.ratings import RatingData, RatingTable
 from metarec.data.rows import InputRows
-from metarec.tasks import Catalog
+from metarec.tasks import Catalog, liked_rating
 
-def liked_rating(scale: tuple[float, float]) -> float:
-    """The rating at or above which a query item is relevant in the catalogue ranking: 4 on a 1-5 scale,
-    the same place on any other (7.5 on 0-10: 8, 9 and 10 are liked)."""
-    lo, hi = scale
-    return lo + 0.75 * (hi - lo)
 NEW_ITEM_STATES = ("item_cold", "user_item_cold", "val_new", "val_item_cold")  # their catalogue: new items; the others: existing ones
 
 

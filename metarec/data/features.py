@@ -41,6 +41,7 @@ class Features:
     multi_hot: list[tuple[str, int]]  # multi-hot blocks in x's order: (name, width)
     n_base: int  # fields before the item id: the task source puts item context after them
     names: dict[str, list] = field(default_factory=dict)  # multi-hot block -> its tokens (or bucket edges)
+    sides: dict[str, list[str]] = field(default_factory=dict)  # "user", "item" -> its fields and blocks, by name
 
     def rows(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """The input row x of each (user, item) pair: [n, fields + flags] int64."""
@@ -68,11 +69,12 @@ def encode(users: list[Column], items: list[Column], n_users: int, n_items: int,
     u_codes, u_flags, u_fields, u_blocks, u_names = side(users, n_users)
     i_codes, i_flags, i_fields, i_blocks, i_names = side(items, n_items)
     n_base = len(u_fields) + len(i_fields)
+    sides = {"user": [n for n, _ in u_fields + u_blocks], "item": [n for n, _ in i_fields + i_blocks]}  # content: no id
     if item_ids:
         i_codes = np.concatenate([i_codes, np.arange(1, n_items + 1, dtype=np.int64)[:, None]], 1)  # 0 = UNK
         i_fields = i_fields + [("item", n_items + 1)]
     return Features(u_codes, i_codes, u_flags, i_flags, u_fields + i_fields, u_blocks + i_blocks, n_base,
-                    {**u_names, **i_names})
+                    {**u_names, **i_names}, sides)
 
 
 def _stack(codes: list[np.ndarray], n: int) -> np.ndarray:

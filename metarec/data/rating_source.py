@@ -80,7 +80,7 @@ class RatingSource(TaskSource):
     def model_spec(self) -> dict:
         blocks = [list(b) for b in self.multi_hot]  # one block as its [name, width] pair, as MeLU's spec reads it
         spec = {"fields": [list(f) for f in self.fields], "multi_hot": blocks[0] if len(blocks) == 1 else blocks,
-                "offset": self.mu}
+                "offset": self.mu, "sides": {k: list(v) for k, v in self.inputs.sides.items()}}
         if self.factor_table is not None:
             spec["factors"] = self.factor_table  # [rows, rank], read through the input's last column
         return spec

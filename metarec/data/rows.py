@@ -26,6 +26,7 @@ class InputRows:
         table, features = data.table, data.features
         self.cfg, self.device, self.n_train = cfg, device, len(protocol.train_ratings)
         self.fields, self.multi_hot, self.n_base = list(features.fields), features.multi_hot, features.n_base
+        self.sides = features.sides  # the user's and the item's content fields, by name (MeLU's encoder reads them)
         self.x = torch.from_numpy(features.rows(table.rating_user, table.rating_item)).to(device)  # [ratings, F]
         self.y = torch.from_numpy(table.rating.astype(np.float32)).to(device)  # [ratings]
         self.rating_item = torch.from_numpy(table.rating_item).to(device)

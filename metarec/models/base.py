@@ -22,6 +22,7 @@ class Model(nn.Module):
 
     data_kinds: tuple[str, ...] = ("rating", "regression", "classification")  # the TaskSource kinds it reads
     offers: tuple[str, ...] = ()  # keys of OFFERS
+    reads: tuple[str, ...] = ()  # the feature sides it needs of a rating data set ("user", "item": its content)
 
     @classmethod
     def from_config(cls, spec: dict, cfg, prompt_len: int = 0, prompt_dim: int = 0) -> "Model":

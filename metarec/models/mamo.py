@@ -1,8 +1,8 @@
 """MAMO's recommendation model (Dong et al., KDD 2020; dongmanqing/Code-for-MAMO) on MeLU's fields.
 
-The user's profile p_u (its field embeddings joined: gender, age, occupation, zip) and the item's
-p_i (the rest: year, item context, pooled genres, ...) each pass a one-layer embedding tower, e_u and
-e_i joined pass the preference matrix M_{u,I} (a square linear layer; algo=mamo initialises its
+The user's profile p_u (the embeddings of the data's user fields joined; MovieLens: gender, age,
+occupation, zip) and the item's p_i (the rest: year, item context, pooled genres, ...) each pass a
+one-layer embedding tower, e_u and e_i joined pass the preference matrix M_{u,I} (a square linear layer; algo=mamo initialises its
 weight per user from the task memory), then an MLP predicts the rating as offset + output.
 
 model.hidden [64, 64] reads: towers of 32 each (64 / 2), the 64 x 64 preference matrix, one hidden
@@ -17,8 +17,6 @@ from torch import Tensor, nn
 from metarec.models.base import Model
 from metarec.models.melu import FieldEncoder
 
-USER_FIELDS = ("gender", "age", "occupation", "zip")
-
 
 def batched_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Each task's own linear layer: h [tasks, n, in], weight [tasks, out, in], bias [tasks, out]."""
@@ -26,20 +24,29 @@ def batched_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 class MAMONet(Model):
-    data_kinds = ("rating",)  # what metarec/config/fit.py checks a config against: MovieLens' user and item fields
+    data_kinds = ("rating",)  # what metarec/config/fit.py checks a config against: a rating data set's fields
     offers = ("mamo",)
+    reads = ("user",)  # the user's profile: the data's user fields (metarec/reporting/results_sets.py skips data without)
+
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64)):
         super().__init__()
-        fields = [tuple(f) for f in spec["fields"]]
-        n_user = len(USER_FIELDS)
-        if tuple(name for name, _ in fields[:n_user]) != USER_FIELDS:
-            raise ValueError(f"model=mamo reads the user's profile from MovieLens' user fields {', '.join(USER_FIELDS)} "
-                             f"(the first fields of data=movielens); this data has {', '.join(n for n, _ in fields)}")
+        self.encoder = enc = FieldEncoder.from_spec(spec, embedding_dim)
+        user = enc.sides["user"]
+        if not user:
+            raise ValueError("model=mamo reads the user's profile from the data's user fields, and this data gives "
+                             "the model none (no NAME.user file, or data.user_features empty): it does not apply here")
         if len(hidden) < 1 or hidden[0] < 2 or hidden[0] % 2:
             raise ValueError(f"model.hidden={list(hidden)}: model=mamo needs an even first width "
                              "(two towers of half of it feed the preference matrix)")
-        self.encoder = FieldEncoder(fields, tuple(spec["multi_hot"]), embedding_dim, spec.get("factors"))
-        self.user_dim = n_user * embedding_dim  # p_u: the first columns of the encoder's output
+        self.user_dim = len(user) * embedding_dim
+        # p_u: the user fields' columns of the encoder's output (the first ones, unless the user has multi-hot
+        # fields, pooled after every categorical field: then gathered, and the item tower reads the rest)
+        order = [*enc.field_names, *(name for name, *_ in enc.blocks)]
+        user_cols = [k * embedding_dim + j for k, name in enumerate(order) if name in user for j in range(embedding_dim)]
+        self.gather: tuple[Tensor, Tensor] | None = None
+        if user_cols != list(range(self.user_dim)):
+            rest = [c for c in range(enc.out_dim) if c not in set(user_cols)]
+            self.gather = (torch.tensor(user_cols), torch.tensor(rest))
         tower = hidden[0] // 2
         self.user = nn.Linear(self.user_dim, tower)
         self.item = nn.Linear(self.encoder.out_dim - self.user_dim, tower)
@@ -67,12 +74,12 @@ class MAMONet(Model):
 
     def profile(self, h: Tensor) -> Tensor:
         """p_u [..., user_dim] from the encoder's output h."""
-        return h[..., : self.user_dim]
+        return self.split(h)[0]
 
     def head(self, h: Tensor) -> Tensor:
         """Ratings [...] from the encoder's output h [..., out_dim] (the plain module: the per-task reference)."""
-        e_u = F.leaky_relu(self.user(h[..., : self.user_dim]))
-        e_i = F.leaky_relu(self.item(h[..., self.user_dim:]))
+        p_u, p_i = self.split(h)
+        e_u, e_i = F.leaky_relu(self.user(p_u)), F.leaky_relu(self.item(p_i))
         return self.offset + self.net(self.pref(torch.cat([e_u, e_i], -1))).squeeze(-1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -86,6 +93,8 @@ class MAMONet(Model):
     def split(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """(the user tower's input, the item tower's) from h [..., out_dim]; an inner loop splits once,
         since each slice of h costs a pass back that writes a zero tensor of h's size."""
+        if self.gather is not None:
+            return h[..., self.gather[0].to(h.device)], h[..., self.gather[1].to(h.device)]
         return h[..., : self.user_dim], h[..., self.user_dim:]
 
     def _head_out(self, w: dict[str, Tensor], hs: tuple[Tensor, Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -13,9 +13,14 @@ class FieldEncoder(nn.Module):
     """x [..., fields + flags (+ 1)] (long) -> concatenated field embeddings [..., (fields + blocks) * dim
     (+ factor width)]. Each multi-hot block (MovieLens: genres, one block) mean-pools its own rows of one
     shared table. With a factor table (data.item_factors) the last column of x is each rating's row in
-    it, and that row (the item's collaborative factors, fixed) is joined at the end."""
+    it, and that row (the item's collaborative factors, fixed) is joined at the end.
 
-    def __init__(self, fields: list[tuple[str, int]], multi_hot: list, dim: int, factors: Tensor | None = None):
+    sides: which fields and blocks (by name) are the user's and which the item's content (not its id,
+    not the item context), as the data source says (TaskSource.model_spec: "sides"); a spec without
+    them (a checkpoint from before they were written) reads MovieLens' user fields."""
+
+    def __init__(self, fields: list[tuple[str, int]], multi_hot: list, dim: int, factors: Tensor | None = None,
+                 sides: dict[str, list[str]] | None = None):
         super().__init__()
         self.field_names = [name for name, _ in fields]
         self.embeddings = nn.ModuleDict({name: nn.Embedding(size, dim) for name, size in fields})
@@ -28,20 +33,51 @@ class FieldEncoder(nn.Module):
         self.register_buffer("factors", None if factors is None else torch.as_tensor(factors, dtype=torch.float32).clone())
         self.factor_dim = 0 if factors is None else self.factors.shape[1]
         self.out_dim = (len(fields) + len(blocks)) * dim + self.factor_dim
+        self.dim = dim
+        self.sides = {k: list(v) for k, v in (sides or legacy_sides(self.field_names, blocks)).items()}
+
+    @classmethod
+    def from_spec(cls, spec: dict, dim: int) -> "FieldEncoder":
+        return cls([tuple(f) for f in spec["fields"]], spec["multi_hot"], dim, spec.get("factors"), spec.get("sides"))
+
+    def pooled(self, x: Tensor, start: int, width: int) -> Tensor:
+        """The mean of a multi-hot block's rows over each rating's flags [..., dim]."""
+        flags = x[..., len(self.field_names) + start:len(self.field_names) + start + width].to(self.multi.weight.dtype)
+        rows = self.multi.weight[start:start + width] if len(self.blocks) > 1 else self.multi.weight
+        return flags @ rows / flags.sum(-1, keepdim=True).clamp(min=1.0)
+
+    def side_width(self, side: str) -> int:
+        """The width of `side`'s features ("user" or "item")."""
+        return len(self.sides[side]) * self.dim
+
+    def side(self, x: Tensor, side: str) -> Tensor:
+        """`side`'s features of each rating [..., side_width]: its fields' embeddings and pooled blocks,
+        in the data's order (MovieLens' user: gender, age, occupation, zip; item: year, genres)."""
+        where = {name: start_width for name, *start_width in self.blocks}
+        parts = [self.embeddings[name](x[..., self.field_names.index(name)]) if name not in where
+                 else self.pooled(x, *where[name]) for name in self.sides[side]]
+        return torch.cat(parts, -1) if parts else x.new_zeros(*x.shape[:-1], 0, dtype=torch.float32)
 
     def factor_features(self, x: Tensor) -> Tensor | None:
         """The factor-table row of every rating [..., factor width], or None without a table."""
         return None if self.factors is None else self.factors[x[..., -1]]
 
     def forward(self, x: Tensor) -> Tensor:
-        n = len(self.field_names)
         parts = [self.embeddings[name](x[..., i]) for i, name in enumerate(self.field_names)]
-        for _, start, width in self.blocks:
-            flags = x[..., n + start:n + start + width].to(self.multi.weight.dtype)  # [..., width]
-            rows = self.multi.weight[start:start + width] if len(self.blocks) > 1 else self.multi.weight
-            parts.append(flags @ rows / flags.sum(-1, keepdim=True).clamp(min=1.0))
+        parts += [self.pooled(x, start, width) for _, start, width in self.blocks]
         q = self.factor_features(x)
         return torch.cat(parts + ([] if q is None else [q.to(parts[-1].dtype)]), dim=-1)
+
+
+LEGACY_USER = ("gender", "age", "occupation", "zip")  # MovieLens' user fields: what specs without sides had
+NOT_CONTENT = ("item", "item_bias", "item_count")  # the item id and the item context: not an item's content
+
+
+def legacy_sides(field_names: list[str], blocks: list[tuple[str, int]]) -> dict[str, list[str]]:
+    """The sides of a spec written before specs said them (MovieLens' user fields, the rest the item's)."""
+    user = [n for n in field_names if n in LEGACY_USER]
+    item = [n for n in field_names if n not in LEGACY_USER + NOT_CONTENT] + [n for n, _ in blocks]
+    return {"user": user, "item": item}
 
 
 def multi_blocks(multi_hot: list) -> list[tuple[str, int]]:
@@ -61,8 +97,7 @@ class MeLU(Model):
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64),
                  prompt_len: int = 0, prompt_dim: int = 0):
         super().__init__()
-        self.encoder = FieldEncoder([tuple(f) for f in spec["fields"]], spec["multi_hot"], embedding_dim,
-                                    spec.get("factors"))
+        self.encoder = FieldEncoder.from_spec(spec, embedding_dim)
         self.head = PromptMLP(self.encoder.out_dim, list(hidden), spec["offset"], prompt_len, prompt_dim)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         line = protocol(args.methods, args.data)  # before any training: the methods must share tasks and training data
+        if args.data in results_sets.PROTOCOLS:  # the ml-100k methods a data set cannot run, and why
+            line = " ".join(filter(None, [line, results_sets.skipped_line(args.data, METHODS)]))
         args.out.mkdir(parents=True, exist_ok=True)
         lock = RunLock.take(args.out, "results", "choose another --out")  # one invocation per results folder
         trained = train_missing(args)

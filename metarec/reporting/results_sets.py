@@ -56,6 +56,46 @@ def carried(data: str, ml100k_overrides: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def reads(cfg: dict) -> set[str]:
+    """The feature sides ("user", "item") a composed method's model and algorithm read (their `reads`)."""
+    from metarec.algos import ALGOS
+    from metarec.models import MODELS
+    return set(ALGOS[cfg["algo"]["name"]].reads) | set(MODELS[cfg["model"]["name"]].reads)
+
+
+def gives(data_cfg: dict) -> set[str]:
+    """The feature sides a data config gives the model: MovieLens both; data=atomic those it names features of."""
+    if data_cfg["name"] != "atomic":
+        return {"user", "item"}
+    return {side for side in ("user", "item") if data_cfg[f"{side}_features"]}
+
+
+@functools.lru_cache(maxsize=None)
+def missing_sides(data: str, ml100k_overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """The sides one ml-100k method reads that data set `data` does not give (empty: it applies)."""
+    cfg = compose_plain(list(carried(data, ml100k_overrides)))
+    return tuple(sorted(reads(cfg) - gives(cfg["data"])))
+
+
+def not_applicable(data: str, ml100k_methods: dict[str, list[str]]) -> dict[str, str]:
+    """method -> why it does not run on data set `data` (it reads features the data has none of)."""
+    out = {}
+    for m, o in ml100k_methods.items():
+        sides = missing_sides(data, tuple(o))
+        if sides:
+            out[m] = f"reads {' and '.join(sides)} fields, and the protocol gives the model none (data.{sides[0]}_features)"
+    return out
+
+
+def skipped_line(data: str, ml100k_methods: dict[str, list[str]]) -> str:
+    """One sentence for the page on the methods that do not run on `data`, grouped by why ('' if none)."""
+    by_reason: dict[str, list[str]] = {}
+    for m, why in not_applicable(data, ml100k_methods).items():
+        by_reason.setdefault(why, []).append(m)
+    return " ".join(f"Not run here: {', '.join(ms)}; each {why}." for why, ms in by_reason.items())
+
+
 def presets(data: str, ml100k_methods: dict[str, list[str]]) -> dict[str, list[str]]:
-    """method -> its overrides on data set `data` (one of PROTOCOLS)."""
-    return {m: list(carried(data, tuple(o))) for m, o in ml100k_methods.items()}
+    """method -> its overrides on data set `data` (one of PROTOCOLS), for every method that applies there."""
+    skip = not_applicable(data, ml100k_methods)
+    return {m: list(carried(data, tuple(o))) for m, o in ml100k_methods.items() if m not in skip}
