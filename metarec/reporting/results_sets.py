@@ -3,11 +3,15 @@ method on a data set's protocol (conf/protocol/NAME.yaml), with the method's ml-
 
 A method's overrides are `+protocol=NAME algo=ALGO` and every key where its ml-100k preset differs from
 that composition (its algo block, and the data, model, trainer and eval keys its preset sets): the
-settings chosen on ml-100k's validation users, not re-chosen on this data set's.
+settings chosen on ml-100k's validation users, not re-chosen on this data set's. A method tuned on the
+data set's own validation users has a preset of its own (conf/experiment/melu_PROTOCOL_X.yaml, e.g.
+melu_movietweetings_reptile), which the page runs instead. A method that reads features the data set
+has none of (a user profile on MovieTweetings, which has no user file) is not run, and the page says so.
 """
 from __future__ import annotations
 
 import functools
+from importlib import resources
 
 from omegaconf import OmegaConf
 
@@ -95,7 +99,20 @@ def skipped_line(data: str, ml100k_methods: dict[str, list[str]]) -> str:
     return " ".join(f"Not run here: {', '.join(ms)}; each {why}." for why, ms in by_reason.items())
 
 
+def own_preset(data: str, ml100k_overrides: list[str]) -> list[str] | None:
+    """The data set's own preset of a method, where one was tuned on its validation users:
+    experiment=melu_ml100k_X runs as experiment=melu_PROTOCOL_X when conf/experiment/melu_PROTOCOL_X.yaml exists."""
+    preset, *rest = ml100k_overrides
+    if not preset.startswith("experiment=melu_ml100k_"):
+        return None
+    name = preset.removeprefix("experiment=").replace("melu_ml100k", f"melu_{PROTOCOLS[data]}", 1)
+    found = (resources.files("metarec.conf") / "experiment" / f"{name}.yaml").is_file()
+    return [f"experiment={name}", *rest] if found else None
+
+
 def presets(data: str, ml100k_methods: dict[str, list[str]]) -> dict[str, list[str]]:
-    """method -> its overrides on data set `data` (one of PROTOCOLS), for every method that applies there."""
+    """method -> its overrides on data set `data` (one of PROTOCOLS), for every method that applies there:
+    the data set's own preset where there is one, else the ml-100k preset's settings carried over."""
     skip = not_applicable(data, ml100k_methods)
-    return {m: list(carried(data, tuple(o))) for m, o in ml100k_methods.items() if m not in skip}
+    return {m: own_preset(data, o) or list(carried(data, tuple(o)))
+            for m, o in ml100k_methods.items() if m not in skip}
