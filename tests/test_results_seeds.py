@@ -179,3 +179,15 @@ def test_catalog_one_evaluates_a_real_checkpoint_into_its_catalog_folder(tmp_pat
     states = catalog_page.catalog_states(run)
     assert folder == run / "catalog" and "recall@10" in states["user_cold"]["catalog"]["method"]
     assert (run / "eval.json").read_text() == (tmp_path / "untouched" / "eval.json").read_text()
+
+
+def test_the_spread_stretches_with_the_scale_and_a_run_finds_its_page():
+    from metarec.config.compose import compose_plain
+    from metarec.reporting.results_seeds import page_name, page_of, spread
+    assert spread({"data": {"name": "movielens"}}) == 0.0025  # 1-5: the measured spread
+    assert spread({"data": {"name": "atomic", "rating_scale": [0, 10]}}) == 0.00625  # 2.5 times the span
+    assert spread({"data": {"name": "atomic", "rating_scale": None}}) == 0.0025  # undeclared: 1-5's
+    for data, protocol in (("movietweetings", "movietweetings"), ("dbook", "dbook"), ("dbook-metahin", "dbook_metahin")):
+        assert page_of(compose_plain([f"+protocol={protocol}"])) == data
+    assert page_of(compose_plain(["data.variant=ml-1m"])) == "ml-1m"
+    assert [page_name(d) for d in ("ml-100k", "ml-1m", "dbook-metahin")] == ["results", "results-ml1m", "results-dbook-metahin"]

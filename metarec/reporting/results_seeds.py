@@ -11,14 +11,17 @@ import json
 import sys
 from pathlib import Path
 
+from metarec.config.compose import compose_plain
 from metarec.reporting import runs as run_folders
+from metarec.reporting.results_sets import PROTOCOLS
 from metarec.errors import UserError
 from metarec.evaluation.evaluate import paired_difference
 from metarec.reporting.runs import headline, lookup, same_config
 from metarec.data.states import STATES
 
 # The same run on two machines differs by float summation order (the CPUs' vector widths, the thread
-# count): the default MovieLens run gives MAE 0.7419 on one machine and 0.7440 on another.
+# count): the default MovieLens run gives MAE 0.7419 on one machine and 0.7440 on another. On another
+# rating scale the spread stretches with the scale's span over 1-5's (spread()).
 SPREAD_MAE = 0.0025
 FLOOR_TOLERANCE = 1e-4  # floors are not trained: on the same tasks and data they agree to float precision
 METRICS = ("mae", "ndcg@3")
@@ -26,7 +29,18 @@ METRICS = ("mae", "ndcg@3")
 # threads and progress bars (these move the number within SPREAD_MAE)
 FREE_KEYS = (("data", "root"), ("data", "cache_dir"), ("device",), ("trainer", "progress"), ("trainer", "tensorboard"),
              ("seed",))
-DOC = {"ml-100k": Path("docs/results.md"), "ml-1m": Path("docs/results-ml1m.md")}
+def page_name(variant: str) -> str:
+    """A data set's results page under docs/, without .md: results (ml-100k), results-ml1m, results-NAME."""
+    return {"ml-100k": "results", "ml-1m": "results-ml1m"}.get(variant, f"results-{variant}")
+
+
+def spread(config: dict) -> float:
+    """The cross-machine spread of a run's MAE: SPREAD_MAE on 1-5, stretched with the span of the rating
+    scale its config declares (data.rating_scale; MovieLens and an undeclared scale: 1-5's)."""
+    scale = lookup(config, "data", "rating_scale")
+    if isinstance(scale, (list, tuple)) and len(scale) == 2:
+        return round(SPREAD_MAE * (float(scale[1]) - float(scale[0])) / 4, 6)
+    return SPREAD_MAE
 
 
 def seeds_path(page: Path) -> Path:
@@ -38,13 +52,13 @@ def collect(folders: dict[tuple[str, int], Path], presets: dict[str, list[str]],
     """The page's per-seed values from its run folders ((method, seed) -> folder), as plain JSON data."""
     values: dict[str, dict[str, dict]] = {}
     configs: dict[str, dict] = {}
-    fingerprint = None
+    fingerprint, spread_mae = None, SPREAD_MAE
     for (method, seed), folder in folders.items():
         run = run_folders.load_run(folder)
-        fingerprint = fingerprint or run.data_fingerprint
+        fingerprint, spread_mae = fingerprint or run.data_fingerprint, spread(run.config)
         values.setdefault(method, {})[str(seed)] = {s: _state(run.states[s]) for s in STATES if s in run.states}
         configs.setdefault(method, _without(run.config, FREE_KEYS))
-    return {"variant": variant, "spread_mae": SPREAD_MAE, "data_fingerprint": fingerprint,
+    return {"variant": variant, "spread_mae": spread_mae, "data_fingerprint": fingerprint,
             "presets": {m: presets[m] for m in values}, "configs": configs, "values": values}
 
 
@@ -72,13 +86,14 @@ def seed_section(doc: dict) -> str:
     """Markdown: one row per method, one column per state, MAE of each split seed in the cell."""
     states = [s for s in STATES if any(s in v for seeds in doc["values"].values() for v in seeds.values())]
     seeds = sorted({int(k) for seeds in doc["values"].values() for k in seeds})
-    name = {"ml-100k": "results", "ml-1m": "results-ml1m"}.get(doc["variant"], "results")
+    name = page_name(doc["variant"])
     lines = ["## Per-seed values", "",
              f"MAE of each run (split seed {' / '.join(map(str, seeds))} in each cell), so that one run can be checked "
              f"against this page: `metarec train experiment=PRESET seed=K`, then `metarec results --check RUN_FOLDER` "
              f"(it reads docs/{name}.seeds.json, which holds these values, nDCG@3, each state's floors and each preset's config). "
              f"The same run on another machine differs by float summation order (CPU vector widths, thread counts): "
-             f"0.7419 against 0.7440 for the default run, so the check accepts |difference| <= {doc['spread_mae']} MAE. "
+             f"0.7419 against 0.7440 for the default run on ml-100k, so the check accepts |difference| <= {doc['spread_mae']} MAE"
+             + (" (0.0025 on 1-5, stretched with this scale's span). " if doc["spread_mae"] != SPREAD_MAE else ". ") +
              "A difference between two methods or settings is real only when it is beyond that spread and beyond "
              "2 SE of the paired per-task difference on the same tasks (same split seed: the tables above; "
              "`metarec results --check RUN --against RUN2` for two run folders).", "",
@@ -189,7 +204,7 @@ def against(run_dir: Path, other_dir: Path) -> list[str]:
             lines.append(f"  {state}: {len(va)} against {len(vb)} tasks: not the same tasks (another split seed?)")
             continue
         d, se = paired_difference(va, vb)
-        real = abs(d) > max(2 * se, SPREAD_MAE)
+        real = abs(d) > max(2 * se, spread(a.config))
         z = f"{d / se:+.1f}" if se > 0 else "inf"
         lines.append(f"  {state}: {d:+.4f} ± {se:.4f} SE (z {z}) over {len(va)} tasks: "
                      + ("a real difference" if real else "within 2 SE or the cross-machine spread"))
@@ -199,7 +214,20 @@ def against(run_dir: Path, other_dir: Path) -> list[str]:
 def default_page(run_dir: Path) -> Path:
     """The page of the run's data set in this folder's docs/ (the metarec repository's)."""
     config = run_folders.load_run(run_dir).config
-    return seeds_path(DOC.get(str(lookup(config, "data", "variant")), DOC["ml-100k"]))
+    return seeds_path(Path("docs") / f"{page_name(page_of(config))}.md")
+
+
+def page_of(config: dict) -> str:
+    """The results page (its --data name) of a run's data: MovieLens by variant, else the data set whose
+    protocol (metarec/reporting/results_sets.py) names the same data and test users; ml-100k if none."""
+    if lookup(config, "data", "name") == "movielens":
+        return str(lookup(config, "data", "variant"))
+    keys = ("dataset", "test_user_field")
+    for data, protocol in PROTOCOLS.items():
+        want = compose_plain([f"+protocol={protocol}"])["data"]
+        if all(want.get(k) == lookup(config, "data", k) for k in keys):
+            return data
+    return "ml-100k"
 
 
 def main(argv: list[str]) -> int:
