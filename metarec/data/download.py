@@ -25,8 +25,34 @@ from tqdm import tqdm
 
 from metarec import inputs
 from metarec.data import cache_check
-from metarec.data.movielens_io import EXPECTED_HINT, detect_format
 from metarec.errors import UserError
+
+# What each format is recognised by, and what it needs; used in error messages too.
+FORMAT_FILES = {
+    "ml-100k": ["u.data", "u.user", "u.item"],
+    "ml-1m": ["ratings.dat", "users.dat", "movies.dat"],
+    "atomic": ["NAME.inter", "NAME.user (optional)", "NAME.item (optional)"],
+}
+EXPECTED_HINT = (
+    "expected ml-100k (u.data, u.user, u.item), ml-1m (ratings.dat, users.dat, movies.dat) "
+    "or RecBole atomic files (one NAME.inter, optional NAME.user, NAME.item)"
+)
+
+
+def detect_format(folder: str | Path) -> str | None:
+    """'ml-100k', 'ml-1m' or 'atomic' when `folder` holds that format's files, else None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    # exists(), not is_file(): a FIFO or a device under a data file's name is refused by name when read
+    if all((folder / f).exists() for f in FORMAT_FILES["ml-100k"]):
+        return "ml-100k"
+    if all((folder / f).exists() for f in FORMAT_FILES["ml-1m"]):
+        return "ml-1m"
+    if len(list(folder.glob("*.inter"))) == 1:
+        return "atomic"
+    return None
+
 
 CACHE_ENV = "METAREC_CACHE"
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Readers for MovieLens on disk: GroupLens ml-100k, GroupLens ml-1m and RecBole atomic files.
 
-Each reader returns the same plain `MovieLensRaw` tables (metarec/data/movielens_raw.py, which also
-defines an item's year); `read_movielens(folder)` picks the reader.
+Each reader returns the same `MovieLensRaw` table (metarec/data/movielens_raw.py, which also defines
+an item's year); `read_movielens(folder)` picks the reader by the format download.detect_format finds.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metarec.data.download import EXPECTED_HINT, FORMAT_FILES, detect_format
 from metarec.data.movielens_atomic import read_atomic
 from metarec.data.movielens_raw import (
     RATING_MAX, RATING_MIN, MovieLensRaw, assemble, existing_folder, int_field, parse_ratings,
@@ -16,8 +17,8 @@ from metarec.data.movielens_raw import (
 )
 from metarec.errors import UserError
 
-__all__ = ["ML100K_GENRES", "RATING_MIN", "RATING_MAX", "FORMAT_FILES", "EXPECTED_HINT", "MovieLensRaw",
-           "detect_format", "read_movielens", "read_ml100k", "read_ml1m", "read_atomic", "title_year"]
+__all__ = ["ML100K_GENRES", "RATING_MIN", "RATING_MAX", "MovieLensRaw", "read_movielens", "read_ml100k", "read_ml1m",
+           "read_atomic", "title_year"]
 
 # The order of the 19 flags at the end of each u.item line (u.genre lists the same order).
 ML100K_GENRES = [
@@ -25,32 +26,6 @@ ML100K_GENRES = [
     "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
     "Thriller", "War", "Western",
 ]
-
-# What each format is recognised by, and what it needs; used in error messages too.
-FORMAT_FILES = {
-    "ml-100k": ["u.data", "u.user", "u.item"],
-    "ml-1m": ["ratings.dat", "users.dat", "movies.dat"],
-    "atomic": ["NAME.inter", "NAME.user (optional)", "NAME.item (optional)"],
-}
-EXPECTED_HINT = (
-    "expected ml-100k (u.data, u.user, u.item), ml-1m (ratings.dat, users.dat, movies.dat) "
-    "or RecBole atomic files (one NAME.inter, optional NAME.user, NAME.item)"
-)
-
-
-def detect_format(folder: str | Path) -> str | None:
-    """'ml-100k', 'ml-1m' or 'atomic' when `folder` holds that format's files, else None."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    # exists(), not is_file(): a FIFO or a device under a data file's name is refused by name when read
-    if all((folder / f).exists() for f in FORMAT_FILES["ml-100k"]):
-        return "ml-100k"
-    if all((folder / f).exists() for f in FORMAT_FILES["ml-1m"]):
-        return "ml-1m"
-    if len(list(folder.glob("*.inter"))) == 1:
-        return "atomic"
-    return None
 
 
 def read_movielens(folder: str | Path) -> MovieLensRaw:
