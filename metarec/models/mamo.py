@@ -2,8 +2,9 @@
 
 The user's profile p_u (the embeddings of the data's user fields joined; MovieLens: gender, age,
 occupation, zip) and the item's p_i (the rest: year, item context, pooled genres, ...) each pass a
-one-layer embedding tower, e_u and e_i joined pass the preference matrix M_{u,I} (a square linear layer; algo=mamo initialises its
-weight per user from the task memory), then an MLP predicts the rating as offset + output.
+one-layer embedding tower, e_u and e_i joined pass the preference matrix M_{u,I} (a square linear
+layer; algo=mamo initialises its weight per user from the task memory), then an MLP predicts the
+rating as offset + output.
 
 model.hidden [64, 64] reads: towers of 32 each (64 / 2), the 64 x 64 preference matrix, one hidden
 layer of 64, the output. The authors' towers and MLP use leaky ReLU; so does this.

@@ -15,7 +15,9 @@ from importlib import resources
 
 from omegaconf import OmegaConf
 
+from metarec.algos import ALGOS
 from metarec.config.compose import compose, compose_plain
+from metarec.models import MODELS
 
 PROTOCOLS = {"dbook": "dbook", "dbook-metahin": "dbook_metahin", "movietweetings": "movietweetings"}  # --data -> protocol
 CARRIED = ("algo", "model", "data", "trainer", "eval")  # the groups a method's preset may set
@@ -62,8 +64,6 @@ def carried(data: str, ml100k_overrides: tuple[str, ...]) -> tuple[str, ...]:
 
 def reads(cfg: dict) -> set[str]:
     """The feature sides ("user", "item") a composed method's model and algorithm read (their `reads`)."""
-    from metarec.algos import ALGOS
-    from metarec.models import MODELS
     return set(ALGOS[cfg["algo"]["name"]].reads) | set(MODELS[cfg["model"]["name"]].reads)
 
 
