@@ -11,8 +11,9 @@ from omegaconf import MISSING
 from torch import Tensor
 
 from metarec.checks import rule
+from metarec.errors import UserError
 from metarec.models.base import Model
-from metarec.tasks import TaskBatch
+from metarec.tasks import TaskBatch, liked_rating
 
 
 @dataclass
@@ -129,3 +130,34 @@ class MetaLearner:
             self._optimizer_state = state["optimizer"]  # loaded when the optimizer is made
         else:
             self._optimizer.load_state_dict(state["optimizer"])
+
+
+class LikedClass:
+    """What the two LWA / NLBA (user tasks: lwa_users.py; item tasks: lwa.py) share: the rating at or above
+    which a support rating is in the liked class, algo.like_threshold or, when that is null, the data's
+    liked rating (metarec.tasks.liked_rating: 4 on 1-5), read at attach() and kept in the checkpoint.
+    Put before the algorithm's base class: attach and the state chain on to it."""
+
+    _data_like: float | None = None  # the data's liked rating, once attach() or a checkpoint gave it
+
+    @property
+    def like(self) -> float | None:
+        return self.cfg.like_threshold if self.cfg.like_threshold is not None else self._data_like
+
+    def liked(self) -> float:
+        """The threshold, or one line saying that none is known yet."""
+        if self.like is None:
+            raise UserError(f"algo={self.cfg.name} takes its liked rating from the data's scale, and no data was "
+                            "attached: set algo.like_threshold")
+        return self.like
+
+    def attach(self, source) -> None:
+        super().attach(source)
+        self._data_like = liked_rating(source.rating_scale)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "like": self.like}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._data_like = state.get("like", self._data_like)  # a checkpoint from before it was kept: the data's

@@ -65,11 +65,9 @@ class ColdItemLearner(Pretrain):
             raise ValueError(f"algo={cfg.name} learns new items' ID embeddings: it needs model=melu on a rating "
                              "data set with data.item_ids=true")
         weight, enc = model.get_parameter(ITEM), model.encoder
+        whose = {"user": "raters' user", "item": "item's content"}
         for side in self.reads:
-            if not enc.sides[side]:
-                whose = "raters' user" if side == "user" else "item's content"
-                raise ValueError(f"algo={cfg.name} reads the {whose} fields, and this data gives the model none "
-                                 f"(no NAME.{side} file, or data.{side}_features empty): it does not apply here")
+            enc.require(side, f"algo={cfg.name} reads the {whose[side]} fields")
         self.dim, self.item_col = weight.shape[1], enc.field_names.index("item")
         self.widths = {side: enc.side_width(side) for side in ("user", "item")}  # the networks' input widths
         self.nets = self.build_nets(cfg, self.dim).to(weight)

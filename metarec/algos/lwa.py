@@ -48,12 +48,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from metarec.algos.base import LikedClass
 from metarec.algos.cold_items import ColdItemConfig, ColdItemLearner, user_features
 from metarec.algos.item_tasks import visible_item_tasks
 from metarec.checks import rule
 from metarec.engine import masked_task_loss
-from metarec.errors import UserError
-from metarec.tasks import TaskBatch, TaskSource, liked_rating
+from metarec.tasks import TaskBatch
 
 
 @dataclass
@@ -91,14 +91,13 @@ def zero_linear(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
-class LWA(ColdItemLearner):
+class LWA(LikedClass, ColdItemLearner):
     Config = LWAConfig
     warm_up = True  # R0, R1 of a new item come from the ratings its state shows of it
     reads = ("user",)  # the raters' embeddings f~(u)
 
     def __init__(self, cfg, model: nn.Module, kind: str, compile: bool = False, fast_paths: bool = True):
         self.out_w: Tensor | None = None  # [table rows, D + 1]: each new item's adapted output weights
-        self.like = cfg.like_threshold  # null until attach() reads the data's scale
         super().__init__(cfg, model, kind, compile=compile, fast_paths=fast_paths)
 
     def build_nets(self, cfg, dim: int) -> nn.Module:
@@ -125,23 +124,8 @@ class LWA(ColdItemLearner):
 
     def item_scorers(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Each item task's scorer (ID rows, output weights) adapted from its support ratings."""
-        if self.like is None:
-            raise UserError(f"algo={self.cfg.name} takes its liked rating from the data's scale, and no data was "
-                            "attached: set algo.like_threshold")
         f = user_features(self.model.encoder, batch.support_x)
-        return self.adapt(class_means(f, batch.support_y, batch.support_mask, self.like))
-
-    def attach(self, source: TaskSource) -> None:
-        super().attach(source)
-        if self.cfg.like_threshold is None:
-            self.like = liked_rating(source.rating_scale)
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "like": self.like}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.like = state.get("like", self.like)  # a checkpoint from before it was kept: the config's or the data's
+        return self.adapt(class_means(f, batch.support_y, batch.support_mask, self.liked()))
 
     def meta_loss(self, batch: TaskBatch) -> Tensor:
         """The mean over item tasks of the query's squared error of the scorer adapted on the support."""

@@ -40,11 +40,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from metarec.algos.base import AlgoConfig, MetaLearner
+from metarec.algos.base import AlgoConfig, LikedClass, MetaLearner
 from metarec.checks import parse, rule
 from metarec.engine import masked_task_loss
-from metarec.errors import UserError
-from metarec.tasks import TaskBatch, liked_rating
+from metarec.tasks import TaskBatch
 
 
 def widths(v) -> str | None:
@@ -90,7 +89,7 @@ def class_means(f: Tensor, y: Tensor, mask: Tensor, threshold: float, pooling: s
     return sums[0] / liked.sum(1, keepdim=True).clamp(min=1.0), sums[1] / other.sum(1, keepdim=True).clamp(min=1.0)
 
 
-class LWA(MetaLearner):
+class LWA(LikedClass, MetaLearner):
     Config = LWAConfig
     data_kinds = ("rating",)
     one_pass = True  # evaluation: the scorer comes from one forward pass over the support set
@@ -105,11 +104,8 @@ class LWA(MetaLearner):
         if kind != "rating" or "fields" not in model.offers:
             raise ValueError(f"algo={cfg.name} scores items from their content fields: it needs model=melu on ratings")
         enc = model.encoder
-        if not enc.sides["item"]:
-            raise ValueError(f"algo={cfg.name} scores items from their content fields, and this data gives the model "
-                             "none (no NAME.item file, or data.item_features empty): it does not apply here")
+        enc.require("item", f"algo={cfg.name} scores items from their content fields")
         width = enc.side_width("item")
-        self.like = cfg.like_threshold  # null until attach() reads the data's scale
         self.content = nn.Sequential(nn.Linear(width, cfg.content_hidden), nn.ReLU(),
                                      nn.Linear(cfg.content_hidden, cfg.content_dim)).to(model.output_offset())
         self.scorer = self.build_scorer(cfg).to(model.output_offset())
@@ -136,16 +132,8 @@ class LWA(MetaLearner):
         w = self.scorer["g1"](r1) + self.scorer["g0"](r0)  # [tasks, D]
         return (fq * w.unsqueeze(1)).sum(-1) + self.scorer["b"].weight[0, 0]
 
-    def attach(self, source) -> None:
-        """The liked class's threshold from the data's rating scale, unless algo.like_threshold sets it."""
-        if self.cfg.like_threshold is None:
-            self.like = liked_rating(source.rating_scale)
-
     def predict(self, batch: TaskBatch) -> Tensor:
-        if self.like is None:
-            raise UserError(f"algo={self.cfg.name} takes its liked rating from the data's scale, and no data was "
-                            "attached: set algo.like_threshold")
-        r1, r0 = class_means(self.embed(batch.support_x), batch.support_y, batch.support_mask, self.like,
+        r1, r0 = class_means(self.embed(batch.support_x), batch.support_y, batch.support_mask, self.liked(),
                              self.cfg.pooling)
         return self.model.output_offset() + self.score(self.embed(batch.query_x), r1, r0)
 
@@ -159,14 +147,12 @@ class LWA(MetaLearner):
         return [pred for k in range(steps + 1) if at is None or k in at]
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "content": self.content.state_dict(), "scorer": self.scorer.state_dict(),
-                "like": self.like}
+        return {**super().state_dict(), "content": self.content.state_dict(), "scorer": self.scorer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.content.load_state_dict(state["content"])
         self.scorer.load_state_dict(state["scorer"])
-        self.like = state.get("like", self.like)  # a checkpoint from before it was kept: the config's or the data's
 
 
 class NLBA(LWA):

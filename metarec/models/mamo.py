@@ -32,22 +32,18 @@ class MAMONet(Model):
     def __init__(self, spec: dict, embedding_dim: int = 32, hidden: list[int] = (64, 64)):
         super().__init__()
         self.encoder = enc = FieldEncoder.from_spec(spec, embedding_dim)
-        user = enc.sides["user"]
-        if not user:
-            raise ValueError("model=mamo reads the user's profile from the data's user fields, and this data gives "
-                             "the model none (no NAME.user file, or data.user_features empty): it does not apply here")
+        enc.require("user", "model=mamo reads the user's profile from the data's user fields")
         if len(hidden) < 1 or hidden[0] < 2 or hidden[0] % 2:
             raise ValueError(f"model.hidden={list(hidden)}: model=mamo needs an even first width "
                              "(two towers of half of it feed the preference matrix)")
-        self.user_dim = len(user) * embedding_dim
-        # p_u: the user fields' columns of the encoder's output (the first ones, unless the user has multi-hot
+        self.user_dim = enc.side_width("user")
+        # p_u: the user side's columns of the encoder's output (the first ones, unless the user has multi-hot
         # fields, pooled after every categorical field: then gathered, and the item tower reads the rest)
-        order = [*enc.field_names, *(name for name, *_ in enc.blocks)]
-        user_cols = [k * embedding_dim + j for k, name in enumerate(order) if name in user for j in range(embedding_dim)]
+        user_cols = enc.side_columns("user")
         self.gather: tuple[Tensor, Tensor] | None = None
         if user_cols != list(range(self.user_dim)):
-            rest = [c for c in range(enc.out_dim) if c not in set(user_cols)]
-            self.gather = (torch.tensor(user_cols), torch.tensor(rest))
+            taken = set(user_cols)
+            self.gather = (torch.tensor(user_cols), torch.tensor([c for c in range(enc.out_dim) if c not in taken]))
         tower = hidden[0] // 2
         self.user = nn.Linear(self.user_dim, tower)
         self.item = nn.Linear(self.encoder.out_dim - self.user_dim, tower)

@@ -46,6 +46,19 @@ class FieldEncoder(nn.Module):
         rows = self.multi.weight[start:start + width] if len(self.blocks) > 1 else self.multi.weight
         return flags @ rows / flags.sum(-1, keepdim=True).clamp(min=1.0)
 
+    def require(self, side: str, who: str) -> None:
+        """Refuse, in one line that begins with `who` (what reads the side, and how), data that gives
+        `side` ("user" or "item") no field."""
+        if not self.sides[side]:
+            raise ValueError(f"{who}, and this data gives the model none (no NAME.{side} file, or "
+                             f"data.{side}_features empty): it does not apply here")
+
+    def side_columns(self, side: str) -> list[int]:
+        """The columns of forward()'s output that hold `side`'s features: each field's embedding in field
+        order, then each multi-hot block's mean (MovieLens' user fields: the first 4 dim)."""
+        order = [*self.field_names, *(name for name, *_ in self.blocks)]
+        return [k * self.dim + j for k, name in enumerate(order) if name in self.sides[side] for j in range(self.dim)]
+
     def side_width(self, side: str) -> int:
         """The width of `side`'s features ("user" or "item")."""
         return len(self.sides[side]) * self.dim
