@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: help setup train test test-slow bench results results-dbook results-movietweetings clean
 
@@ -22,8 +23,8 @@ setup: $(BIN)/metarec  ## create .venv with a pinned torch and metarec (editable
 train: setup  ## the main job: metarec train algo=maml data=movielens (ARGS="..." adds overrides)
 	$(BIN)/metarec train algo=maml data=movielens $(ARGS)
 
-test: setup  ## the default test suite (every test not marked slow)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+test: setup  ## the default test suite (every test not marked slow), on TEST_WORKERS processes (default 2)
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope --durations=10
 
 test-slow: setup  ## the slow end-to-end tests (CI runs them after make test)
 	$(BIN)/python -m pytest -q -m slow

@@ -40,6 +40,14 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`: two workers on two cores) each worker's torch takes one thread:
+    two workers with a thread per core each would preempt each other's thread pools."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def floor_cache_dir(tmp_path_factory):
     """The MF floors' cache of this test session (metarec/data/floor_cache.py): never the user's."""
