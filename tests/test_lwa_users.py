@@ -107,3 +107,6 @@ def test_trains_and_evaluates_inductively_through_the_console_script(tmp_path, n
     states = read_json(run / "eval.json")["states"]
     assert {s: states[s]["input_class"] for s in states} == {s: "inductive" for s in states}
     assert states["item_cold"]["floor_classes"]["bias_transductive"] == "transductive"
+    cold = states["user_cold"]  # a fixed-seed golden number (one thread, CPU) and a floor a wrong model would miss
+    assert cold["headline_step"] == "0" and cold["steps"]["0"]["mae"] == pytest.approx(0.808123, abs=1e-3)
+    assert cold["steps"]["0"]["mae"] < cold["floors"]["global_mean"]["mae"] - 0.03  # it reads the user's ratings
