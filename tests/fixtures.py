@@ -7,17 +7,20 @@ import dataclasses
 import torch
 from omegaconf import OmegaConf
 
+from metarec.models.melu import multi_blocks
 from metarec.tasks import TaskBatch
 
 SPEC = {"fields": [["gender", 3], ["age", 8], ["occupation", 6], ["zip", 4], ["year", 5]],
         "multi_hot": ["genre", 4], "offset": 3.5}
+# DBook's shape: tables wider than any support set (10,544 authors), no multi-hot block
+WIDE = {"fields": [["location", 40], ["author", 300], ["publisher", 60], ["year", 3]], "multi_hot": [], "offset": 3.5}
 
 
 def rating_batch(n_tasks=4, support=(3, 7), query=(2, 5), dtype=torch.float64, seed=0, spec=SPEC) -> TaskBatch:
     """Tasks of different support/query sizes, padded; field values in range, ratings 1-5."""
     g = torch.Generator().manual_seed(seed)
     sizes = [size for _, size in spec["fields"]]
-    n_multi = spec["multi_hot"][1]
+    n_multi = sum(width for _, width in multi_blocks(spec["multi_hot"]))
 
     def draw(max_len, lo, hi):
         lengths = torch.randint(lo, hi + 1, (n_tasks,), generator=g)

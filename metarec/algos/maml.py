@@ -92,17 +92,8 @@ class MAML(MetaLearner):
         with torch.no_grad():
             h_support = self.engine.features(params, batch.support_x)
             h_query = self.engine.features(params, batch.query_x)
-        preds: list[Tensor] = []
-
-        def record(k: int, fast: Params) -> None:
-            if at is not None and k not in at:
-                return
-            with torch.no_grad():
-                preds.append(self.engine.predict(params, {n: w.detach() for n, w in fast.items()}, h_query))
-
         loop = InnerLoop(lr, steps, first_order=True, track=False, adam=self.inner_adam())
-        self.engine.adapt(params, h_support, batch.support_y, batch.support_mask, loop, on_step=record)
-        return preds
+        return self.engine.adapt_trace(params, h_support, batch.support_y, batch.support_mask, loop, h_query, at)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

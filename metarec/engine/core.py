@@ -132,6 +132,24 @@ class Engine:
                 on_step(k, fast)
         return fast
 
+    def adapt_trace(self, params: Params, h: Tensor | None, y: Tensor, mask: Tensor, loop: InnerLoop,
+                    h_query: Tensor, at: list[int] | None = None) -> list[Tensor]:
+        """The query predictions [tasks, nq] after each of the steps 0..loop.steps that `at` lists (None:
+        all), no graph kept (loop.track=False): what evaluation scores. The fast path predicts each length
+        group with its own weights, never forming a whole embedding table per task (rows.py)."""
+        if self.fast is not None and loop.adam is None:
+            with torch.no_grad():
+                return self.fast.trace(params, h, y, mask, loop, h_query, at)
+        preds: list[Tensor] = []
+
+        def record(k: int, fast: Params) -> None:
+            if at is None or k in at:
+                with torch.no_grad():
+                    preds.append(self.predict(params, {n: w.detach() for n, w in fast.items()}, h_query))
+
+        self.adapt(params, h, y, mask, loop, on_step=record)
+        return preds
+
     def adapt_predict(self, params: Params, h: Tensor | None, y: Tensor, mask: Tensor, loop: InnerLoop,
                       h_query: Tensor, x: Tensor | None = None) -> Tensor:
         """predict(params, adapt(params, h, y, mask, loop, x=x), h_query): the query predictions

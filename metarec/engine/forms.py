@@ -22,5 +22,5 @@ class FieldsForm:
     fields[i]) and the multi-hot flags x[..., len(fields):] mean-pooled over a table; names are the
     model's, and the head (model.head) is an MLPForm in its own names."""
     fields: tuple[str, ...]  # each field's embedding table [rows, dim], in x's column order
-    multi: str  # the table the multi-hot flags pool [flags, dim]
+    multi: str | None  # the table the multi-hot flags pool [flags, dim]; None: no multi-hot block
     head: MLPForm

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from metarec.engine.hand import HandFieldsMLP, HandMLP, shared_view
 from metarec.engine.inner import InnerLoop, Params, sgd
+from metarec.engine.rows import TaskRows
 from metarec.engine.second_order import SecondOrderMAML
 
 
@@ -55,6 +56,9 @@ class Group:
     G: Tensor | None = None  # lr a0 a0^T + lr_b: what moves z0 from one step to the next [tasks, width, width]
     z0: Tensor | None = None  # the first layer's output
     D: Tensor | None = None  # the sum of the first layer's output gradients so far
+    q: Tensor | None = None  # the group's queries (re-indexed into its tasks' rows where those are kept)
+    rows: dict[str, TaskRows] | None = None  # field tables kept as each task's own rows (rows.py); h re-indexed
+    stepped: bool = False  # an inner step has run (until then every fast weight is theta's)
 
 
 def scalar(lr) -> bool:
@@ -144,26 +148,59 @@ class HandPath:
         """Engine.adapt on the fast path; with query (its h [tasks, nq, ...]) Engine.adapt_predict.
         h=None: each group's features from its raw inputs x (no features of padding)."""
         run, steps = self._run(params, loop), loop.steps
-        source, y, mask, query, groups, inverse = self._arrange(x if h is None else h, y, mask, query, steps)
-        widths, sizes = [w for _, w in groups], [len(i) if i is not None else y.shape[0] for i, _ in groups]
-        written = self._written_applies(run, query, steps, widths)
-        theta_weights = self._weights(run.shared, run.theta)  # for the first layer's input a0 (and aq0)
-        states = [self._start(run, params, theta_weights, hg[:, :w], yg[:, :w], mg[:, :w], h is None, steps, written)
-                  for hg, yg, mg, w in zip(source.split(sizes), y.split(sizes), mask.split(sizes), widths)]
+        states, inverse, written = self._begin(run, params, h, y, mask, x, query, steps)
         if written:
-            return self._written(run, states, theta_weights, query.split(sizes), steps, inverse)
+            return self._written(run, states, steps, inverse)
         merge = lambda: self._merge(run, states, inverse, y.shape[0])  # noqa: E731
         if on_step is None:  # each group's whole inner loop in one call (one graph under trainer.compile)
             for s in states:
                 s.fast, s.z0, s.D = self._group_steps(s, run, steps, True)
-            fast = merge()
-            return fast if query is None else self.predict(params, fast, query)
+                s.stepped = steps > 0
+            return merge() if query is None else self._predict(run, states, inverse)
         on_step(0, merge())
         for k in range(1, steps + 1):
             for s in states:
                 s.fast, s.z0, s.D = self._steps(s, run, 1, k == steps)
+                s.stepped = True
             on_step(k, merge())
         return merge()
+
+    def trace(self, params: Params, h: Tensor, y: Tensor, mask: Tensor, loop: InnerLoop, query: Tensor,
+              at: list[int] | None = None) -> list[Tensor]:
+        """Engine.adapt_trace on the fast path: each group predicts its own tasks' queries with its own
+        fast weights after each step `at` lists (None: every step 0..steps); no per-task weights are merged."""
+        run, steps = self._run(params, loop), loop.steps
+        states, inverse, _ = self._begin(run, params, h, y, mask, None, query, steps, written_ok=False)
+        preds = [self._predict(run, states, inverse)] if at is None or 0 in at else []
+        for k in range(1, steps + 1):
+            for s in states:
+                s.fast, s.z0, s.D = self._steps(s, run, 1, k == steps)
+                s.stepped = True
+            if at is None or k in at:
+                preds.append(self._predict(run, states, inverse))
+        return preds
+
+    def _begin(self, run: Run, params: Params, h: Tensor | None, y: Tensor, mask: Tensor, x: Tensor | None,
+               query: Tensor | None, steps: int, written_ok: bool = True) -> tuple[list[Group], Tensor | None, bool]:
+        """The length groups' states before the first step, the permutation back to the batch's order, and
+        whether the written second order runs them."""
+        source, y, mask, query, groups, inverse = self._arrange(x if h is None else h, y, mask, query, steps)
+        widths, sizes = [w for _, w in groups], [len(i) if i is not None else y.shape[0] for i, _ in groups]
+        written = written_ok and self._written_applies(run, query, steps, widths)
+        theta_weights = self._weights(run.shared, run.theta)  # for the first layer's input a0 (and aq0)
+        queries = query.split(sizes) if query is not None else [None] * len(sizes)
+        states = [self._start(run, params, theta_weights, hg[:, :w], yg[:, :w], mg[:, :w], qg, h is None, steps, written)
+                  for hg, yg, mg, qg, w in zip(source.split(sizes), y.split(sizes), mask.split(sizes), queries, widths)]
+        return states, inverse, written
+
+    def _predict(self, run: Run, states: list[Group], inverse: Tensor | None) -> Tensor:
+        """Every group's query predictions with its own fast weights [tasks, nq], in the batch's order."""
+        preds = []
+        for s in states:
+            fast = {n: self._first_layer(run, s, n) if n in (self.w1, self.b1) else s.fast[n] for n in self.inner_names}
+            preds.append(self.hand.forward(self._weights(run.shared, fast), s.q)[0])
+        pred = preds[0] if len(preds) == 1 else torch.cat(preds)
+        return pred if inverse is None else pred.index_select(0, inverse)
 
     def _arrange(self, source: Tensor, y: Tensor, mask: Tensor, query: Tensor | None, steps: int):
         """The tasks cut into length groups: (source, y, mask, query) in group order, the groups
@@ -189,8 +226,9 @@ class HandPath:
                 and all(width < run.theta[self.w1].shape[-1] for width in widths))
 
     def _start(self, run: Run, params: Params, theta_weights: Params, hg: Tensor, yg: Tensor, mg: Tensor,
-               encode: bool, steps: int, written: bool) -> Group:
-        """A group's state before its first step (encode: hg holds raw inputs, whose features it computes)."""
+               qg: Tensor | None, encode: bool, steps: int, written: bool) -> Group:
+        """A group's state before its first step (encode: hg holds raw inputs, whose features it computes;
+        qg: its tasks' queries, which a field table's rows include)."""
         with run.grad_mode():
             if encode:
                 hg = self.features(params, hg)
@@ -198,11 +236,18 @@ class HandPath:
             if a0 is not None and not run.create_graph:
                 a0 = a0.detach()  # may be hg itself, which no_grad does not detach
             gram = run.gram and steps > 0 and hg.shape[1] < a0.shape[-1]
-            s = Group(hg, *self.loss_terms(yg, mg), a0, gram, dict(run.theta))
+            s = Group(hg, *self.loss_terms(yg, mg), a0, gram, dict(run.theta), q=qg)
             if gram and not written:
                 b1 = run.theta[self.b1] if self.b1 in run.theta else run.shared[self.b1[len(self.prefix):]]
                 s.G = torch.bmm(a0, a0.transpose(1, 2)).mul_(run.lrs[self.w1]).add_(run.lrs.get(self.b1, 0.0))
                 s.z0 = F.linear(a0, run.theta[self.w1], b1)
+            if isinstance(self.hand, HandFieldsMLP) and steps > 0:
+                both = hg if qg is None else torch.cat([hg, qg], 1)  # a query's rows stay theta's: read them too
+                both, s.rows = self.hand.task_rows(run.theta, both, run.lrs)
+                s.h, s.q = (both, None) if qg is None else both.split([hg.shape[1], qg.shape[1]], 1)
+        if s.rows:
+            with run.update_mode():  # the fast weights keep their graph to theta (first order too)
+                s.fast.update({n: rows.gather(run.theta[n]) for n, rows in s.rows.items()})
         return s
 
     def _steps(self, s: Group, run: Run, steps: int, final: bool):
@@ -233,11 +278,17 @@ class HandPath:
                 return torch.add(run.theta[self.b1], s.D.sum(1), alpha=-run.lrs[self.b1])
             return torch.baddbmm(run.theta[self.w1], s.D.transpose(1, 2), s.a0, alpha=-run.lrs[self.w1])
 
+    def _table(self, run: Run, s: Group, n: str) -> Tensor:
+        """A group's fast weight n, a field table kept as the tasks' own rows written into theta's whole table."""
+        if not s.rows or n not in s.rows:
+            return s.fast[n]
+        return s.rows[n].expand(run.theta[n], s.fast[n]) if s.stepped else run.theta[n]
+
     def _merge(self, run: Run, states: list[Group], inverse: Tensor | None, n_tasks: int) -> Params:
         """The groups' fast weights as one [tasks, ...] per name, in the batch's order."""
         out, p = {}, len(self.prefix)
         for n in self.inner_names:
-            parts = [self._first_layer(run, s, n) if n in (self.w1, self.b1) else s.fast[n] for s in states]
+            parts = [self._first_layer(run, s, n) if n in (self.w1, self.b1) else self._table(run, s, n) for s in states]
             if not self.hand.batched(n[p:], parts[0]):
                 out[n] = parts[0].expand(n_tasks, *parts[0].shape)
             else:
@@ -245,13 +296,13 @@ class HandPath:
                 out[n] = out[n] if inverse is None else out[n].index_select(0, inverse)
         return out
 
-    def _written(self, run: Run, states: list[Group], theta_weights: Params, queries: tuple[Tensor, ...],
-                 steps: int, inverse: Tensor | None) -> Tensor:
+    def _written(self, run: Run, states: list[Group], steps: int, inverse: Tensor | None) -> Tensor:
         """The query predictions [tasks, nq] of every group's SecondOrderMAML."""
         lrs, theta = tuple(run.lrs[n] for n in self.layer_names), [run.theta[n] for n in self.layer_names]
+        theta_weights = self._weights(run.shared, run.theta)
         preds = []
-        for s, hq in zip(states, queries):
-            aq0 = self.hand.first_input(theta_weights, hq)
+        for s in states:
+            aq0 = self.hand.first_input(theta_weights, s.q)
             preds.append(SecondOrderMAML.apply(lrs, steps, s.target, s.scale, s.a0, aq0, *theta).squeeze(-1))
         pred = (preds[0] if len(preds) == 1 else torch.cat(preds)) + self.hand.offset()
         return pred if inverse is None else pred.index_select(0, inverse)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from metarec.engine.forms import FieldsForm, MLPForm
 from metarec.engine.inner import Params
+from metarec.engine.rows import TaskRows, worth_it
 
 
 class HandMLP:
@@ -101,9 +102,9 @@ class HandFieldsMLP:
     def __init__(self, model: nn.Module, form: FieldsForm):
         self.mlp = HandMLP(model.head, form.head)
         self.fields = [(name, i) for i, name in enumerate(form.fields)]
-        self.multi = form.multi
+        self.multi = form.multi  # None: no multi-hot block (data=atomic without *_seq features)
         self.n_fields = len(form.fields)
-        dims = [model.get_parameter(name).shape[1] for name in (*form.fields, form.multi)]
+        dims = [model.get_parameter(name).shape[1] for name in (*form.fields, *([form.multi] if form.multi else []))]
         self.cols = [sum(dims[:i]) for i in range(len(dims) + 1)]  # column range of each part of h
         self.layers = [(f"head.{wn}", f"head.{bn}") for wn, bn in self.mlp.layers]
         self.base_dim = {n: p.dim() for n, p in model.named_parameters()}
@@ -143,10 +144,22 @@ class HandFieldsMLP:
                 parts.append(F.embedding(x[..., i] + offset, table.flatten(0, 1)))
             else:
                 parts.append(F.embedding(x[..., i], table))
-        multi = w[self.multi]
-        pool = self._pooling(x, multi.dtype)
-        parts.append(torch.bmm(pool, multi) if multi.dim() == 3 else pool @ multi)
+        if self.multi is not None:
+            multi = w[self.multi]
+            pool = self._pooling(x, multi.dtype)
+            parts.append(torch.bmm(pool, multi) if multi.dim() == 3 else pool @ multi)
         return self.mlp.first_input(self._head(w), torch.cat(parts, -1))
+
+    def task_rows(self, theta: Params, x: Tensor, lrs: dict) -> tuple[Tensor, dict[str, TaskRows]]:
+        """For each adapted field table larger than the support width (at a plain-number rate), the rows
+        each task touches (rows.py): x with those fields' columns re-indexed into them, and the rows."""
+        out, local = {}, None
+        for name, i in self.fields:
+            if name in theta and isinstance(lrs[name], (int, float)) and worth_it(x[..., i], theta[name].shape[0]):
+                out[name] = rows = TaskRows.of(x[..., i])
+                local = x.clone() if local is None else local
+                local[..., i] = rows.local
+        return (x if local is None else local), out
 
     def forward(self, w: Params, x: Tensor, z0: Tensor | None = None, a0: Tensor | None = None, raw: bool = False):
         a0 = self.first_input(w, x) if a0 is None else a0
@@ -156,6 +169,16 @@ class HandFieldsMLP:
     def offset(self) -> Tensor | float:
         return self.mlp.offset()
 
+    def _field_grad(self, x: Tensor, i: int, rows: int, delta: Tensor) -> Tensor:
+        """dL/d(field i's table) per task [tasks, rows, d]: one-hot^T delta as a bmm where the table is no
+        wider than the support (a task's own rows, rows.py; MovieLens' small tables), where index_add's
+        per-row loop costs more than the matmul's wasted zeros; an index_add into zeros for a larger one."""
+        if rows <= x.shape[1]:
+            return torch.bmm(self._one_hot_t(x, i, rows, delta.dtype), delta)
+        tasks = x.shape[0]
+        flat = (x[..., i] + torch.arange(tasks, device=x.device).unsqueeze(1) * rows).flatten()
+        return delta.new_zeros(tasks * rows, delta.shape[-1]).index_add(0, flat, delta.flatten(0, 1)).view(tasks, rows, -1)
+
     def grads(self, w: Params, cache, delta: Tensor, names: list[str], z0: bool = False) -> Params:
         acts, x = cache
         enc = [n for n in names if n.startswith("encoder.")]
@@ -164,11 +187,9 @@ class HandFieldsMLP:
         out = {("z0" if n == "z0" else "input" if n == "input" else f"head.{n}"): g for n, g in head.items()}
         for name, i in self.fields:
             if name in enc:
-                # one-hot^T delta as a bmm: the tables are small (MeLU: <= a few dozen rows), where
-                # index_add's per-row loop costs far more than the matmul's wasted zeros
                 delta = out["input"][..., self.cols[i]:self.cols[i + 1]]
-                out[name] = torch.bmm(self._one_hot_t(x, i, w[name].shape[-2], delta.dtype), delta)
-        if self.multi in enc:
+                out[name] = self._field_grad(x, i, w[name].shape[-2], delta)
+        if self.multi is not None and self.multi in enc:
             delta = out["input"][..., self.cols[-2]:self.cols[-1]]
             out[self.multi] = torch.bmm(self._pooling(x, delta.dtype).transpose(1, 2), delta)
         return out
