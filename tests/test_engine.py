@@ -142,7 +142,7 @@ def test_fast_path_is_used_where_the_model_declares_it():
     conv = Conv4({"ways": 3}, channels=4)
     assert Engine(conv, [n for n, _ in conv.named_parameters()], "rating").fast is None  # declares no form
     factors = MeLU({**SPEC, "factors": torch.randn(7, 2)}, embedding_dim=6, hidden=[8, 8])
-    assert Engine(factors, factors.param_groups()["all"], "rating").fast is None  # a factor table: not written out
+    assert isinstance(Engine(factors, factors.param_groups()["all"], "rating").fast.hand, HandFieldsMLP)  # fixed rows joined
     assert Engine(factors, factors.param_groups()["mlp"], "rating").fast is not None
 
 

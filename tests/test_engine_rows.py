@@ -1,5 +1,5 @@
-"""algo.inner_params=all with embedding tables wider than a task's support (DBook: 10,544 authors) and no
-multi-hot block: the fast path keeps each task's own rows of a table (metarec/engine/rows.py) instead of a
+"""algo.inner_params=all with embedding tables wider than a task's support (DBook: 10,544 authors), no
+multi-hot block, and a fixed factor table (data.item_factors): the fast path keeps each task's own rows of a table (metarec/engine/rows.py) instead of a
 copy of the whole table per task, and still equals the per-task oracle (float64, 1e-10): the meta-gradient
 in first and second order, Reptile's step with SGD (the rows) and Adam (the whole-table gradient as an
 index_add), and the evaluation's trace against the core path."""
@@ -17,9 +17,20 @@ from metarec.models.melu import MeLU
 BATCH = dict(n_tasks=7, support=(1, 12), query=(2, 6), spec=WIDE)
 
 
-def model():
+def model(factors: bool = False):
     torch.manual_seed(0)
-    return MeLU(WIDE, embedding_dim=5, hidden=[8, 8]).double()
+    spec = {**WIDE, "factors": torch.randn(25, 3)} if factors else WIDE
+    return MeLU(spec, embedding_dim=5, hidden=[8, 8]).double()
+
+
+def batch_of(factors: bool = False):
+    """BATCH; with factors, each rating's factor row in a last column of x (as data.item_factors writes it)."""
+    b = rating_batch(**BATCH)
+    if not factors:
+        return b
+    g = torch.Generator().manual_seed(1)
+    join = lambda x: torch.cat([x, torch.randint(0, 25, (*x.shape[:2], 1), generator=g)], -1)  # noqa: E731
+    return type(b)(join(b.support_x), b.support_y, b.support_mask, join(b.query_x), b.query_y, b.query_mask)
 
 
 @pytest.fixture
@@ -44,15 +55,16 @@ def test_task_rows_reindex_each_task_into_its_own_rows():
     assert torch.equal(whole[0, untouched], table[untouched]) and torch.equal(whole[1, :5], table[:5])  # padding: theta's
 
 
+@pytest.mark.parametrize("factors", [False, True])
 @pytest.mark.parametrize("option", [{}, {"gram": False}, {"group_cost": 0}])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_meta_gradient_with_wide_tables_equals_the_oracle(option, first_order, kept_rows):
-    m = model()
+def test_meta_gradient_with_wide_tables_equals_the_oracle(option, first_order, factors, kept_rows):
+    m = model(factors)
     cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=3, first_order=first_order, inner_params="all", meta_lr=1e-3,
                                 learn_inner_lr=False, weight_decay=0.0))
     algo = MAML(cfg, m, "rating")
     fast_options(algo.engine.fast, **option)
-    batch = rating_batch(**BATCH)
+    batch = batch_of(factors)
     params = list(m.parameters())
     a = torch.autograd.grad(algo.meta_loss(batch), params, allow_unused=True)
     b = torch.autograd.grad(per_task_meta_loss(m, algo.engine.inner_names, batch, "rating", 0.3, 3, first_order),
@@ -79,13 +91,15 @@ def test_reptile_step_with_wide_tables_equals_the_per_task_reference(inner):
     assert m.encoder.embeddings["author"].weight.grad.abs().max() > 1e-4
 
 
-def test_evaluation_trace_with_wide_tables_is_the_core_paths(kept_rows):
+@pytest.mark.parametrize("factors", [False, True])
+def test_evaluation_trace_with_wide_tables_is_the_core_paths(factors, kept_rows):
     cfg = OmegaConf.create(dict(inner_lr=0.3, inner_steps=2, first_order=False, inner_params="all", meta_lr=1e-3,
                                 learn_inner_lr=False, weight_decay=0.0))
-    m = model()
+    m = model(factors)
     fast, core = MAML(cfg, m, "rating"), MAML(cfg, m, "rating")
     core.engine = Engine(m, core.engine.inner_names, "rating", fast_paths=False)
-    batch = rating_batch(**BATCH)
+    assert fast.engine.fast is not None
+    batch = batch_of(factors)
     want, got = core.adapt_trace(batch, 4), fast.adapt_trace(batch, 4)
     assert kept_rows and len(got) == 5
     for a, b in zip(want, got):

@@ -24,3 +24,4 @@ class FieldsForm:
     fields: tuple[str, ...]  # each field's embedding table [rows, dim], in x's column order
     multi: str | None  # the table the multi-hot flags pool [flags, dim]; None: no multi-hot block
     head: MLPForm
+    factors: str | None = None  # a buffer of fixed rows [rows, k] joined last, x's last column indexing it

@@ -95,15 +95,19 @@ class HandMLP:
 
 class HandFieldsMLP:
     """The whole model written out (algo.inner_params=all) from its FieldsForm: per-field embedding
-    tables (shared [V, d], or per task [tasks, V, d] once adapted), the mean-pooled multi-hot table,
-    then the HandMLP head. A field's inner gradient is an index_add of its slice of dL/dh: no one-hot,
-    and tables the inner loop does not adapt (item ids) are never copied per task."""
+    tables (shared [V, d], per task [tasks, V, d], or per task as the rows it touches, rows.py), the
+    mean-pooled multi-hot table, the fixed factor rows, then the HandMLP head. A field's inner gradient
+    is its slice of dL/dh summed into its rows (_field_grad); tables the inner loop does not adapt (item
+    ids) are never copied per task."""
 
     def __init__(self, model: nn.Module, form: FieldsForm):
+        self.model = model
         self.mlp = HandMLP(model.head, form.head)
         self.fields = [(name, i) for i, name in enumerate(form.fields)]
         self.multi = form.multi  # None: no multi-hot block (data=atomic without *_seq features)
+        self.factors = form.factors  # a buffer of fixed rows, read at x's last column (data.item_factors)
         self.n_fields = len(form.fields)
+        self.multi_rows = model.get_parameter(form.multi).shape[0] if form.multi else 0
         dims = [model.get_parameter(name).shape[1] for name in (*form.fields, *([form.multi] if form.multi else []))]
         self.cols = [sum(dims[:i]) for i in range(len(dims) + 1)]  # column range of each part of h
         self.layers = [(f"head.{wn}", f"head.{bn}") for wn, bn in self.mlp.layers]
@@ -132,7 +136,7 @@ class HandFieldsMLP:
         return {n[5:]: v for n, v in w.items() if n.startswith("head.")}
 
     def _pooling(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        flags = x[..., self.n_fields:].to(dtype)  # [tasks, n, multi]
+        flags = x[..., self.n_fields:self.n_fields + self.multi_rows].to(dtype)  # [tasks, n, multi]
         return flags / flags.sum(-1, keepdim=True).clamp(min=1.0)
 
     def first_input(self, w: Params, x: Tensor) -> Tensor:
@@ -148,6 +152,8 @@ class HandFieldsMLP:
             multi = w[self.multi]
             pool = self._pooling(x, multi.dtype)
             parts.append(torch.bmm(pool, multi) if multi.dim() == 3 else pool @ multi)
+        if self.factors is not None:
+            parts.append(self.model.get_buffer(self.factors)[x[..., -1]].to(parts[0].dtype))
         return self.mlp.first_input(self._head(w), torch.cat(parts, -1))
 
     def task_rows(self, theta: Params, x: Tensor, lrs: dict) -> tuple[Tensor, dict[str, TaskRows]]:

@@ -132,15 +132,16 @@ class MeLU(Model):
         return groups
 
     def fast_form(self, whole: bool) -> MLPForm | FieldsForm | None:
-        """The engine's fast path: the head, or (whole=True) the whole model, which a factor table
-        (data.item_factors) or more multi-hot blocks than one (data=atomic) leave unwritten."""
+        """The engine's fast path: the head, or (whole=True) the whole model, which more multi-hot blocks
+        than one (data=atomic) leave unwritten."""
         if not whole:
             return self.head.form()
-        if self.encoder.factors is not None or len(self.encoder.blocks) > 1:
+        if len(self.encoder.blocks) > 1:
             return None
         enc = self.encoder
         return FieldsForm(tuple(f"encoder.embeddings.{name}.weight" for name in enc.field_names),
-                          "encoder.multi.weight" if enc.blocks else None, self.head.form())
+                          "encoder.multi.weight" if enc.blocks else None, self.head.form(),
+                          "encoder.factors" if enc.factors is not None else None)
 
     # what algo=ridge solves for: the last layer on the last hidden layer (and the item factors)
     def last_hidden(self, x: Tensor) -> Tensor:
