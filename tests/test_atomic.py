@@ -310,3 +310,41 @@ def test_catalogue_rows_of_an_atomic_data_set_are_its_evaluation_rows(tmp_path):
         assert torch.equal(rows[qm], batch.query_x[qm]), state
     assert torch.equal(src.user_codes(), src.user_codes({"gender": None}))  # no features: the most common codes
     assert src.user_codes({"region": "north"})[0] == 2  # a user field by name: its code (east, north, south)
+
+
+# ----------------------------------------------------------------------------- the one-split reader
+
+REGULAR = "user_id:token\titem_id:token\trating:float\ttags:token_seq\n1\t10\t4\ta b\n2\t11\t\t\n1\t12\t3.5\tc\n"
+
+
+@pytest.mark.parametrize("name, text", [
+    ("regular", REGULAR),
+    ("no final newline", REGULAR.rstrip("\n")),
+    ("blank lines", REGULAR.replace("\n2\t", "\n\n2\t") + "\n\n"),
+    ("a blank line first", REGULAR.replace("\n", "\n\n", 1)),
+    ("CRLF", REGULAR.replace("\n", "\r\n")),
+    ("a short line", REGULAR.replace("\t3.5\tc", "\t3.5")),
+    ("a long line", REGULAR.replace("\tc\n", "\tc\tx\n")),
+    ("misaligned lines, the right number of tabs", REGULAR.replace("\t3.5\tc", "\t3.5\tc\tx").replace("\t4\ta b", "\t4a b")),
+])
+def test_the_one_split_reader_reads_what_the_line_loop_reads(name, text, tmp_path, monkeypatch):
+    """Regular files take one split of the whole text; every file reads (or is refused, naming the line) as
+    the line-by-line parse reads it."""
+    from metarec.data import atomic_files
+    path = tmp_path / "d.inter"
+    path.write_text(text)
+
+    def read():
+        try:
+            f = atomic_files.read_atomic_file(path)
+            return f.types, f.columns, f.lines.tolist(), {n: f.values(n) for n in f.types if n != "rating"}
+        except UserError as e:
+            return str(e)
+
+    got = read()
+    monkeypatch.setattr(atomic_files, "_regular_columns", lambda body, width: None)
+    assert got == read()
+    if name in ("regular", "no final newline"):
+        assert got[1]["rating"] == ["4", "", "3.5"] and got[2] == [2, 3, 4]
+    if name.startswith(("a short", "a long", "misaligned")):
+        assert isinstance(got, str) and (" line 4 " in got or " line 2 " in got)  # refused, naming the line

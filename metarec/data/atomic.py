@@ -76,7 +76,7 @@ def read_dataset(cfg) -> AtomicData:
                             f"{', '.join(files[side].types)}): the {side} file needs data.{side}_id_field")
         table_ids = files[side].columns[ids[side]] if files[side] is not None else []
         index, positions[side], tokens = rows_of(table_ids, inter.columns[ids[side]])
-        rows[side] = np.fromiter((index[t] for t in inter.columns[ids[side]]), dtype=np.int64, count=len(inter))
+        rows[side] = np.fromiter(map(index.__getitem__, inter.columns[ids[side]]), dtype=np.int64, count=len(inter))
         counts[side], ids_of[side] = len(tokens), tokens
     rating = _ratings(inter, cfg)
     timed = cfg.time_field in inter.types

@@ -8,7 +8,8 @@ refused with the file, the line number and the field.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,21 @@ class AtomicFile:
     types: dict[str, str]  # field -> its header type, in header order
     columns: dict[str, list[str]]  # field -> its value on each row, as written
     lines: np.ndarray  # [rows] the 1-based line number of each row
+    _parsed: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # floats(), once
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def floats(self, name: str) -> np.ndarray:
-        """A field as float64 [rows] (empty -> nan); a value that is not a number names its line."""
-        col = self.columns[name]
-        try:
-            return np.array(col, dtype=np.float64)
-        except ValueError:
-            return np.array([self._float(name, k, text) for k, text in enumerate(col)], dtype=np.float64)
+        """A field as float64 [rows] (empty -> nan); a value that is not a number names its line. Parsed
+        once (check_types parses every float field, and the readers ask again): a copy each time."""
+        if name not in self._parsed:
+            col = self.columns[name]
+            try:
+                self._parsed[name] = np.array(col, dtype=np.float64)
+            except ValueError:
+                self._parsed[name] = np.array([self._float(name, k, text) for k, text in enumerate(col)], dtype=np.float64)
+        return self._parsed[name].copy()
 
     def numbers(self, name: str) -> np.ndarray:
         """A field read as numbers [rows]: a float field strictly (floats); a token field leniently, a
@@ -90,9 +95,14 @@ def read_atomic_file(path: Path) -> AtomicFile:
                             "data.root at another copy")  # a byte-order mark is dropped: it is not part of the header
     if not text.strip():
         raise UserError(f"{path} is empty (not even a header line): fix it or point data.root at a complete copy")
-    lines = text.split("\n")
-    types = _header(path, lines[0].rstrip("\r"))
+    head, _, body = text.partition("\n")
+    types = _header(path, head.rstrip("\r"))
     names = list(types)
+    regular = _regular_columns(body, len(names))
+    if regular is not None:
+        columns, numbers = regular
+        return AtomicFile(path, types, dict(zip(names, columns)), numbers).check_types()
+    lines = text.split("\n")
     rows, numbers = [], []
     for lineno, line in enumerate(lines[1:], start=2):
         line = line.rstrip("\r")
@@ -109,6 +119,25 @@ def read_atomic_file(path: Path) -> AtomicFile:
     columns = list(zip(*rows)) if rows else [()] * len(names)
     return AtomicFile(path, types, {n: list(c) for n, c in zip(names, columns)},
                       np.asarray(numbers, dtype=np.int64)).check_types()
+
+
+def _regular_columns(body: str, width: int) -> tuple[list[list[str]], np.ndarray] | None:
+    """The columns and line numbers of a body whose every line holds `width` tab-separated fields, with
+    no blank line and no carriage return: one split of the whole text, no Python loop over its lines
+    (the line loop's lists made reading 2.4 M ratings take 14 s of 27). None: anything else, which the
+    line-by-line parse reads (or refuses, naming the line)."""
+    body = body.rstrip("\n")
+    if not body or body[0] == "\n" or "\r" in body or "\n\n" in body:
+        return None
+    lines = body.split("\n")
+    if body.count("\t") != (width - 1) * len(lines):
+        return None
+    tabs = np.fromiter(map(str.count, lines, repeat("\t", len(lines))), dtype=np.int64, count=len(lines))
+    if (tabs != width - 1).any():
+        return None
+    del lines
+    fields = body.replace("\n", "\t").split("\t")
+    return [fields[j::width] for j in range(width)], np.arange(2, len(fields) // width + 2, dtype=np.int64)
 
 
 def _header(path: Path, line: str) -> dict[str, str]:
