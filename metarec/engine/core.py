@@ -136,7 +136,7 @@ class Engine:
                     h_query: Tensor, at: list[int] | None = None) -> list[Tensor]:
         """The query predictions [tasks, nq] after each of the steps 0..loop.steps that `at` lists (None:
         all), no graph kept (loop.track=False): what evaluation scores. The fast path predicts each length
-        group with its own weights, never forming a whole embedding table per task (rows.py)."""
+        group with its own weights, never forming a whole embedding table per task (task_rows.py)."""
         if self.fast is not None and loop.adam is None:
             with torch.no_grad():
                 return self.fast.trace(params, h, y, mask, loop, h_query, at)

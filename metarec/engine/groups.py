@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from metarec.engine.hand import HandFieldsMLP, HandMLP, shared_view
 from metarec.engine.inner import InnerLoop, Params, sgd
-from metarec.engine.rows import TaskRows
+from metarec.engine.task_rows import TaskRows
 from metarec.engine.second_order import SecondOrderMAML
 
 
@@ -57,7 +57,7 @@ class Group:
     z0: Tensor | None = None  # the first layer's output
     D: Tensor | None = None  # the sum of the first layer's output gradients so far
     q: Tensor | None = None  # the group's queries (re-indexed into its tasks' rows where those are kept)
-    rows: dict[str, TaskRows] | None = None  # field tables kept as each task's own rows (rows.py); h re-indexed
+    rows: dict[str, TaskRows] | None = None  # field tables kept as each task's own rows (task_rows.py); h re-indexed
     stepped: bool = False  # an inner step has run (until then every fast weight is theta's)
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from metarec.engine.forms import FieldsForm, MLPForm
 from metarec.engine.inner import Params
-from metarec.engine.rows import TaskRows, worth_it
+from metarec.engine.task_rows import TaskRows, worth_it
 
 
 class HandMLP:
@@ -95,8 +95,8 @@ class HandMLP:
 
 class HandFieldsMLP:
     """The whole model written out (algo.inner_params=all) from its FieldsForm: per-field embedding
-    tables (shared [V, d], per task [tasks, V, d], or per task as the rows it touches, rows.py), the
-    mean-pooled multi-hot table, the fixed factor rows, then the HandMLP head. A field's inner gradient
+    tables (shared [V, d], per task [tasks, V, d], or per task as the rows it touches: task_rows.py),
+    the mean-pooled multi-hot table, the fixed factor rows, then the HandMLP head. A field's inner gradient
     is its slice of dL/dh summed into its rows (_field_grad); tables the inner loop does not adapt (item
     ids) are never copied per task."""
 
@@ -158,7 +158,7 @@ class HandFieldsMLP:
 
     def task_rows(self, theta: Params, x: Tensor, lrs: dict) -> tuple[Tensor, dict[str, TaskRows]]:
         """For each adapted field table larger than the support width (at a plain-number rate), the rows
-        each task touches (rows.py): x with those fields' columns re-indexed into them, and the rows."""
+        each task touches (task_rows.py): x with those fields' columns re-indexed into them, and the rows."""
         out, local = {}, None
         for name, i in self.fields:
             if name in theta and isinstance(lrs[name], (int, float)) and worth_it(x[..., i], theta[name].shape[0]):
@@ -177,7 +177,7 @@ class HandFieldsMLP:
 
     def _field_grad(self, x: Tensor, i: int, rows: int, delta: Tensor) -> Tensor:
         """dL/d(field i's table) per task [tasks, rows, d]: one-hot^T delta as a bmm where the table is no
-        wider than the support (a task's own rows, rows.py; MovieLens' small tables), where index_add's
+        wider than the support (a task's own rows, task_rows.py; MovieLens' small tables), where index_add's
         per-row loop costs more than the matmul's wasted zeros; an index_add into zeros for a larger one."""
         if rows <= x.shape[1]:
             return torch.bmm(self._one_hot_t(x, i, rows, delta.dtype), delta)

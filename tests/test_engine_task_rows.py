@@ -1,8 +1,9 @@
 """algo.inner_params=all with embedding tables wider than a task's support (DBook: 10,544 authors), no
-multi-hot block, and a fixed factor table (data.item_factors): the fast path keeps each task's own rows of a table (metarec/engine/rows.py) instead of a
-copy of the whole table per task, and still equals the per-task oracle (float64, 1e-10): the meta-gradient
-in first and second order, Reptile's step with SGD (the rows) and Adam (the whole-table gradient as an
-index_add), and the evaluation's trace against the core path."""
+multi-hot block, and a fixed factor table (data.item_factors): the fast path keeps each task's own rows
+of a table (metarec/engine/task_rows.py) instead of a copy of the whole table per task, and still equals
+the per-task oracle (float64, 1e-10): the meta-gradient in first and second order, Reptile's step with
+SGD (the rows) and Adam (the whole-table gradient as an index_add), and the evaluation's trace against
+the core path."""
 import pytest
 import torch
 from fixtures import WIDE, fast_options, rating_batch
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 
 from metarec.algos.maml import MAML
 from metarec.algos.reptile import Reptile, ReptileConfig
-from metarec.engine import Engine, rows
+from metarec.engine import Engine, task_rows as rows
 from metarec.models.melu import MeLU
 
 BATCH = dict(n_tasks=7, support=(1, 12), query=(2, 6), spec=WIDE)
