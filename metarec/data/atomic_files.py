@@ -130,8 +130,6 @@ def _regular_columns(body: str, width: int) -> tuple[list[list[str]], np.ndarray
     if not body or body[0] == "\n" or "\r" in body or "\n\n" in body:
         return None
     lines = body.split("\n")
-    if body.count("\t") != (width - 1) * len(lines):
-        return None
     tabs = np.fromiter(map(str.count, lines, repeat("\t", len(lines))), dtype=np.int64, count=len(lines))
     if (tabs != width - 1).any():
         return None

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarec.engine.hand import HandFieldsMLP, HandMLP, shared_view
-from metarec.engine.inner import InnerLoop, Params, sgd
+from metarec.engine.inner import InnerLoop, Params, scalar, sgd
 from metarec.engine.task_rows import TaskRows
 from metarec.engine.second_order import SecondOrderMAML
 
@@ -59,10 +59,6 @@ class Group:
     q: Tensor | None = None  # the group's queries (re-indexed into its tasks' rows where those are kept)
     rows: dict[str, TaskRows] | None = None  # field tables kept as each task's own rows (task_rows.py); h re-indexed
     stepped: bool = False  # an inner step has run (until then every fast weight is theta's)
-
-
-def scalar(lr) -> bool:
-    return isinstance(lr, (int, float))
 
 
 class HandPath:

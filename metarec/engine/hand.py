@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarec.engine.forms import FieldsForm, MLPForm
-from metarec.engine.inner import Params
+from metarec.engine.inner import Params, scalar
 from metarec.engine.task_rows import TaskRows, worth_it
 
 
@@ -161,7 +161,7 @@ class HandFieldsMLP:
         each task touches (task_rows.py): x with those fields' columns re-indexed into them, and the rows."""
         out, local = {}, None
         for name, i in self.fields:
-            if name in theta and isinstance(lrs[name], (int, float)) and worth_it(x[..., i], theta[name].shape[0]):
+            if name in theta and scalar(lrs[name]) and worth_it(x[..., i], theta[name].shape[0]):
                 out[name] = rows = TaskRows.of(x[..., i])
                 local = x.clone() if local is None else local
                 local[..., i] = rows.local

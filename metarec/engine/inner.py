@@ -27,6 +27,11 @@ class InnerLoop:
         return self.track and not self.first_order
 
 
+def scalar(lr) -> bool:
+    """A plain-number rate (not Meta-SGD's learned tensor)."""
+    return isinstance(lr, (int, float))
+
+
 def sgd(w: Tensor, g: Tensor, lr: float | Tensor) -> Tensor:
     """w - lr g; one fused kernel for a plain-number rate."""
-    return torch.add(w, g, alpha=-lr) if isinstance(lr, (int, float)) else w - lr * g
+    return torch.add(w, g, alpha=-lr) if scalar(lr) else w - lr * g
